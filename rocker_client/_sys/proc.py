@@ -1,0 +1,64 @@
+"""Process attributes: prctl, credentials, exec by fd."""
+
+from __future__ import annotations
+
+import ctypes
+
+from . import nr
+from .libc import check, libc, syscall
+
+PR_SET_NAME = 15
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
+
+
+def prctl(option: int, arg: int = 0) -> None:
+    check(libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                     ctypes.c_ulong(0)), "prctl", str(option))
+
+
+def set_comm(name: str) -> None:
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    check(libc.prctl(ctypes.c_int(PR_SET_NAME), buf, 0, 0, 0), "prctl(PR_SET_NAME)", name)
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    check(libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", name)
+
+
+def execveat(fd: int, argv: list[str], envp: list[str]) -> None:
+    """Exec the program open at `fd` (needs no path the new uid could walk)."""
+    av = (ctypes.c_char_p * (len(argv) + 1))(*[a.encode() for a in argv], None)
+    ev = (ctypes.c_char_p * (len(envp) + 1))(*[e.encode() for e in envp], None)
+    syscall(nr.EXECVEAT, ctypes.c_int(fd), b"", av, ev, ctypes.c_int(0x1000), call="execveat", target=argv[0])
+
+
+PR_CAPBSET_DROP = 24
+_CAP_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def cap_last_cap() -> int:
+    with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+        return int(f.read())
+
+
+def limit_caps(keep: int, last_cap: int) -> None:
+    """Drop every capability not in the bit mask `keep` from bounding, permitted, effective, inheritable."""
+    for cap in range(last_cap + 1):
+        if not keep >> cap & 1:
+            check(libc.prctl(ctypes.c_int(PR_CAPBSET_DROP), ctypes.c_ulong(cap), 0, 0, 0), "prctl(PR_CAPBSET_DROP)",
+                  str(cap))
+    hdr = _CapHeader(_CAP_VERSION_3, 0)
+    lo, hi = keep & 0xFFFFFFFF, keep >> 32
+    data = (_CapData * 2)(_CapData(lo, lo, 0), _CapData(hi, hi, 0))
+    check(libc.capset(ctypes.byref(hdr), data), "capset")

@@ -1,0 +1,71 @@
+"""Building a rocker: host steps in the daemon, then the guard cloned into its namespaces.
+
+    validated request -> host steps (dirs, loop+squashfs, overlays: detached mounts)
+                      -> clone child under the app's uid -> uid/gid maps
+                      -> child attaches mounts, /proc, hostname, lo -> exec C guard -> ready
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from rocker_client._sys.libc import SyscallError
+
+from .host import HostContext, Request, host_steps, remove_work_dirs
+from .spawn import Spawned, reap, start_guard, wait_ready
+from .steps import BuildError, as_build_error, run_steps, undo_steps
+
+__all__ = ["NS_NAMES", "BuildError", "Built", "build_rocker", "remove_work_dirs"]
+
+# setns order for entering: user first, so the caller holds the rocker's
+# capabilities when it joins the namespaces that user namespace owns
+NS_NAMES = ("user", "mnt", "pid", "net", "uts", "ipc")
+
+
+@dataclass
+class Built:
+    pid: int
+    pidfd: int
+    ns_fds: dict[str, int]
+
+
+async def build_rocker(req: Request, name: str, *, create_dirs: bool, guard_fd: int,
+                       first_entry_timeout: float = 10.0, ready_timeout: float = 5.0) -> Built:
+    """Build one rocker or undo everything and raise BuildError naming the failed step."""
+    ctx = HostContext(req, name, create_dirs)
+    steps = host_steps(req)
+    run_steps(steps, ctx)
+    spawned: Spawned | None = None
+    try:
+        try:
+            spawned, status_r = start_guard(name, req.uid, req.gid, ctx.mounts, guard_fd, first_entry_timeout)
+        finally:
+            ctx.close_fds()  # the child has its own copies now; ours would keep the mounts alive
+        await wait_ready(spawned, status_r, ready_timeout)
+        return Built(spawned.pid, spawned.pidfd, open_ns_fds(spawned.pid))
+    except BaseException as e:
+        if spawned is not None:
+            reap(spawned)
+        ctx.close_fds()
+        undo_steps(steps, ctx)
+        if isinstance(e, Exception):
+            raise as_build_error("start guard", e) from e
+        raise
+
+
+def open_ns_fds(pid: int) -> dict[str, int]:
+    """The guard is our unreaped child, so its PID cannot have been reused."""
+    fds: dict[str, int] = {}
+    try:
+        for n in NS_NAMES:
+            path = f"/proc/{pid}/ns/{n}"
+            try:
+                fds[n] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise SyscallError(e.errno or 0, "open", path) from None
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds

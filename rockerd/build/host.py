@@ -1,0 +1,190 @@
+"""The steps the daemon takes on the host before the guard exists.
+
+They need host privileges (loop devices, squashfs, overlays whose copy-up
+runs with the daemon's credentials) and end as detached mounts: file
+descriptors the guard attaches inside its own mount namespace.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rocker_client._sys import fs, loop
+from rocker_client._sys import mount as m
+from rocker_client._sys.libc import SyscallError
+
+from . import layout
+from .steps import BuildError, Step
+
+SQUASHFS_MAGIC = b"hsqs"
+
+
+class Request(Protocol):
+    app_id: int
+    uid: int
+    gid: int
+    app_pkg_path: str
+    app_exec_dir: str
+    app_data_dir: str
+    app_overlay_dirs: tuple[str, ...] | list[str]
+
+
+@dataclass
+class HostContext:
+    req: Request
+    name: str
+    create_dirs: bool
+    created: list[str] = field(default_factory=list)
+    mounts: list[tuple[str, int]] = field(default_factory=list)  # (target, detached mount fd), in attach order
+    dir_fds: dict[str, int] = field(default_factory=dict)
+
+    def close_fds(self) -> None:
+        for _, fd in self.mounts:
+            os.close(fd)
+        self.mounts.clear()
+        for fd in self.dir_fds.values():
+            os.close(fd)
+        self.dir_fds.clear()
+
+
+class EnsureExecAndDataDirs(Step[HostContext]):
+    """Root callers get missing dirs made; the data dir belongs to the app (0700)."""
+
+    def describe(self) -> str:
+        return "prepare exec and data dirs"
+
+    def execute(self, ctx: HostContext) -> None:
+        r = ctx.req
+        for key, path, mode, owner in (("exec", r.app_exec_dir, 0o755, (0, 0)),
+                                       ("data", r.app_data_dir, 0o700, (r.uid, r.gid))):
+            fd, created = fs.ensure_dir(path, create=ctx.create_dirs, final_mode=mode, final_owner=owner)
+            ctx.created += created
+            ctx.dir_fds[key] = fd
+
+    def undo(self, ctx: HostContext) -> None:
+        fs.remove_created(ctx.created)
+
+
+class PrepareOverlayLayers(Step[HostContext]):
+    """Open each host dir (no symlinks), make its upper and this rocker's work dir."""
+
+    def describe(self) -> str:
+        return "prepare overlay layers"
+
+    def execute(self, ctx: HostContext) -> None:
+        r = ctx.req
+        upper_root = layout.upper_root(r.app_data_dir)
+        for i, d in enumerate(r.app_overlay_dirs):
+            try:
+                lower = fs.open_nofollow(d, fs.O_PATH_DIR)
+            except SyscallError as e:
+                if e.errno == errno.ELOOP:
+                    raise BuildError(self.describe(), e.errno,
+                                     f"overlay dir {d} is or passes through a symlink; name the real directory") from e
+                raise BuildError(self.describe(), e.errno or errno.EIO, f"overlay dir {d}: {e.strerror}") from e
+            ctx.dir_fds[f"lower{i}"] = lower
+            up, created = fs.ensure_dir(layout.upper_dir(r.app_data_dir, d), create=True,
+                                        parent_owner=(r.uid, r.gid), mirror=(upper_root, ""))
+            ctx.created += created
+            ctx.dir_fds[f"upper{i}"] = up
+            wk, _ = fs.ensure_dir(layout.work_dir(r.app_data_dir, ctx.name, i), create=True, final_mode=0o700)
+            ctx.dir_fds[f"work{i}"] = wk
+
+    def undo(self, ctx: HostContext) -> None:
+        remove_work_dirs(ctx.req.app_data_dir, ctx.name)
+        fs.remove_created(ctx.created)
+
+
+class MountOverlay(Step[HostContext]):
+    """An overlay of host dir D with this rocker's upper/work, as a detached mount."""
+
+    def __init__(self, index: int, target: str) -> None:
+        self.index = index
+        self.target = target
+
+    def describe(self) -> str:
+        return f"mount overlay over {self.target}"
+
+    def execute(self, ctx: HostContext) -> None:
+        i, what = self.index, f"overlay {self.target}"
+        fsfd = m.fsopen("overlay")
+        try:
+            m.fsconfig_fd(fsfd, "lowerdir+", ctx.dir_fds[f"lower{i}"], what)
+            m.fsconfig_fd(fsfd, "upperdir", ctx.dir_fds[f"upper{i}"], what)
+            m.fsconfig_fd(fsfd, "workdir", ctx.dir_fds[f"work{i}"], what)
+            m.fsconfig_create(fsfd, what)
+            mfd = m.fsmount(fsfd, m.MOUNT_ATTR_NOSUID | m.MOUNT_ATTR_NODEV, what)
+        finally:
+            os.close(fsfd)
+        ctx.mounts.append((self.target, mfd))
+
+
+class MountPackage(Step[HostContext]):
+    """The squashfs on an autoclear loop device, read-only, as a detached mount.
+
+    The loop fd is closed as soon as the mount holds the device, so the
+    device frees itself when the rocker's last mount of it goes.
+    """
+
+    def describe(self) -> str:
+        return "mount package"
+
+    def execute(self, ctx: HostContext) -> None:
+        path = ctx.req.app_pkg_path
+        pkg = fs.open_nofollow(path, os.O_RDONLY)
+        try:
+            st = os.fstat(pkg)
+            if not stat.S_ISREG(st.st_mode):
+                raise BuildError(self.describe(), errno.EINVAL, f"package {path} is not a regular file")
+            if os.pread(pkg, 4, 0) != SQUASHFS_MAGIC:
+                raise BuildError(self.describe(), errno.EINVAL, f"package {path} is not a squashfs image")
+            lfd, dev = loop.attach_readonly(pkg, path)
+        finally:
+            os.close(pkg)
+        try:
+            fsfd = m.fsopen("squashfs")
+            try:
+                m.fsconfig_string(fsfd, "source", dev, path)
+                m.fsconfig_flag(fsfd, "ro", path)
+                m.fsconfig_create(fsfd, path)
+                mfd = m.fsmount(fsfd, m.MOUNT_ATTR_RDONLY | m.MOUNT_ATTR_NOSUID | m.MOUNT_ATTR_NODEV, path)
+            finally:
+                os.close(fsfd)
+        finally:
+            os.close(lfd)
+        ctx.mounts.append((ctx.req.app_exec_dir, mfd))
+
+
+def host_steps(req: Request) -> list[Step[HostContext]]:
+    return [
+        EnsureExecAndDataDirs(),
+        PrepareOverlayLayers(),
+        *(MountOverlay(i, d) for i, d in enumerate(req.app_overlay_dirs)),
+        MountPackage(),
+    ]
+
+
+def remove_work_dirs(data_dir: str, name: str) -> bool:
+    """Remove one rocker's overlay work dirs, without following symlinks."""
+    try:
+        root = fs.open_nofollow(layout.work_root(data_dir), fs.O_PATH_DIR)
+    except OSError:
+        return True
+    try:
+        dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root)
+    finally:
+        os.close(root)
+    try:
+        shutil.rmtree(name, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    finally:
+        os.close(dfd)
+    return True

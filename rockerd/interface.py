@@ -1,0 +1,83 @@
+"""The io.rocker.Rocker varlink interface: the description every client can fetch."""
+
+NAME = "io.rocker.Rocker"
+
+DESCRIPTION = """\
+# rocker: app sandboxes built from read-only squashfs packages.
+# A rocker is a guard process, PID 1 of new user, mount, PID, UTS, IPC and
+# network namespaces, with the package at the exec dir and copy-on-write
+# overlays over host dirs whose writes land in the app's data dir.
+interface io.rocker.Rocker
+
+# Indices into the file descriptors sent with the Create reply (SCM_RIGHTS).
+# Enter them in this order: user first.
+type Namespaces (
+  user: int,
+  mnt: int,
+  pid: int,
+  net: int,
+  uts: int,
+  ipc: int
+)
+
+# One live rocker.
+type RockerInfo (
+  guard_pid: int,
+  guard_pname: string,
+  app_id: int,
+  uid: int,
+  gid: int,
+  created: float,
+  caller_uid: int,
+  app_pkg_path: string,
+  app_exec_dir: string,
+  app_data_dir: string,
+  app_overlay_dirs: []string
+)
+
+# Build a rocker. The parameters are the fields of the C RockerRequest.
+# The reply carries the RockerResult fields; app_pid is 0 (the client starts
+# the app) and the namespace fds travel beside the reply.
+method Create(
+  app_id: ?int,
+  uid: int,
+  gid: int,
+  app_pkg_path: string,
+  app_exec_dir: string,
+  app_data_dir: string,
+  app_overlay_dirs: ?[]string
+) -> (
+  err_no: int,
+  app_pid: int,
+  guard_pid: int,
+  guard_pname: string,
+  namespaces: Namespaces
+)
+
+# The live rockers.
+method List() -> (rockers: []RockerInfo)
+
+# Send a signal (default SIGKILL) to a rocker's guard; its apps die with it.
+method Kill(guard_pname: string, signal: ?int) -> ()
+
+# The request broke a rule; field names it (e.g. app_overlay_dirs[2]).
+error InvalidRequest (field: string, reason: string)
+
+# The caller may not ask for this.
+error PermissionDenied (reason: string)
+
+# Building the rocker failed at step; everything done before was undone.
+error BuildFailed (step: string, errno: int, reason: string)
+
+# No live rocker has that name.
+error NoSuchRocker (guard_pname: string)
+
+# A configured limit was reached.
+error LimitReached (limit: string, reason: string)
+
+# The message could not be read as a varlink call.
+error ProtocolViolation (parameter: string)
+
+# A bug in rockerd; the daemon goes on serving.
+error InternalError (reason: string)
+"""

@@ -1,0 +1,89 @@
+"""Live rockers, each followed through a pidfd (never by PID number alone)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from . import names
+
+
+@dataclass
+class Rocker:
+    name: str
+    pid: int
+    pidfd: int
+    app_id: int
+    uid: int
+    gid: int
+    caller_uid: int
+    app_pkg_path: str
+    app_exec_dir: str
+    app_data_dir: str
+    app_overlay_dirs: tuple[str, ...]
+    created: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
+
+    def info(self) -> dict[str, object]:
+        return {
+            "guard_pid": self.pid, "guard_pname": self.name, "app_id": self.app_id, "uid": self.uid,
+            "gid": self.gid, "created": self.created, "caller_uid": self.caller_uid,
+            "app_pkg_path": self.app_pkg_path, "app_exec_dir": self.app_exec_dir,
+            "app_data_dir": self.app_data_dir, "app_overlay_dirs": list(self.app_overlay_dirs),
+        }
+
+
+ExitCallback = Callable[[Rocker, int], None]
+
+
+class Registry:
+    """Names are reserved from the start of a build, so concurrent builds never share one."""
+
+    def __init__(self, on_exit: ExitCallback) -> None:
+        self._live: dict[str, Rocker] = {}
+        self._reserved: set[str] = set()
+        self._on_exit = on_exit
+
+    def reserve_name(self) -> str:
+        name = names.new_name(self)
+        self._reserved.add(name)
+        return name
+
+    def release_name(self, name: str) -> None:
+        self._reserved.discard(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._live or name in self._reserved
+
+    def add(self, rocker: Rocker) -> None:
+        self._reserved.discard(rocker.name)
+        self._live[rocker.name] = rocker
+        asyncio.get_running_loop().add_reader(rocker.pidfd, self._exited, rocker)
+
+    def get(self, name: str) -> Rocker | None:
+        return self._live.get(name)
+
+    def __iter__(self) -> Iterator[Rocker]:
+        return iter(list(self._live.values()))
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def count_for_uid(self, uid: int) -> int:
+        return sum(1 for r in self._live.values() if r.uid == uid)
+
+    def _exited(self, rocker: Rocker) -> None:
+        asyncio.get_running_loop().remove_reader(rocker.pidfd)
+        status = 0
+        try:
+            res = os.waitid(os.P_PIDFD, rocker.pidfd, os.WEXITED | os.WNOHANG)
+            status = res.si_status if res is not None else 0
+        except ChildProcessError:  # not our child (adopted) or already collected
+            pass
+        os.close(rocker.pidfd)
+        rocker.pidfd = -1
+        del self._live[rocker.name]
+        self._on_exit(rocker, status)

@@ -1,0 +1,245 @@
+"""The rocker request: a pydantic model of the C struct a client sends, and its syntactic rules.
+
+Everything here is checked without touching the filesystem, so a hostile request is refused before
+rockerd does any work for it; whether the paths exist (and what they are) is the build's business.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import unicodedata
+from typing import Annotated, Any, Final
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "APP_ID_MAX",
+    "FIELDS",
+    "KERNEL_FS_ROOTS",
+    "MAX_OVERLAY_DIRS",
+    "NAME_MAX_BYTES",
+    "PATH_MAX_BYTES",
+    "UID_MAX",
+    "RequestInvalid",
+    "RockerRequestModel",
+    "check_path",
+    "parse_request",
+]
+
+UID_MAX: Final = 4294967294  # (uid_t)-1 is the kernel's "no change" / invalid id
+APP_ID_MAX: Final = 2**31 - 1  # the C struct holds a signed int
+MAX_OVERLAY_DIRS: Final = 16
+PATH_MAX_BYTES: Final = 4095  # PATH_MAX (4096) includes the terminating NUL
+NAME_MAX_BYTES: Final = 255
+KERNEL_FS_ROOTS: Final = ("/proc", "/sys", "/dev")
+
+FIELDS: Final = (
+    "app_id", "uid", "gid", "app_pkg_path", "app_exec_dir", "app_data_dir", "app_overlay_dirs",
+)
+_RANGES: Final = {"app_id": (0, APP_ID_MAX), "uid": (0, UID_MAX), "gid": (0, UID_MAX)}
+
+
+class RequestInvalid(Exception):
+    """A request rockerd refuses; `field` names the first offending field ("" for the whole request)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(field, reason)  # both in args, so the exception pickles and reprs usefully
+        self.field = field
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}" if self.field else self.reason
+
+
+class _RuleError(ValueError):
+    """A broken rule that must be reported against a field other than the one being validated."""
+
+    def __init__(self, loc: tuple[str] | tuple[str, int], reason: str) -> None:
+        super().__init__(reason)
+        self.loc = loc
+
+
+def check_path(path: str) -> str:
+    """Refuse any path the kernel would read differently from how we (and the logs) print it."""
+    if not path:
+        raise ValueError("must not be empty")
+    try:
+        raw = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid UTF-8 (contains a lone surrogate)") from None
+    if "\0" in path:
+        raise ValueError("must not contain a NUL byte")
+    for ch in path:
+        if unicodedata.category(ch) == "Cc":
+            raise ValueError(f"must not contain control characters (found U+{ord(ch):04X})")
+    if not path.startswith("/"):
+        raise ValueError("must be an absolute path")
+    if len(raw) > PATH_MAX_BYTES:
+        raise ValueError(f"is too long: {len(raw)} bytes, at most {PATH_MAX_BYTES}")
+    if "//" in path:
+        raise ValueError("must not contain '//'")
+    if path != "/" and path.endswith("/"):
+        raise ValueError("must not end with '/'")
+    for comp in path.split("/")[1:]:
+        if comp in (".", ".."):
+            raise ValueError(f"must not contain a '{comp}' component")
+        if len(comp.encode("utf-8")) > NAME_MAX_BYTES:
+            raise ValueError(f"has a component longer than {NAME_MAX_BYTES} bytes: {comp[:32]!r}...")
+    if posixpath.normpath(path) != path:  # belt and braces: the rules above should imply this
+        raise ValueError(f"must be in normal form ({posixpath.normpath(path)!r})")
+    return path
+
+
+def _inside(path: str, parent: str) -> bool:
+    """Strictly below `parent`; plain startswith would put /usrx inside /usr."""
+    return path != parent and (parent == "/" or path.startswith(parent + "/"))
+
+
+def _at_or_inside(path: str, parent: str) -> bool:
+    return path == parent or _inside(path, parent)
+
+
+def _not_kernel_fs(path: str) -> str:
+    """Mounting over procfs/sysfs/devtmpfs would blind or break the sandbox."""
+    for root in KERNEL_FS_ROOTS:
+        if _at_or_inside(path, root):
+            raise ValueError(f"must not be {root} or inside it (kernel pseudo-filesystem)")
+    return path
+
+
+def _pkg_path(path: str) -> str:
+    if path == "/":
+        raise ValueError("must name the package file, not /")
+    return path
+
+
+def _mount_dir(path: str) -> str:
+    if path == "/":
+        raise ValueError("must not be / (it would replace the whole root)")
+    return _not_kernel_fs(path)
+
+
+def _overlay_dir(path: str) -> str:
+    if path == "/":
+        raise ValueError("must not be / (overlay a subtree, not the whole root)")
+    return _not_kernel_fs(path)
+
+
+def _overlay_list(dirs: list[str]) -> list[str]:
+    """Nested or repeated overlays would stack upper dirs over each other in one data dir."""
+    for j, later in enumerate(dirs):
+        for i in range(j):
+            earlier = dirs[i]
+            if later == earlier:
+                raise _RuleError(("app_overlay_dirs", j), f"duplicate of app_overlay_dirs[{i}] ({earlier})")
+            if _inside(later, earlier) or _inside(earlier, later):
+                reason = f"overlays {earlier} and {later} overlap: one is inside the other"
+                raise _RuleError(("app_overlay_dirs", j), reason)
+    return dirs
+
+
+_Path = Annotated[str, AfterValidator(check_path)]
+PkgPath = Annotated[_Path, AfterValidator(_pkg_path)]
+MountDir = Annotated[_Path, AfterValidator(_mount_dir)]
+OverlayDir = Annotated[_Path, AfterValidator(_overlay_dir)]
+Id = Annotated[int, Field(ge=0, le=UID_MAX)]
+
+
+class RockerRequestModel(BaseModel):
+    """A validated request; constructing one directly enforces the same rules as parse_request."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    app_id: Annotated[int, Field(ge=0, le=APP_ID_MAX)] = 0
+    uid: Id
+    gid: Id
+    app_pkg_path: PkgPath
+    app_exec_dir: MountDir
+    app_data_dir: MountDir
+    app_overlay_dirs: Annotated[
+        list[OverlayDir], Field(max_length=MAX_OVERLAY_DIRS), AfterValidator(_overlay_list)
+    ] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> RockerRequestModel:
+        """Rules between fields; each is reported on the later field, naming the earlier one."""
+        exe, data = self.app_exec_dir, self.app_data_dir
+        data_loc = ("app_data_dir",)
+        if data == exe:
+            raise _RuleError(data_loc, f"must differ from app_exec_dir ({exe})")
+        if _inside(data, exe):
+            raise _RuleError(data_loc, f"must not be inside app_exec_dir ({exe}): the package would hide it")
+        if _inside(exe, data):
+            raise _RuleError(data_loc, f"must not contain app_exec_dir ({exe})")
+        for i, ov in enumerate(self.app_overlay_dirs):
+            if ov == exe:
+                raise _RuleError(
+                    ("app_overlay_dirs", i), f"must not equal app_exec_dir ({exe}): it would hide the package"
+                )
+            if ov == data:
+                raise _RuleError(
+                    ("app_overlay_dirs", i),
+                    f"must not equal app_data_dir ({data}): the overlay's writes are stored there",
+                )
+        return self
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    name = str(loc[0]) if loc else ""
+    return name + "".join(f"[{part}]" for part in loc[1:] if isinstance(part, int))
+
+
+def _reason(err: dict[str, Any], field: str) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind == "int_type":
+        return "must be an integer (a JSON number without a fraction; not a bool or a string)"
+    if kind == "string_type":
+        return "must be a string"
+    if kind == "list_type":
+        return "must be a list of strings"
+    if kind in ("greater_than_equal", "less_than_equal") and field in _RANGES:
+        lo, hi = _RANGES[field]
+        return f"out of range: must be {lo}..{hi}"
+    if kind == "too_long":
+        return f"at most {MAX_OVERLAY_DIRS} overlay dirs are allowed, got {ctx.get('actual_length', '?')}"
+    if kind == "value_error" and isinstance(ctx.get("error"), ValueError):
+        return str(ctx["error"])
+    return str(err.get("msg", kind))
+
+
+def _loc(err: dict[str, Any]) -> tuple[int | str, ...]:
+    exc = (err.get("ctx") or {}).get("error")
+    return exc.loc if isinstance(exc, _RuleError) else tuple(err["loc"])
+
+
+def _order(err: dict[str, Any]) -> tuple[int, int]:
+    """Declaration order first, then the list itself before its items, then item index."""
+    loc = _loc(err)
+    head = FIELDS.index(loc[0]) if loc and loc[0] in FIELDS else len(FIELDS)
+    item = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else -1
+    return head, item
+
+
+def parse_request(params: dict[str, Any]) -> RockerRequestModel:
+    """Validate a decoded request, turning every refusal into one RequestInvalid for the client."""
+    if not isinstance(params, dict):
+        raise RequestInvalid("", f"request must be an object with named fields, not {type(params).__name__}")
+    odd_keys = [k for k in params if not isinstance(k, str)]
+    if odd_keys:
+        raise RequestInvalid("", f"field names must be strings, got {odd_keys[0]!r}")
+    unknown = [k for k in params if k not in FIELDS]
+    if unknown:
+        listed = ", ".join(repr(k) for k in unknown)
+        raise RequestInvalid(unknown[0], f"unknown field{'s' if len(unknown) > 1 else ''}: {listed}")
+    try:
+        return RockerRequestModel.model_validate(params)
+    except ValidationError as e:
+        errors = e.errors()
+    if not errors:  # pragma: no cover - pydantic never raises an empty ValidationError
+        raise RequestInvalid("", "invalid request")
+    first = min(errors, key=_order)
+    loc = _loc(first)
+    raise RequestInvalid(_field_name(loc), _reason(first, str(loc[0]) if loc else ""))

@@ -1,0 +1,124 @@
+"""io.rocker.Rocker: Create, List, Kill.
+
+The request's path is straight: validate (pydantic) -> policy -> build ->
+register -> reply with the namespace fds. Nothing here spawns a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal as signals
+import time
+from dataclasses import dataclass
+
+from rocker_client._sys import ns
+
+from . import interface, journal, policy
+from .build import NS_NAMES, BuildError, build_rocker, remove_work_dirs
+from .registry import Registry, Rocker
+from .request import RequestInvalid, parse_request
+from .varlink.server import Call, Interface, Reply, VarlinkError
+
+ERR = interface.NAME + "."
+
+
+@dataclass
+class ServiceConfig:
+    max_rockers: int = 4096
+    max_rockers_per_uid: int = 1024
+    first_entry_timeout: float = 10.0
+    ready_timeout: float = 5.0
+
+
+class RockerService:
+    def __init__(self, guard_fd: int, config: ServiceConfig | None = None) -> None:
+        self.guard_fd = guard_fd
+        self.config = config or ServiceConfig()
+        self.registry = Registry(self._ended)
+
+    def interface(self) -> Interface:
+        return Interface(interface.NAME, interface.DESCRIPTION,
+                         {"Create": self.create, "List": self.list, "Kill": self.kill})
+
+    async def create(self, call: Call) -> Reply:
+        t0 = time.perf_counter()
+        peer = call.peer
+        try:
+            req = parse_request(call.parameters)
+        except RequestInvalid as e:
+            self._refuse(peer.uid, f"invalid request: {e.field or 'request'}: {e.reason}")
+            raise VarlinkError(ERR + "InvalidRequest", {"field": e.field, "reason": e.reason}) from None
+        try:
+            policy.check(peer, req)
+        except policy.Denied as e:
+            self._refuse(peer.uid, str(e))
+            raise VarlinkError(ERR + "PermissionDenied", {"reason": str(e)}) from None
+        self._check_limits(peer.uid, req.uid)
+        name = self.registry.reserve_name()
+        try:
+            built = await build_rocker(req, name, create_dirs=policy.may_create_dirs(peer), guard_fd=self.guard_fd,
+                                       first_entry_timeout=self.config.first_entry_timeout,
+                                       ready_timeout=self.config.ready_timeout)
+        except BuildError as e:
+            journal.event(journal.FAILED, f"build of {name} for caller uid {peer.uid} failed at "
+                          f"'{e.step}': {e.reason}", logging.WARNING, guard_name=name, app_id=req.app_id,
+                          uid=req.uid, caller_uid=peer.uid, step=e.step, errno=e.errno)
+            raise VarlinkError(ERR + "BuildFailed", {"step": e.step, "errno": e.errno, "reason": e.reason}) from None
+        finally:
+            self.registry.release_name(name)
+        rocker = Rocker(name, built.pid, built.pidfd, req.app_id, req.uid, req.gid, peer.uid, req.app_pkg_path,
+                        req.app_exec_dir, req.app_data_dir, tuple(req.app_overlay_dirs))
+        self.registry.add(rocker)
+        ms = (time.perf_counter() - t0) * 1000
+        journal.event(journal.CREATED, f"created {name} (guard pid {built.pid}) app_id={req.app_id} "
+                      f"uid={req.uid} gid={req.gid} for caller uid {peer.uid} in {ms:.1f} ms",
+                      guard_name=name, guard_pid=built.pid, app_id=req.app_id, uid=req.uid, gid=req.gid,
+                      caller_uid=peer.uid)
+        return Reply({"err_no": 0, "app_pid": 0, "guard_pid": built.pid, "guard_pname": name,
+                      "namespaces": {n: i for i, n in enumerate(NS_NAMES)}},
+                     [built.ns_fds[n] for n in NS_NAMES])
+
+    async def list(self, call: Call) -> Reply:
+        rockers = [r.info() for r in self.registry if call.peer.uid in (0, r.uid, r.caller_uid)]
+        return Reply({"rockers": rockers})
+
+    async def kill(self, call: Call) -> Reply:
+        p = call.parameters
+        name, sig = p.get("guard_pname"), p.get("signal", int(signals.SIGKILL))
+        if not isinstance(name, str):
+            raise VarlinkError(ERR + "InvalidRequest", {"field": "guard_pname", "reason": "must be a string"})
+        if type(sig) is not int or sig not in signals.valid_signals() or sig == 0:
+            raise VarlinkError(ERR + "InvalidRequest", {"field": "signal", "reason": "must be a signal number"})
+        rocker = self.registry.get(name)
+        if rocker is None or call.peer.uid not in (0, rocker.uid, rocker.caller_uid):
+            raise VarlinkError(ERR + "NoSuchRocker", {"guard_pname": name})
+        ns.pidfd_send_signal(rocker.pidfd, sig)
+        return Reply({})
+
+    def _check_limits(self, caller_uid: int, uid: int) -> None:
+        c = self.config
+        if len(self.registry) >= c.max_rockers:
+            reason = f"{c.max_rockers} rockers are live, the most this daemon keeps"
+        elif self.registry.count_for_uid(uid) >= c.max_rockers_per_uid:
+            reason = f"uid {uid} has {c.max_rockers_per_uid} live rockers, the most per uid"
+        else:
+            return
+        self._refuse(caller_uid, reason)
+        raise VarlinkError(ERR + "LimitReached", {"limit": "rockers", "reason": reason})
+
+    def _refuse(self, caller_uid: int, reason: str) -> None:
+        journal.event(journal.REFUSED, f"refused request of caller uid {caller_uid}: {reason}", logging.WARNING,
+                      caller_uid=caller_uid, reason=reason)
+
+    def _ended(self, rocker: Rocker, status: int) -> None:
+        lifetime = time.monotonic() - rocker.started
+        journal.event(journal.ENDED, f"ended {rocker.name} (guard pid {rocker.pid}) after {lifetime:.2f} s",
+                      guard_name=rocker.name, guard_pid=rocker.pid, app_id=rocker.app_id, uid=rocker.uid,
+                      caller_uid=rocker.caller_uid, lifetime_sec=round(lifetime, 3), status=status)
+        self._remove_work(rocker.app_data_dir, rocker.name, tries=5)
+
+    def _remove_work(self, data_dir: str, name: str, tries: int) -> None:
+        """The overlays' superblocks go a moment after the guard; retry while they hold the dirs."""
+        if not remove_work_dirs(data_dir, name) and tries > 1:
+            asyncio.get_running_loop().call_later(0.2, self._remove_work, data_dir, name, tries - 1)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Set up this Debian 12 machine (as root) and show rocker's main job: build a small
+# squashfs app, start rockerd, run the app in a rocker, and show that its write to
+# /usr landed in its data dir and not on the host. Leaves nothing behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+WORK=$(mktemp -d /tmp/rocker-demo.XXXXXX)
+chmod 755 "$WORK"
+DAEMON=""
+cleanup() {
+    [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1. Build the app package: $WORK/demo.squashfs"
+mkdir -p "$WORK/src/bin"
+cat > "$WORK/src/bin/demo" <<'APP'
+#!/bin/sh
+echo "  app: uid $(id -u), hostname $(hostname), my PID $$, PID 1 is '$(cat /proc/1/comm)'"
+echo "  app: processes I can see: $(ls /proc | grep -c '^[0-9]'); network interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\n' ' ')"
+echo "written by the demo app" > /usr/share/rocker-demo-note.txt && echo "  app: wrote /usr/share/rocker-demo-note.txt"
+APP
+chmod 755 "$WORK/src/bin/demo"
+mksquashfs "$WORK/src" "$WORK/demo.squashfs" -comp zstd -all-root -noappend -quiet
+
+guards_before=$(ps -eo comm= | grep -c '^rk-' || true)
+
+step "2. Start rockerd on $WORK/rockerd.sock"
+rockerd --socket "$WORK/rockerd.sock" &
+DAEMON=$!
+for _ in $(seq 100); do [ -S "$WORK/rockerd.sock" ] && break; sleep 0.05; done
+export ROCKER_SOCKET="$WORK/rockerd.sock"
+
+step "3. Run the app in a rocker (package at $WORK/exec, data in $WORK/data, /usr and /etc overlaid)"
+rocker run --pkg "$WORK/demo.squashfs" --exec-dir "$WORK/exec" --data-dir "$WORK/data" \
+    --overlay /usr --overlay /etc -- "$WORK/exec/bin/demo"
+
+step "4. On the host"
+if [ -e /usr/share/rocker-demo-note.txt ]; then
+    echo "  FAIL: the host's /usr/share/rocker-demo-note.txt exists"; exit 1
+fi
+echo "  the host's /usr/share/rocker-demo-note.txt does not exist"
+echo "  the data dir has it: $WORK/data/upper/usr/share/rocker-demo-note.txt: $(cat "$WORK/data/upper/usr/share/rocker-demo-note.txt")"
+
+step "5. Stop rockerd and check that nothing is left"
+sleep 0.3   # the guard leaves within a moment of its app
+kill "$DAEMON"; wait "$DAEMON" || true; DAEMON=""
+left=$(grep -E " - (overlay|squashfs) " /proc/self/mountinfo | grep -c "$WORK" || true)
+loops=$(losetup -a | grep -c "$WORK" || true)
+guards=$(( $(ps -eo comm= | grep -c '^rk-' || true) - guards_before ))
+echo "  mounts left: $left, loop devices left: $loops, guard processes left: $guards"
+[ "$left$loops$guards" = 000 ] || { echo "  FAIL: something was left behind"; exit 1; }
+echo "  done: nothing left behind"

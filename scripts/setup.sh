@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up a Debian 12 machine (as root) to build, run and test rocker:
+# Debian packages, then a venv in .venv with the project and its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (rockerd builds namespaces and mounts)" >&2; exit 1; }
+if [ -z "${ROCKER_SKIP_APT:-}" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # squashfs-tools: mksquashfs for packages; libsystemd-dev + pkg-config + python3-dev + gcc: systemd-python
+    # and the C guard; iproute2 for tests; systemd-container: nspawn for the systemd testbed
+    apt-get install -y -qq --no-install-recommends \
+        squashfs-tools libsystemd-dev pkg-config gcc libc6-dev python3-dev python3-venv iproute2 \
+        systemd-container >/dev/null
+fi
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'

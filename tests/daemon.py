@@ -1,0 +1,74 @@
+"""Fixtures that run a real rockerd on a private socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    socket: str
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_daemon(workdir: Path, *args: str) -> Daemon:
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock = str(workdir / "rockerd.sock")
+    log = workdir / "rockerd.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "rockerd", "--socket", sock, "--log-level", "DEBUG", *args],
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 15
+    while not os.path.exists(sock):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"rockerd did not start:\n{log.read_text()}")
+        time.sleep(0.02)
+    return Daemon(proc, sock, log)
+
+
+@pytest.fixture(scope="session")
+def rockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for the session; tests that need to break a daemon use `own_rockerd`."""
+    d = start_daemon(tmp_path_factory.mktemp("rockerd"))
+    old = os.environ.get("ROCKER_SOCKET")
+    os.environ["ROCKER_SOCKET"] = d.socket
+    yield d
+    d.stop()
+    if old is None:
+        os.environ.pop("ROCKER_SOCKET", None)
+    else:
+        os.environ["ROCKER_SOCKET"] = old
+    assert d.proc.returncode == 0, f"rockerd exited with {d.proc.returncode}:\n{d.log_text()}"
+    assert "Traceback" not in d.log_text(), d.log_text()
+
+
+@pytest.fixture
+def own_rockerd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
+    d = start_daemon(tmp_path / "own-rockerd")
+    monkeypatch.setenv("ROCKER_SOCKET", d.socket)
+    yield d
+    d.stop()

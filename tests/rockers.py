@@ -1,0 +1,119 @@
+"""Helpers for tests that run code inside a real rocker."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rocker_client import RockerRequest, RockerResult, enter_rocker, request_new
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    """A world-traversable dir (pytest's tmp dirs are 0700 root: a uid-1000 app could not reach them)."""
+    d = Path(tempfile.mkdtemp(prefix="rocker-test-", dir="/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def make_req(base: Path, pkg: Path, *, uid: int = 0, gid: int = 0, overlays: tuple[str, ...] = ("/usr",),
+             app_id: int = 7) -> RockerRequest:
+    req = request_new()
+    req.app_id, req.uid, req.gid = app_id, uid, gid
+    req.app_pkg_path = str(pkg)
+    req.app_exec_dir = str(base / "exec")
+    req.app_data_dir = str(base / "data")
+    req.app_overlay_dirs = list(overlays)
+    return req
+
+
+@dataclass
+class Run:
+    res: RockerResult
+    report: dict[str, Any]
+    status: int
+
+
+def errno_of(fn: Callable[[], object]) -> int:
+    try:
+        fn()
+    except OSError as e:
+        return e.errno or -1
+    return 0
+
+
+def run_app(req: RockerRequest, probe: Callable[[], dict[str, Any]],
+            while_alive: Callable[[RockerResult], None] | None = None) -> Run:
+    """Run `probe` as the app; it reports JSON through a pipe, then waits until released."""
+    rep_r, rep_w = os.pipe()
+    rel_r, rel_w = os.pipe()
+
+    def app(_: object) -> int:
+        os.close(rep_r)
+        os.close(rel_w)
+        try:
+            rep = probe()
+        except BaseException as e:
+            rep = {"probe_error": repr(e)}
+        os.write(rep_w, json.dumps(rep).encode())
+        os.close(rep_w)
+        os.read(rel_r, 1)
+        return 0
+
+    res = enter_rocker(req, app)
+    os.close(rep_w)
+    os.close(rel_r)
+    try:
+        if not res.ok:
+            return Run(res, {}, -1)
+        chunks = []
+        while chunk := os.read(rep_r, 65536):
+            chunks.append(chunk)
+        if while_alive:
+            while_alive(res)
+    finally:
+        os.close(rep_r)
+        os.close(rel_w)
+    _, status = os.waitpid(res.app_pid, 0)
+    return Run(res, json.loads(b"".join(chunks) or b"{}"), status)
+
+
+def wait_gone(pid: int, timeout: float) -> float | None:
+    """Seconds until /proc/PID is gone (or a zombie), None if it outlived `timeout`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    return time.monotonic() - t0
+        except FileNotFoundError:
+            return time.monotonic() - t0
+        time.sleep(0.01)
+    return None
+
+
+def lo_works() -> bool:
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        with socket.create_connection(srv.getsockname(), timeout=2):
+            return True
+
+
+def proc_pids() -> list[int]:
+    return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+
+
+__all__ = ["Run", "base", "errno", "errno_of", "lo_works", "make_req", "proc_pids", "run_app", "wait_gone"]
