@@ -92,7 +92,8 @@ class PrepareOverlayLayers(Step[HostContext]):
                                         parent_owner=(r.uid, r.gid), mirror=(upper_root, ""))
             ctx.created += created
             ctx.dir_fds[f"upper{i}"] = up
-            wk, _ = fs.ensure_dir(layout.work_dir(r.app_data_dir, ctx.name, i), create=True, final_mode=0o700)
+            wk, created = fs.ensure_dir(layout.work_dir(r.app_data_dir, ctx.name, i), create=True, final_mode=0o700)
+            ctx.created += created
             ctx.dir_fds[f"work{i}"] = wk
 
     def undo(self, ctx: HostContext) -> None:
