@@ -29,8 +29,6 @@ APP
 chmod 755 "$WORK/src/bin/demo"
 mksquashfs "$WORK/src" "$WORK/demo.squashfs" -comp zstd -all-root -noappend -quiet
 
-guards_before=$(ps -eo comm= | grep -c '^rk-' || true)
-
 step "2. Start rockerd on $WORK/rockerd.sock"
 rockerd --socket "$WORK/rockerd.sock" &
 DAEMON=$!
@@ -39,7 +37,8 @@ export ROCKER_SOCKET="$WORK/rockerd.sock"
 
 step "3. Run the app in a rocker (package at $WORK/exec, data in $WORK/data, /usr and /etc overlaid)"
 rocker run --pkg "$WORK/demo.squashfs" --exec-dir "$WORK/exec" --data-dir "$WORK/data" \
-    --overlay /usr --overlay /etc -- "$WORK/exec/bin/demo"
+    --overlay /usr --overlay /etc -- "$WORK/exec/bin/demo" | tee "$WORK/app.out"
+NAME=$(sed -n 's/.*hostname \(rk-[a-z0-9]*\),.*/\1/p' "$WORK/app.out")
 
 step "4. On the host"
 if [ -e /usr/share/rocker-demo-note.txt ]; then
@@ -53,7 +52,7 @@ sleep 0.3   # the guard leaves within a moment of its app
 kill "$DAEMON"; wait "$DAEMON" || true; DAEMON=""
 left=$(grep -E " - (overlay|squashfs) " /proc/self/mountinfo | grep -c "$WORK" || true)
 loops=$(losetup -a | grep -c "$WORK" || true)
-guards=$(( $(ps -eo comm= | grep -c '^rk-' || true) - guards_before ))
-echo "  mounts left: $left, loop devices left: $loops, guard processes left: $guards"
+guards=$(ps -eo comm= | grep -cx "$NAME" || true)
+echo "  mounts left: $left, loop devices left: $loops, processes of rocker $NAME left: $guards"
 [ "$left$loops$guards" = 000 ] || { echo "  FAIL: something was left behind"; exit 1; }
 echo "  done: nothing left behind"
