@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--request-timeout", type=float, default=Limits.request_timeout, metavar="SEC")
     p.add_argument("--max-rockers", type=int, default=ServiceConfig.max_rockers)
     p.add_argument("--max-rockers-per-uid", type=int, default=ServiceConfig.max_rockers_per_uid)
+    p.add_argument("--state-dir", default=ServiceConfig.state_dir, metavar="DIR",
+                   help="where live rockers are recorded so a restarted rockerd re-adopts them (tmpfs)")
     p.add_argument("--first-entry-timeout", type=float, default=ServiceConfig.first_entry_timeout, metavar="SEC",
                    help="tear a rocker down when nobody entered it within this time")
     return p.parse_args(argv)
@@ -89,7 +91,7 @@ def check_mount_namespace() -> None:
 async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int) -> None:
     service = RockerService(guard_fd, ServiceConfig(
         max_rockers=args.max_rockers, max_rockers_per_uid=args.max_rockers_per_uid,
-        first_entry_timeout=args.first_entry_timeout))
+        first_entry_timeout=args.first_entry_timeout, state_dir=args.state_dir))
     server = VarlinkServer(
         vendor="rocker", product="rockerd", version=__version__, url="https://github.com/rocker-sandbox/rocker",
         interfaces=[service.interface()], log=logging.getLogger("rockerd.varlink"),

@@ -29,6 +29,7 @@ class ServiceConfig:
     max_rockers_per_uid: int = 1024
     first_entry_timeout: float = 10.0
     ready_timeout: float = 5.0
+    state_dir: str = "/run/rocker/state"
 
 
 class RockerService:

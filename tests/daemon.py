@@ -37,9 +37,10 @@ def start_daemon(workdir: Path, *args: str) -> Daemon:
     workdir.mkdir(parents=True, exist_ok=True)
     sock = str(workdir / "rockerd.sock")
     log = workdir / "rockerd.log"
+    cmd = [sys.executable, "-m", "rockerd", "--socket", sock, "--state-dir", str(workdir / "state"),
+           "--log-level", "DEBUG", *args]
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "rockerd", "--socket", sock, "--log-level", "DEBUG", *args],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
     while not os.path.exists(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
