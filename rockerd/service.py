@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal as signals
 import time
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from . import interface, journal, policy
 from .build import NS_NAMES, BuildError, build_rocker, remove_work_dirs
 from .registry import Registry, Rocker
 from .request import RequestInvalid, parse_request
+from .state import Record, StateDir, matches, proc_starttime
 from .varlink.server import Call, Interface, Reply, VarlinkError
 
 ERR = interface.NAME + "."
+log = logging.getLogger("rockerd")
 
 
 @dataclass
@@ -37,6 +40,8 @@ class RockerService:
         self.guard_fd = guard_fd
         self.config = config or ServiceConfig()
         self.registry = Registry(self._ended)
+        self.state = StateDir(self.config.state_dir)
+        self._adopt()
 
     def interface(self) -> Interface:
         return Interface(interface.NAME, interface.DESCRIPTION,
@@ -71,6 +76,9 @@ class RockerService:
         rocker = Rocker(name, built.pid, built.pidfd, req.app_id, req.uid, req.gid, peer.uid, req.app_pkg_path,
                         req.app_exec_dir, req.app_data_dir, tuple(req.app_overlay_dirs))
         self.registry.add(rocker)
+        self.state.save(Record(name, built.pid, proc_starttime(built.pid), req.app_id, req.uid, req.gid, peer.uid,
+                               rocker.created, req.app_pkg_path, req.app_exec_dir, req.app_data_dir,
+                               tuple(req.app_overlay_dirs)))
         ms = (time.perf_counter() - t0) * 1000
         journal.event(journal.CREATED, f"created {name} (guard pid {built.pid}) app_id={req.app_id} "
                       f"uid={req.uid} gid={req.gid} for caller uid {peer.uid} in {ms:.1f} ms",
@@ -117,7 +125,30 @@ class RockerService:
         journal.event(journal.ENDED, f"ended {rocker.name} (guard pid {rocker.pid}) after {lifetime:.2f} s",
                       guard_name=rocker.name, guard_pid=rocker.pid, app_id=rocker.app_id, uid=rocker.uid,
                       caller_uid=rocker.caller_uid, lifetime_sec=round(lifetime, 3), status=status)
+        self.state.remove(rocker.name)
         self._remove_work(rocker.app_data_dir, rocker.name, tries=5)
+
+    def _adopt(self) -> None:
+        """Take back the rockers a previous rockerd left running; drop records of ones that are gone."""
+        for rec in self.state.load():
+            try:
+                pidfd = ns.pidfd_open(rec.pid)
+            except OSError:
+                pidfd = -1
+            if pidfd < 0 or not matches(rec):  # checked after pidfd_open: the fd is the process that matched
+                if pidfd >= 0:
+                    os.close(pidfd)
+                log.info("dropping the record of %s (guard pid %d): it is gone", rec.name, rec.pid)
+                self.state.remove(rec.name)
+                remove_work_dirs(rec.app_data_dir, rec.name)
+                continue
+            age = max(0.0, time.time() - rec.created)
+            self.registry.add(Rocker(rec.name, rec.pid, pidfd, rec.app_id, rec.uid, rec.gid, rec.caller_uid,
+                                     rec.app_pkg_path, rec.app_exec_dir, rec.app_data_dir, rec.app_overlay_dirs,
+                                     created=rec.created, started=time.monotonic() - age))
+            journal.event("adopted", f"adopted {rec.name} (guard pid {rec.pid}) left by an earlier rockerd",
+                          guard_name=rec.name, guard_pid=rec.pid, app_id=rec.app_id, uid=rec.uid,
+                          caller_uid=rec.caller_uid)
 
     def _remove_work(self, data_dir: str, name: str, tries: int) -> None:
         """The overlays' superblocks go a moment after the guard; retry while they hold the dirs."""

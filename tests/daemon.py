@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,18 @@ class Daemon:
                 self.proc.wait()
 
 
+def _accepts(path: str) -> bool:
+    """A stale socket file of a killed daemon exists too: only a connect tells."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def start_daemon(workdir: Path, *args: str) -> Daemon:
     workdir.mkdir(parents=True, exist_ok=True)
     sock = str(workdir / "rockerd.sock")
@@ -42,7 +55,7 @@ def start_daemon(workdir: Path, *args: str) -> Daemon:
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
-    while not os.path.exists(sock):
+    while not _accepts(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             proc.wait()

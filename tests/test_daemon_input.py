@@ -67,7 +67,8 @@ def test_unknown_and_missing_fields(base: Path, pkg: Path, rockerd) -> None:
     ("symlinked overlay dir", "prepare overlay layers", "symlink"),
     ("missing overlay dir", "prepare overlay layers", "No such file"),
 ])
-def test_failed_build_undoes_everything(base: Path, pkg: Path, what: str, step: str, needle: str) -> None:
+def test_failed_build_undoes_everything(base: Path, pkg: Path, what: str, step: str, needle: str, rockerd) -> None:
+    fds_before = len(os.listdir(f"/proc/{rockerd.proc.pid}/fd"))
     req = make_req(base, pkg, overlays=("/usr", "/etc"))
     if what == "missing package":
         req.app_pkg_path = str(base / "nope.squashfs")
@@ -83,6 +84,7 @@ def test_failed_build_undoes_everything(base: Path, pkg: Path, what: str, step: 
     assert res.err_no == RockerErr.build_rocker_failed
     assert res.detail.startswith(step + ":") and needle in res.detail, res.detail
     assert not (base / "exec").exists() and not (base / "data").exists(), "created dirs were not undone"
+    assert len(os.listdir(f"/proc/{rockerd.proc.pid}/fd")) == fds_before, "the daemon kept fds of the failed build"
 
 
 def test_app_cannot_undo_its_overlays(base: Path, pkg: Path) -> None:

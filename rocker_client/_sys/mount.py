@@ -88,3 +88,7 @@ def open_tree_clone(path: str) -> int:
 
 def _b(s: str | None) -> bytes | None:
     return None if s is None else s.encode()
+
+
+def umount(target: str, flags: int = 0) -> None:
+    check(libc.umount2(_b(target), ctypes.c_int(flags)), "umount2", target)

@@ -35,7 +35,11 @@ async def build_rocker(req: Request, name: str, *, create_dirs: bool, guard_fd: 
     """Build one rocker or undo everything and raise BuildError naming the failed step."""
     ctx = HostContext(req, name, create_dirs)
     steps = host_steps(req)
-    run_steps(steps, ctx)
+    try:
+        run_steps(steps, ctx)
+    except BaseException:
+        ctx.close_fds()
+        raise
     spawned: Spawned | None = None
     try:
         try:

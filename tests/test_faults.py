@@ -1,0 +1,186 @@
+"""Faults caused for real: killed clients, guards and daemons; a full data dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from daemon import Daemon, start_daemon
+from rockers import make_req, wait_gone
+
+from rocker_client import RockerErr, enter_rocker, wire
+from rocker_client._sys import mount as m
+from rocker_client._sys import ns
+
+
+def live(d: Daemon) -> dict[str, dict]:
+    return {r["guard_pname"]: r for r in wire.call(d.socket, "io.rocker.Rocker.List", {})[0]["rockers"]}
+
+
+def wait_until(pred, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def blocking_app(fds: tuple[int, int]) -> int:
+    os.close(fds[1])
+    return len(os.read(fds[0], 1))
+
+
+def test_rockerd_sigkill_keeps_rockers_and_restart_readopts(tmp_path: Path, base: Path, pkg: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "d"
+    d = start_daemon(work)
+    monkeypatch.setenv("ROCKER_SOCKET", d.socket)
+    r, w = os.pipe()
+    d2 = None
+    try:
+        res = enter_rocker(make_req(base, pkg), blocking_app, (r, w))
+        assert res.ok, res.detail
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        time.sleep(0.3)
+        assert wait_gone(res.guard_pid, 0) is None, "the rocker died with rockerd"
+        assert wait_gone(res.app_pid, 0) is None
+        d2 = start_daemon(work)  # same socket, same state dir
+        rockers = live(d2)
+        assert res.guard_pname in rockers and rockers[res.guard_pname]["guard_pid"] == res.guard_pid
+        assert f"adopted {res.guard_pname}" in d2.log_text()
+        (base / "second").mkdir()
+        res2 = enter_rocker(make_req(base / "second", pkg), blocking_app, (r, w))
+        assert res2.ok and res2.guard_pname != res.guard_pname
+        wire.call(d2.socket, "io.rocker.Rocker.Kill", {"guard_pname": res.guard_pname})
+        _, status = os.waitpid(res.app_pid, 0)
+        assert os.WIFSIGNALED(status)
+        assert wait_until(lambda: res.guard_pname not in live(d2), 2)
+        assert wait_until(lambda: not (work / "state" / f"{res.guard_pname}.json").exists(), 2)
+        assert wait_until(lambda: not (base / "data/work" / res.guard_pname).exists(), 2)
+    finally:
+        os.close(w)
+        os.close(r)
+        for p in (res.app_pid, locals().get("res2") and res2.app_pid):
+            if p:
+                try:
+                    os.waitpid(p, 0)
+                except ChildProcessError:
+                    pass
+        if d2:
+            d2.stop()
+        d.stop()
+
+
+def test_stale_records_are_dropped(tmp_path: Path) -> None:
+    work = tmp_path / "d"
+    (work / "state").mkdir(parents=True)
+    bogus = {"name": "rk-stale0000", "pid": os.getpid(), "starttime": 1, "app_id": 0, "uid": 0, "gid": 0,
+             "caller_uid": 0, "created": time.time(), "app_pkg_path": "/x", "app_exec_dir": "/y",
+             "app_data_dir": str(tmp_path / "nodata"), "app_overlay_dirs": []}
+    (work / "state" / "rk-stale0000.json").write_text(json.dumps(bogus))
+    (work / "state" / "rk-torn0000.json").write_text('{"name": "rk-to')
+    d = start_daemon(work)
+    try:
+        assert live(d) == {}
+        assert sorted(os.listdir(work / "state")) == []
+    finally:
+        d.stop()
+
+
+CLIENT = textwrap.dedent("""
+    import os, signal, socket, sys, json
+    from rocker_client import wire, enter_rocker
+    from rocker_client._sys import ns
+    stage, sock_path, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    os.environ["ROCKER_SOCKET"] = sock_path
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    msg = json.dumps({"method": "io.rocker.Rocker.Create", "parameters": params}).encode() + b"\\0"
+    if stage in ("connected", "sent"):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock_path)
+        if stage == "sent":
+            s.sendall(msg)
+        die()
+    if stage == "replied":
+        wire.call(sock_path, "io.rocker.Rocker.Create", params)
+        die()
+    if stage == "entering":
+        parent, real = os.getpid(), ns.setns
+        def setns(fd, flags, what=""):
+            real(fd, flags, what)
+            if what == "user":
+                os.kill(parent, signal.SIGKILL)  # the caller dies while its child is half in
+        ns.setns = setns
+        from rocker_client import RockerRequest
+        enter_rocker(RockerRequest(**params), lambda _: 0)
+        die()
+""")
+
+
+@pytest.mark.parametrize("stage", ["connected", "sent", "replied", "entering"])
+def test_client_killed_at_each_stage_leaks_nothing(tmp_path: Path, base: Path, pkg: Path, stage: str) -> None:
+    d = start_daemon(tmp_path / "d", "--first-entry-timeout", "1")
+    try:
+        params = make_req(base, pkg).to_params()
+        p = subprocess.run([sys.executable, "-c", CLIENT, stage, d.socket, json.dumps(params)], timeout=30)
+        assert p.returncode == -signal.SIGKILL
+        # whatever was built goes away by itself; the daemon keeps serving
+        assert wait_until(lambda: live(d) == {}, 5), live(d)
+        assert wait_until(lambda: not (base / "data/work").exists() or not any((base / "data/work").iterdir()), 2)
+        if stage in ("replied", "entering"):
+            assert "created rk-" in d.log_text()
+        assert d.proc.poll() is None
+    finally:
+        d.stop()
+
+
+def test_guard_sigkill_kills_app_and_daemon_notices(base: Path, pkg: Path, rockerd) -> None:
+    r, w = os.pipe()
+    try:
+        res = enter_rocker(make_req(base, pkg), blocking_app, (r, w))
+        assert res.ok
+        fd = ns.pidfd_open(res.guard_pid)
+        ns.pidfd_send_signal(fd, signal.SIGKILL)
+        os.close(fd)
+        # the guard's exit completes once its killed app is reaped (by us: the app is our child)
+        _, status = os.waitpid(res.app_pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        t0 = time.monotonic()
+        assert wait_until(lambda: res.guard_pname not in live(rockerd), 1.0), "rockerd did not notice within 1 s"
+        noticed = time.monotonic() - t0
+        assert wait_until(lambda: f"ended {res.guard_pname}" in rockerd.log_text(), 2)
+        print(f"rockerd noticed the guard's death after {noticed * 1000:.0f} ms")
+    finally:
+        os.close(w)
+        os.close(r)
+
+
+def test_full_data_dir_is_a_clear_error(base: Path, pkg: Path, rockerd) -> None:
+    full = base / "full"
+    full.mkdir()
+    m.mount("tmpfs", str(full), "tmpfs", 0, "size=64k,nr_inodes=4,mode=0755")
+    try:
+        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass  # ENOSPC: full, as wanted
+        finally:
+            os.close(fd)
+        req = make_req(base, pkg)
+        req.app_data_dir = str(full / "data")
+        res = enter_rocker(req, lambda _: 0)
+        assert res.err_no == RockerErr.build_rocker_failed
+        assert "No space left on device" in res.detail, res.detail
+    finally:
+        m.umount(str(full))
