@@ -1,74 +1,78 @@
-"""Who may ask for what: the one place that sees the caller's credentials.
+"""Who may ask for what: the one place that judges the caller's credentials.
 
 Root may ask for any uid/gid and gets missing dirs created. Anyone else may
-only run as themselves, with dirs that already exist and that they own, and
-a package they can read. The checks open each path without following
-symlinks and look at the opened file.
+only run as themselves (their uid, a gid they hold), with an exec dir and a
+data dir that already exist and that they own, and a package they can read.
+The id rules are checked up front; the file rules by the build steps, which
+open each path as the caller (`acting_as`: the kernel checks the whole walk
+with the caller's ids), without following symlinks, check the opened file and
+then use that very fd, so a path swapped after the check cannot slip through.
 """
 
 from __future__ import annotations
 
 import os
-import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
-from rocker_client._sys import fs
+from rocker_client._sys import proc
 
 
 class Peer(Protocol):
     pid: int
     uid: int
     gid: int
+    groups: tuple[int, ...]
 
 
 class Request(Protocol):
     uid: int
     gid: int
-    app_pkg_path: str
-    app_exec_dir: str
-    app_data_dir: str
 
 
 class Denied(Exception):
-    """A refusal with a reason the caller can act on."""
+    """A refusal with a reason the caller can act on; passes through a build's undo unchanged."""
+
+    passthrough = True
 
 
-def may_create_dirs(peer: Peer) -> bool:
-    return peer.uid == 0
+def is_root(peer: Peer | None) -> bool:
+    return peer is None or peer.uid == 0
 
 
-def check(peer: Peer, req: Request) -> None:
-    if peer.uid == 0:
+def check_ids(peer: Peer, req: Request) -> None:
+    if is_root(peer):
         return
     if req.uid != peer.uid:
         raise Denied(f"uid {peer.uid} may only ask for a rocker of its own uid, not {req.uid}")
-    if req.gid != peer.gid:
-        raise Denied(f"uid {peer.uid} may only ask for its own gid {peer.gid}, not {req.gid}")
-    for what, path in (("exec dir", req.app_exec_dir), ("data dir", req.app_data_dir)):
-        st = _stat_nofollow(what, path, os.O_PATH | os.O_DIRECTORY)
-        if st.st_uid != peer.uid:
-            raise Denied(f"{what} {path} must be owned by uid {peer.uid}")
-    st = _stat_nofollow("package", req.app_pkg_path, os.O_PATH)
-    if not _readable(st, peer.uid, peer.gid):
-        raise Denied(f"package {req.app_pkg_path} is not readable by uid {peer.uid}")
+    if req.gid != peer.gid and req.gid not in peer.groups:
+        raise Denied(f"uid {peer.uid} may only ask for a gid it holds, not {req.gid}")
 
 
-def _stat_nofollow(what: str, path: str, flags: int) -> os.stat_result:
+def require_owned_dir(peer: Peer | None, fd: int, what: str, path: str) -> None:
+    if is_root(peer):
+        return
+    assert peer is not None
+    if os.fstat(fd).st_uid != peer.uid:
+        raise Denied(f"{what} {path} must be owned by uid {peer.uid}")
+
+
+@contextmanager
+def acting_as(peer: Peer | None) -> Iterator[None]:
+    """Open files with the caller's fsuid/fsgid, so the kernel checks every step of the walk for them.
+
+    The daemon keeps no supplementary groups, so a file the caller can reach
+    only through one is refused: conservative, never more than the caller has.
+    """
+    if is_root(peer):
+        yield
+        return
+    assert peer is not None
+    old_gid = proc.setfsgid(peer.gid)
+    old_uid = proc.setfsuid(peer.uid)
     try:
-        fd = fs.open_nofollow(path, flags)
-    except OSError as e:
-        raise Denied(f"{what} {path}: {e.strerror} (it must exist, with no symlink on the way)") from None
-    try:
-        return os.fstat(fd)
+        yield
     finally:
-        os.close(fd)
-
-
-def _readable(st: os.stat_result, uid: int, gid: int) -> bool:
-    if not stat.S_ISREG(st.st_mode):
-        return False
-    if st.st_uid == uid:
-        return bool(st.st_mode & stat.S_IRUSR)
-    if st.st_gid == gid:
-        return bool(st.st_mode & stat.S_IRGRP)
-    return bool(st.st_mode & stat.S_IROTH)
+        proc.setfsuid(old_uid)
+        proc.setfsgid(old_gid)

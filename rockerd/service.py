@@ -56,16 +56,19 @@ class RockerService:
             self._refuse(peer.uid, f"invalid request: {e.field or 'request'}: {e.reason}")
             raise VarlinkError(ERR + "InvalidRequest", {"field": e.field, "reason": e.reason}) from None
         try:
-            policy.check(peer, req)
+            policy.check_ids(peer, req)
         except policy.Denied as e:
             self._refuse(peer.uid, str(e))
             raise VarlinkError(ERR + "PermissionDenied", {"reason": str(e)}) from None
         self._check_limits(peer.uid, req.uid)
         name = self.registry.reserve_name()
         try:
-            built = await build_rocker(req, name, create_dirs=policy.may_create_dirs(peer), guard_fd=self.guard_fd,
+            built = await build_rocker(req, name, caller=peer, guard_fd=self.guard_fd,
                                        first_entry_timeout=self.config.first_entry_timeout,
                                        ready_timeout=self.config.ready_timeout)
+        except policy.Denied as e:
+            self._refuse(peer.uid, str(e))
+            raise VarlinkError(ERR + "PermissionDenied", {"reason": str(e)}) from None
         except BuildError as e:
             journal.event(journal.FAILED, f"build of {name} for caller uid {peer.uid} failed at "
                           f"'{e.step}': {e.reason}", logging.WARNING, guard_name=name, app_id=req.app_id,

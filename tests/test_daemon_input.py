@@ -84,6 +84,9 @@ def test_failed_build_undoes_everything(base: Path, pkg: Path, what: str, step: 
     assert res.err_no == RockerErr.build_rocker_failed
     assert res.detail.startswith(step + ":") and needle in res.detail, res.detail
     assert not (base / "exec").exists() and not (base / "data").exists(), "created dirs were not undone"
+    deadline = time.monotonic() + 2  # the daemon closes its end of our connection when it reads our EOF
+    while len(os.listdir(f"/proc/{rockerd.proc.pid}/fd")) != fds_before and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert len(os.listdir(f"/proc/{rockerd.proc.pid}/fd")) == fds_before, "the daemon kept fds of the failed build"
 
 

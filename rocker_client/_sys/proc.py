@@ -62,3 +62,12 @@ def limit_caps(keep: int, last_cap: int) -> None:
     lo, hi = keep & 0xFFFFFFFF, keep >> 32
     data = (_CapData * 2)(_CapData(lo, lo, 0), _CapData(hi, hi, 0))
     check(libc.capset(ctypes.byref(hdr), data), "capset")
+
+
+def setfsuid(uid: int) -> int:
+    """Per-thread filesystem uid; returns the previous one (the call cannot report errors)."""
+    return int(libc.setfsuid(ctypes.c_uint(uid)))
+
+
+def setfsgid(gid: int) -> int:
+    return int(libc.setfsgid(ctypes.c_uint(gid)))

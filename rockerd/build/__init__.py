@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from rocker_client._sys.libc import SyscallError
 
+from ..policy import Peer
 from .host import HostContext, Request, host_steps, remove_work_dirs
 from .spawn import Spawned, reap, start_guard, wait_ready
 from .steps import BuildError, as_build_error, run_steps, undo_steps
@@ -30,10 +31,10 @@ class Built:
     ns_fds: dict[str, int]
 
 
-async def build_rocker(req: Request, name: str, *, create_dirs: bool, guard_fd: int,
+async def build_rocker(req: Request, name: str, *, caller: Peer | None, guard_fd: int,
                        first_entry_timeout: float = 10.0, ready_timeout: float = 5.0) -> Built:
     """Build one rocker or undo everything and raise BuildError naming the failed step."""
-    ctx = HostContext(req, name, create_dirs)
+    ctx = HostContext(req, name, caller)
     steps = host_steps(req)
     try:
         run_steps(steps, ctx)

@@ -18,6 +18,7 @@ from rocker_client._sys import fs, loop
 from rocker_client._sys import mount as m
 from rocker_client._sys.libc import SyscallError
 
+from .. import policy
 from . import layout
 from .steps import BuildError, Step
 
@@ -38,7 +39,7 @@ class Request(Protocol):
 class HostContext:
     req: Request
     name: str
-    create_dirs: bool
+    caller: policy.Peer | None  # None: the daemon itself; root may have dirs created
     created: list[str] = field(default_factory=list)
     mounts: list[tuple[str, int]] = field(default_factory=list)  # (target, detached mount fd), in attach order
     dir_fds: dict[str, int] = field(default_factory=dict)
@@ -60,11 +61,20 @@ class EnsureExecAndDataDirs(Step[HostContext]):
 
     def execute(self, ctx: HostContext) -> None:
         r = ctx.req
+        create = policy.is_root(ctx.caller)
         for key, path, mode, owner in (("exec", r.app_exec_dir, 0o755, (0, 0)),
                                        ("data", r.app_data_dir, 0o700, (r.uid, r.gid))):
-            fd, created = fs.ensure_dir(path, create=ctx.create_dirs, final_mode=mode, final_owner=owner)
+            try:
+                with policy.acting_as(ctx.caller):
+                    fd, created = fs.ensure_dir(path, create=create, final_mode=mode, final_owner=owner)
+            except OSError as e:
+                if create:
+                    raise
+                raise policy.Denied(f"{key} dir {path}: {e.strerror} (it must exist, be owned by uid "
+                                    f"{r.uid} and have no symlink on the way)") from None
             ctx.created += created
             ctx.dir_fds[key] = fd
+            policy.require_owned_dir(ctx.caller, fd, f"{key} dir", path)
 
     def undo(self, ctx: HostContext) -> None:
         fs.remove_created(ctx.created)
@@ -137,7 +147,13 @@ class MountPackage(Step[HostContext]):
 
     def execute(self, ctx: HostContext) -> None:
         path = ctx.req.app_pkg_path
-        pkg = fs.open_nofollow(path, os.O_RDONLY)
+        try:
+            with policy.acting_as(ctx.caller):
+                pkg = fs.open_nofollow(path, os.O_RDONLY)
+        except OSError as e:
+            if e.errno != errno.EACCES or policy.is_root(ctx.caller):
+                raise
+            raise policy.Denied(f"package {path} is not readable by uid {ctx.caller and ctx.caller.uid}") from None
         try:
             st = os.fstat(pkg)
             if not stat.S_ISREG(st.st_mode):

@@ -47,6 +47,8 @@ def run_steps(steps: Sequence[Step[C]], ctx: C) -> None:
             step.execute(ctx)
         except Exception as e:
             undo_steps(done, ctx)
+            if getattr(e, "passthrough", False):  # a refusal, not a failure: keep its type
+                raise
             raise as_build_error(step.describe(), e) from e
         done.append(step)
 

@@ -90,6 +90,7 @@ class Peer:
     pid: int
     uid: int
     gid: int
+    groups: tuple[int, ...] = ()  # supplementary groups, from SO_PEERGROUPS
 
 
 @dataclass
@@ -169,7 +170,19 @@ def _peer_of(sock: socket.socket) -> Peer:
     # struct ucred is (pid_t, uid_t, gid_t); uid_t/gid_t are unsigned.
     fmt = "iII"
     pid, uid, gid = struct.unpack(fmt, sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(fmt)))
-    return Peer(pid=pid, uid=uid, gid=gid)
+    return Peer(pid=pid, uid=uid, gid=gid, groups=_peer_groups(sock))
+
+
+SO_PEERGROUPS = 59
+
+
+def _peer_groups(sock: socket.socket) -> tuple[int, ...]:
+    """The peer's supplementary groups as of connect time (Linux 4.13+): no /proc race."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 65536)
+    except OSError:
+        return ()
+    return tuple(array.array("I", raw[: len(raw) - len(raw) % 4]))
 
 
 def _check_interface(iface: Interface) -> None:

@@ -1,0 +1,150 @@
+"""Callers other than root: their own rockers only, checked on the files actually used."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon import Daemon, start_daemon
+
+from rocker_client import RockerErr
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # the test's own interpreter may live where uid 1000 cannot read
+UID = 1000
+
+CALLER = r"""
+import json, os, socket, sys
+from rocker_client import RockerRequest, enter_rocker
+params = json.loads(sys.argv[1])
+
+def app(_):
+    print("APP " + json.dumps({"uid": os.getuid(), "host": socket.gethostname(),
+                               "pid1": open("/proc/1/comm").read().strip()}), flush=True)
+    return 5
+
+res = enter_rocker(RockerRequest(**params), app)
+status = os.waitpid(res.app_pid, 0)[1] if res.app_pid else -1
+print("RES " + json.dumps({"err_no": int(res.err_no), "detail": res.detail, "name": res.guard_pname,
+                           "guard_pid": res.guard_pid, "status": status}), flush=True)
+"""
+
+pytestmark = pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="needs Debian's /usr/bin/python3")
+
+
+@pytest.fixture
+def world(base: Path, pkg: Path) -> Iterator[tuple[Path, Daemon]]:
+    """A daemon whose socket uid 1000 can reach, rocker_client where it can import it, its own dirs."""
+    lib = base / "lib"
+    shutil.copytree(Path(__file__).parent.parent / "rocker_client", lib / "rocker_client",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(pkg, base / "app.squashfs")
+    for d in ("u/exec", "u/data"):
+        (base / d).mkdir(parents=True)
+        os.chown(base / d, UID, UID)
+    for p in [base, *base.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o755 if p.is_dir() else p.stat().st_mode | 0o644)
+    (base / "u/data").chmod(0o700)
+    d = start_daemon(base / "d", "--socket-mode", "0666")
+    yield base, d
+    d.stop()
+
+
+def run_as(world: tuple[Path, Daemon], uid: int, gid: int, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+    base, d = world
+    params = {"app_id": 1, "uid": uid, "gid": gid, "app_pkg_path": str(base / "app.squashfs"),
+              "app_exec_dir": str(base / "u/exec"), "app_data_dir": str(base / "u/data"),
+              "app_overlay_dirs": ["/usr"], **(changes or {})}
+    p = subprocess.run([SYSTEM_PYTHON, "-I", "-c", f"import sys; sys.path.insert(0, {str(base / 'lib')!r})\n"
+                        + CALLER, json.dumps(params)],
+                       user=uid, group=gid, extra_groups=[], env={"ROCKER_SOCKET": d.socket},
+                       capture_output=True, text=True, timeout=60)
+    out: dict[str, Any] = {"stderr": p.stderr}
+    for line in p.stdout.splitlines():
+        kind, _, rest = line.partition(" ")
+        out[kind] = json.loads(rest)
+    assert "RES" in out, p.stdout + p.stderr
+    return out
+
+
+def test_own_rocker_works(world: tuple[Path, Daemon]) -> None:
+    out = run_as(world, UID, UID)
+    res = out["RES"]
+    assert res["err_no"] == RockerErr.success, res["detail"]
+    assert os.waitstatus_to_exitcode(res["status"]) == 5
+    assert out["APP"] == {"uid": 0, "host": res["name"], "pid1": res["name"]}
+
+
+@pytest.mark.parametrize(("uid", "gid", "changes", "needle"), [
+    (UID, UID, {"uid": 1001}, "may only ask for a rocker of its own uid"),
+    (UID, UID, {"gid": 0}, "may only ask for a gid it holds"),
+    (UID, UID, {"app_exec_dir": "ROOTOWNED"}, "must be owned by uid 1000"),
+    (UID, UID, {"app_data_dir": "MISSING"}, "it must exist"),
+    (UID, UID, {"app_data_dir": "SYMLINK"}, "it must exist"),
+    (UID, UID, {"app_pkg_path": "UNREADABLE"}, "not readable by uid 1000"),
+    (UID, UID, {"app_pkg_path": "HIDDEN"}, "not readable by uid 1000"),
+])
+def test_refusals(world: tuple[Path, Daemon], uid: int, gid: int, changes: dict[str, Any], needle: str) -> None:
+    base, d = world
+    for key, value in list(changes.items()):
+        if value == "ROOTOWNED":
+            (base / "rootowned").mkdir()
+            changes[key] = str(base / "rootowned")
+        elif value == "MISSING":
+            changes[key] = str(base / "u/nodata")
+        elif value == "SYMLINK":
+            (base / "u/link").symlink_to(base / "u/data")
+            changes[key] = str(base / "u/link")
+        elif value == "UNREADABLE":
+            shutil.copy(base / "app.squashfs", base / "secret.squashfs")
+            (base / "secret.squashfs").chmod(0o600)
+            changes[key] = str(base / "secret.squashfs")
+        elif value == "HIDDEN":  # readable file in a dir the caller cannot walk: root's eyes must not help
+            (base / "private").mkdir(mode=0o700)
+            shutil.copy(base / "app.squashfs", base / "private/app.squashfs")
+            (base / "private/app.squashfs").chmod(0o644)
+            changes[key] = str(base / "private/app.squashfs")
+    res = run_as(world, uid, gid, changes)["RES"]
+    assert res["err_no"] == RockerErr.param_invalid, res
+    assert needle in res["detail"], res["detail"]
+    assert f"refused request of caller uid {uid}" in d.log_text()
+    assert not (base / "u/nodata").exists()
+
+
+def test_other_uid_cannot_open_a_guards_namespaces(world: tuple[Path, Daemon]) -> None:
+    """The guard is not dumpable: only root, through the daemon, hands out its namespaces."""
+    base, d = world
+    r, w = os.pipe()
+    holder = subprocess.Popen([SYSTEM_PYTHON, "-I", "-c", f"import sys; sys.path.insert(0, {str(base / 'lib')!r})\n"
+                               + CALLER.replace("return 5", "sys.stdin.read(); return 5"),
+                               json.dumps({"app_id": 1, "uid": UID, "gid": UID,
+                                           "app_pkg_path": str(base / "app.squashfs"),
+                                           "app_exec_dir": str(base / "u/exec"),
+                                           "app_data_dir": str(base / "u/data"), "app_overlay_dirs": []})],
+                              user=UID, group=UID, extra_groups=[], env={"ROCKER_SOCKET": d.socket},
+                              stdin=r, stdout=subprocess.PIPE, text=True)
+    os.close(r)
+    try:
+        line = holder.stdout.readline()  # type: ignore[union-attr]
+        assert line.startswith("APP "), line
+        guards = [int(p) for p in os.listdir("/proc") if p.isdigit() and _comm(int(p)) == json.loads(line[4:])["pid1"]]
+        assert len(guards) == 1
+        probe = subprocess.run([SYSTEM_PYTHON, "-I", "-c", f"open('/proc/{guards[0]}/ns/user')"], user=1001,
+                               group=1001, extra_groups=[], capture_output=True, text=True, timeout=30)
+        assert "PermissionError" in probe.stderr
+    finally:
+        os.close(w)
+        holder.wait(30)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
