@@ -26,6 +26,7 @@ class Rocker:
     app_overlay_dirs: tuple[str, ...]
     created: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)
+    pkg_key: tuple[int, int, int, int] | None = None  # its share of the package mount (None when adopted)
 
     def info(self) -> dict[str, object]:
         return {

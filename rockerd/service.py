@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from rocker_client._sys import ns
 
 from . import interface, journal, policy
-from .build import NS_NAMES, BuildError, build_rocker, remove_work_dirs
+from .build import NS_NAMES, BuildError, PackageCache, build_rocker, remove_work_dirs
 from .registry import Registry, Rocker
 from .request import RequestInvalid, parse_request
 from .state import Record, StateDir, matches, proc_starttime
@@ -40,6 +40,7 @@ class RockerService:
         self.guard_fd = guard_fd
         self.config = config or ServiceConfig()
         self.registry = Registry(self._ended)
+        self.packages = PackageCache()
         self.state = StateDir(self.config.state_dir)
         self._adopt()
 
@@ -63,7 +64,7 @@ class RockerService:
         self._check_limits(peer.uid, req.uid)
         name = self.registry.reserve_name()
         try:
-            built = await build_rocker(req, name, caller=peer, guard_fd=self.guard_fd,
+            built = await build_rocker(req, name, caller=peer, packages=self.packages, guard_fd=self.guard_fd,
                                        first_entry_timeout=self.config.first_entry_timeout,
                                        ready_timeout=self.config.ready_timeout)
         except policy.Denied as e:
@@ -77,7 +78,7 @@ class RockerService:
         finally:
             self.registry.release_name(name)
         rocker = Rocker(name, built.pid, built.pidfd, req.app_id, req.uid, req.gid, peer.uid, req.app_pkg_path,
-                        req.app_exec_dir, req.app_data_dir, tuple(req.app_overlay_dirs))
+                        req.app_exec_dir, req.app_data_dir, tuple(req.app_overlay_dirs), pkg_key=built.pkg_key)
         self.registry.add(rocker)
         self.state.save(Record(name, built.pid, proc_starttime(built.pid), req.app_id, req.uid, req.gid, peer.uid,
                                rocker.created, req.app_pkg_path, req.app_exec_dir, req.app_data_dir,
@@ -128,6 +129,8 @@ class RockerService:
         journal.event(journal.ENDED, f"ended {rocker.name} (guard pid {rocker.pid}) after {lifetime:.2f} s",
                       guard_name=rocker.name, guard_pid=rocker.pid, app_id=rocker.app_id, uid=rocker.uid,
                       caller_uid=rocker.caller_uid, lifetime_sec=round(lifetime, 3), status=status)
+        if rocker.pkg_key is not None:
+            self.packages.release(rocker.pkg_key)
         self.state.remove(rocker.name)
         self._remove_work(rocker.app_data_dir, rocker.name, tries=5)
 

@@ -14,15 +14,14 @@ import stat
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rocker_client._sys import fs, loop
+from rocker_client._sys import fs
 from rocker_client._sys import mount as m
 from rocker_client._sys.libc import SyscallError
 
 from .. import policy
 from . import layout
+from .packages import PackageCache, PackageKey
 from .steps import BuildError, Step
-
-SQUASHFS_MAGIC = b"hsqs"
 
 
 class Request(Protocol):
@@ -40,6 +39,8 @@ class HostContext:
     req: Request
     name: str
     caller: policy.Peer | None  # None: the daemon itself; root may have dirs created
+    packages: PackageCache
+    pkg_key: PackageKey | None = None
     created: list[str] = field(default_factory=list)
     mounts: list[tuple[str, int]] = field(default_factory=list)  # (target, detached mount fd), in attach order
     dir_fds: dict[str, int] = field(default_factory=dict)
@@ -136,11 +137,7 @@ class MountOverlay(Step[HostContext]):
 
 
 class MountPackage(Step[HostContext]):
-    """The squashfs on an autoclear loop device, read-only, as a detached mount.
-
-    The loop fd is closed as soon as the mount holds the device, so the
-    device frees itself when the rocker's last mount of it goes.
-    """
+    """A clone of the package's shared read-only mount (see packages.py)."""
 
     def describe(self) -> str:
         return "mount package"
@@ -155,26 +152,17 @@ class MountPackage(Step[HostContext]):
                 raise
             raise policy.Denied(f"package {path} is not readable by uid {ctx.caller and ctx.caller.uid}") from None
         try:
-            st = os.fstat(pkg)
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(os.fstat(pkg).st_mode):
                 raise BuildError(self.describe(), errno.EINVAL, f"package {path} is not a regular file")
-            if os.pread(pkg, 4, 0) != SQUASHFS_MAGIC:
-                raise BuildError(self.describe(), errno.EINVAL, f"package {path} is not a squashfs image")
-            lfd, dev = loop.attach_readonly(pkg, path)
+            ctx.pkg_key, mfd = ctx.packages.acquire(pkg, path, self.describe())
         finally:
             os.close(pkg)
-        try:
-            fsfd = m.fsopen("squashfs")
-            try:
-                m.fsconfig_string(fsfd, "source", dev, path)
-                m.fsconfig_flag(fsfd, "ro", path)
-                m.fsconfig_create(fsfd, path)
-                mfd = m.fsmount(fsfd, m.MOUNT_ATTR_RDONLY | m.MOUNT_ATTR_NOSUID | m.MOUNT_ATTR_NODEV, path)
-            finally:
-                os.close(fsfd)
-        finally:
-            os.close(lfd)
         ctx.mounts.append((ctx.req.app_exec_dir, mfd))
+
+    def undo(self, ctx: HostContext) -> None:
+        if ctx.pkg_key is not None:
+            ctx.packages.release(ctx.pkg_key)
+            ctx.pkg_key = None
 
 
 def host_steps(req: Request) -> list[Step[HostContext]]:

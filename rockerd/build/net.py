@@ -1,8 +1,9 @@
 """Bring `lo` up in the rocker's network namespace.
 
-Runs in the freshly cloned child, outside any event loop, so it speaks
-rtnetlink on a plain socket with pyroute2's message codec rather than
-through an IPRoute object (which would start a loop of its own).
+The rtnetlink request is the same for every rocker, so it is encoded once
+with pyroute2's message codec when the daemon starts; the freshly cloned
+child (outside any event loop, where every touched Python object costs a
+copy-on-write page) only sends those bytes and reads the ack.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rocker_client._sys.libc import SyscallError
 LO_INDEX = 1  # lo is always ifindex 1 in a new network namespace
 
 
-def loopback_up() -> None:
+def _encode_lo_up() -> bytes:
     msg = ifinfmsg()
     msg["index"] = LO_INDEX
     msg["flags"] = IFF_UP
@@ -28,8 +29,15 @@ def loopback_up() -> None:
     msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
     msg["header"]["sequence_number"] = 1
     msg.encode()
+    return bytes(msg.data)
+
+
+LO_UP = _encode_lo_up()
+
+
+def loopback_up() -> None:
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as s:
-        s.send(msg.data)
+        s.send(LO_UP)
         ack = s.recv(4096)
     # nlmsgerr: header (16 bytes) then a negative errno, 0 on success
     (err,) = struct.unpack_from("i", ack, 16)

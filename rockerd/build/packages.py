@@ -1,0 +1,81 @@
+"""One squashfs mount per package, shared by every live rocker of it.
+
+Mounting a package once and giving each rocker a clone of that mount
+(open_tree) skips the loop device and superblock set-up per rocker and,
+more importantly, shares one page cache: a fresh superblock reads and
+decompresses the app again on every start (snapd shares mounts the same
+way). A package is keyed by the identity of the opened file (device, inode,
+size, mtime), so a replaced file is a new package; the shared mount goes
+when the last rocker holding a reference to it ends, and with it the loop
+device (autoclear).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+
+from rocker_client._sys import loop, nr
+from rocker_client._sys import mount as m
+from rocker_client._sys.libc import syscall
+
+from .steps import BuildError
+
+SQUASHFS_MAGIC = b"hsqs"
+PackageKey = tuple[int, int, int, int]
+
+
+@dataclass
+class _Shared:
+    mfd: int
+    refs: int
+
+
+class PackageCache:
+    def __init__(self) -> None:
+        self._mounts: dict[PackageKey, _Shared] = {}
+
+    def __len__(self) -> int:
+        return len(self._mounts)
+
+    def acquire(self, pkg_fd: int, path: str, step: str) -> tuple[PackageKey, int]:
+        """A new detached clone of the package's shared mount (made on first use) and its key."""
+        st = os.fstat(pkg_fd)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        shared = self._mounts.get(key)
+        if shared is None:
+            shared = self._mounts[key] = _Shared(_mount_squashfs(pkg_fd, path, step), 0)
+        clone = syscall(nr.OPEN_TREE, ctypes.c_int(shared.mfd), b"",
+                        ctypes.c_uint(m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_EMPTY_PATH),
+                        call="open_tree", target=path)
+        shared.refs += 1
+        return key, clone
+
+    def release(self, key: PackageKey) -> None:
+        shared = self._mounts.get(key)
+        if shared is None:
+            return
+        shared.refs -= 1
+        if shared.refs <= 0:
+            del self._mounts[key]
+            os.close(shared.mfd)
+
+
+def _mount_squashfs(pkg: int, path: str, step: str) -> int:
+    """The package on an autoclear loop device, read-only, as a detached mount."""
+    if os.pread(pkg, 4, 0) != SQUASHFS_MAGIC:
+        raise BuildError(step, errno.EINVAL, f"package {path} is not a squashfs image")
+    lfd, dev = loop.attach_readonly(pkg, path)
+    try:
+        fsfd = m.fsopen("squashfs")
+        try:
+            m.fsconfig_string(fsfd, "source", dev, path)
+            m.fsconfig_flag(fsfd, "ro", path)
+            m.fsconfig_create(fsfd, path)
+            return m.fsmount(fsfd, m.MOUNT_ATTR_RDONLY | m.MOUNT_ATTR_NOSUID | m.MOUNT_ATTR_NODEV, path)
+        finally:
+            os.close(fsfd)
+    finally:
+        os.close(lfd)  # the mount holds the device now
