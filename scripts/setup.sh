@@ -8,9 +8,10 @@ if [ -z "${ROCKER_SKIP_APT:-}" ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     # squashfs-tools: mksquashfs for packages; libsystemd-dev + pkg-config + python3-dev + gcc: systemd-python
-    # and the C guard; iproute2 for tests; systemd-container: nspawn for the systemd testbed
+    # and the C guard; make + valgrind: the C client and its tests; iproute2 for tests; systemd-container:
+    # nspawn for the systemd testbed
     apt-get install -y -qq --no-install-recommends \
-        squashfs-tools libsystemd-dev pkg-config gcc libc6-dev python3-dev python3-venv iproute2 \
+        squashfs-tools libsystemd-dev pkg-config gcc libc6-dev make valgrind python3-dev python3-venv iproute2 \
         systemd-container >/dev/null
 fi
 PY=${PYTHON:-python3}

@@ -1,0 +1,78 @@
+/* librocker_client: the seed's C API, talking to rockerd (varlink over a unix socket).
+ * Link with -lrocker_client. See docs/c-client.md.
+ * SPDX-License-Identifier: MIT */
+#ifndef ROCKER_LIB_H
+#define ROCKER_LIB_H
+
+#include "err_no.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+//! All interfaces return this struct.
+//! NOTE: returned as a value, not a pointer.
+//-
+//@ err_no: self-descriptive error number
+//@ guard_pid: PID of rocker's PID-1 process as seen from outside the rocker
+//@ guard_pname: name of rocker's PID-1 process; randomly generated, guaranteed unique by the server
+//@ app_pid: PID of the process executing the requested action (app)
+typedef struct {
+    ROCKER_ERR err_no;
+    int app_pid;
+    int guard_pid;
+    char guard_pname[16];
+} RockerResult;
+
+//! Data structure exchanged between rocker_client and rocker_server.
+//-
+//@ app_id: APP uuid
+//@ uid: euid of the App process
+//@ gid: egid of the App process
+//@ app_pkg_path: path to the App source file, e.g. /apps/xx.squashfs
+//@ app_exec_dir: execution path of the App, i.e. mount path of app_pkg_path
+//@ app_data_dir: top-level storage path for all data written by the App
+//@ app_overlay_dirs[16]: top-level directories for which an overlay layer is needed, e.g. /var; max 16
+//@                       (the non-NULL entries are sent, in order)
+typedef struct {
+    int app_id;
+    int uid;
+    int gid;
+
+    char *app_pkg_path;
+    char *app_exec_dir;
+    char *app_data_dir;
+    char *app_overlay_dirs[16];
+} RockerRequest;
+
+//! API to request creation of a new rocker and run the specified function inside it.
+//! Returns a RockerResult struct (NOTE: value, not pointer).
+//! The app runs in a child of the caller (waitpid(res.app_pid, ...) works) and
+//! exits with app's return value.
+//-
+//@ req[in]: configuration data needed to create the new rocker
+//@ app[in]: function to execute inside the rocker once it is created
+//@ app_args[in]: arguments to pass to the app function
+RockerResult
+ROCKER_enter_rocker(RockerRequest *req, int (*app) (void *), void *app_args)
+__attribute__ ((visibility("default")));
+
+//! Get the name of the specified process from '/proc/<PID>/stat'.
+//! Before the client sends a signal to the guard process, compare the name
+//! against the original returned at rocker creation to confirm the PID has not been reused.
+//-
+//@ pid[in]: PID of the target process
+RockerResult
+ROCKER_get_guardname(int pid)
+__attribute__ ((visibility("default")));
+
+//! Return a new RockerRequest instance (all fields zero / NULL).
+RockerRequest
+ROCKER_request_new(void)
+__attribute__ ((visibility("default")));
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ROCKER_LIB_H */

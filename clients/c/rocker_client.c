@@ -1,0 +1,647 @@
+/* librocker_client: the seed's C API on rockerd's varlink protocol.
+ *
+ * The same steps as rocker_client/enter.py, in C:
+ *
+ *   caller: connect, send io.rocker.Rocker.Create, receive the reply and the namespace fds
+ *   └─ fork ──> intermediate (single-threaded): setgroups, setns user (first: it owns the
+ *               others), mnt, pid, net, uts, ipc; uid/gid 0 inside; the app capability set;
+ *               no_new_privs
+ *               └─ clone(CLONE_PARENT) ──> app: runs app(app_args) as the caller's child
+ *
+ * Only the three ROCKER_* functions are exported (built with -fvisibility=hidden).
+ * SPDX-License-Identifier: MIT
+ */
+#define _GNU_SOURCE
+#include "lib.h"
+#include "rkjson.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_SOCKET "/run/rocker/rockerd.sock"
+#define CREATE "io.rocker.Rocker.Create"
+#define TIMEOUT_MS 30000              /* the whole call, as rocker_client.wire */
+#define MAX_REPLY (16u * 1024 * 1024) /* a larger reply means a broken server */
+#define MAX_FDS 253                   /* SCM_MAX_FD */
+#define CHUNK 65536
+#define NNS 6
+
+/* Entered in this order: user first, it owns the others (the order of the interface). */
+static const struct {
+    const char *name;
+    int type;
+} NS[NNS] = {
+    {"user", CLONE_NEWUSER}, {"mnt", CLONE_NEWNS}, {"pid", CLONE_NEWPID},
+    {"net", CLONE_NEWNET},   {"uts", CLONE_NEWUTS}, {"ipc", CLONE_NEWIPC},
+};
+
+/* The capabilities an app keeps inside its rocker: rocker_client/caps.py (a test compares them). */
+static const uint64_t APP_CAP_MASK =
+    1ULL << CAP_CHOWN | 1ULL << CAP_DAC_OVERRIDE | 1ULL << CAP_FOWNER | 1ULL << CAP_FSETID |
+    1ULL << CAP_KILL | 1ULL << CAP_SETGID | 1ULL << CAP_SETUID | 1ULL << CAP_SETPCAP |
+    1ULL << CAP_NET_BIND_SERVICE | 1ULL << CAP_SYS_CHROOT | 1ULL << CAP_AUDIT_WRITE | 1ULL << CAP_SETFCAP;
+
+/* What the intermediate reports through its pipe: one write, well under PIPE_BUF. */
+enum { REP_OK = 1, REP_ENTER, REP_APP };
+enum { ST_SETGROUPS, ST_SETNS /* + index into NS */, ST_SETRESGID = ST_SETNS + NNS, ST_SETRESUID,
+       ST_CAPBSET, ST_CAPSET, ST_NO_NEW_PRIVS, ST_CLONE, ST_COUNT };
+static const char *const STAGE[ST_COUNT] = {
+    "setgroups", "setns(user)", "setns(mnt)", "setns(pid)", "setns(net)", "setns(uts)", "setns(ipc)",
+    "setresgid", "setresuid", "prctl(PR_CAPBSET_DROP)", "capset", "prctl(PR_SET_NO_NEW_PRIVS)", "clone app",
+};
+struct report {
+    int kind, stage, err, pid;
+};
+
+struct fds {
+    int fd[MAX_FDS];
+    int n;
+};
+
+/* The parts of a Create reply (or error reply) this library reads. */
+struct reply {
+    char error[256];
+    int is_error;
+    long long guard_pid, ns[NNS];
+    int have_pid, have_ns[NNS];
+    char pname[16];
+    int have_pname;
+    char field[128], reason[256];
+};
+
+/* ROCKER_CLIENT_DEBUG=1 in the environment: say why a call failed on stderr (there is no
+ * room for a reason in the seed's RockerResult). Only ever called in the caller's process. */
+__attribute__((format(printf, 1, 2))) static void debug(const char *fmt, ...)
+{
+    const char *on = getenv("ROCKER_CLIENT_DEBUG");
+    if (!on || !*on || strcmp(on, "0") == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    char line[1024];
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "librocker_client: %s\n", line);
+}
+
+static RockerResult result(ROCKER_ERR err)
+{
+    RockerResult r;
+    memset(&r, 0, sizeof r);
+    r.err_no = err;
+    return r;
+}
+
+static void close_fds(struct fds *f)
+{
+    for (int i = 0; i < f->n; i++)
+        close(f->fd[i]);
+    f->n = 0;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wait until fd is ready for `events` or the deadline passes (errno ETIMEDOUT). */
+static int wait_fd(int fd, short events, long long deadline)
+{
+    for (;;) {
+        long long left = deadline - now_ms();
+        if (left <= 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        struct pollfd p = {.fd = fd, .events = events};
+        int n = poll(&p, 1, (int)left);
+        if (n > 0)
+            return 0;
+        if (n < 0 && errno != EINTR)
+            return -1;
+    }
+}
+
+/* ---- the varlink call ---- */
+
+static int encode_create(struct rkj_buf *b, const RockerRequest *req)
+{
+    rkj_puts(b, "{\"method\":\"" CREATE "\",\"parameters\":{\"app_id\":");
+    rkj_put_int(b, req->app_id);
+    rkj_puts(b, ",\"uid\":");
+    rkj_put_int(b, req->uid);
+    rkj_puts(b, ",\"gid\":");
+    rkj_put_int(b, req->gid);
+    rkj_puts(b, ",\"app_pkg_path\":");
+    rkj_put_string(b, req->app_pkg_path); /* NULL goes as null: rockerd says which field is missing */
+    rkj_puts(b, ",\"app_exec_dir\":");
+    rkj_put_string(b, req->app_exec_dir);
+    rkj_puts(b, ",\"app_data_dir\":");
+    rkj_put_string(b, req->app_data_dir);
+    rkj_puts(b, ",\"app_overlay_dirs\":[");
+    int n = 0;
+    for (size_t i = 0; i < sizeof req->app_overlay_dirs / sizeof req->app_overlay_dirs[0]; i++) {
+        if (!req->app_overlay_dirs[i])
+            continue;
+        if (n++)
+            rkj_put(b, ",", 1);
+        rkj_put_string(b, req->app_overlay_dirs[i]);
+    }
+    rkj_puts(b, "]}}");
+    rkj_put(b, "", 1); /* the varlink message terminator */
+    return b->failed ? -1 : 0;
+}
+
+static int connect_daemon(const char *path, ROCKER_ERR *err)
+{
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof addr.sun_path) {
+        debug("socket path too long: %s", path);
+        *err = ROCKER_ERR_server_unaddr_invalid;
+        return -1;
+    }
+    strcpy(addr.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        debug("socket: %s", strerror(errno));
+        *err = ROCKER_ERR_sys;
+        return -1;
+    }
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        int e = errno;
+        socklen_t len = sizeof e;
+        /* interrupted: the connection goes on; wait for it and read its outcome */
+        if (e == EINTR && wait_fd(fd, POLLOUT, now_ms() + TIMEOUT_MS) == 0 &&
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) == 0 && e == 0)
+            return fd;
+        debug("cannot connect to %s: %s", path, strerror(e));
+        close(fd);
+        *err = ROCKER_ERR_server_unaddr_invalid;
+        return -1;
+    }
+    return fd;
+}
+
+static int send_all(int fd, const char *data, size_t len, long long deadline)
+{
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = send(fd, data + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n >= 0)
+            off += (size_t)n;
+        else if (errno == EAGAIN) {
+            if (wait_fd(fd, POLLOUT, deadline) < 0)
+                return -1;
+        } else if (errno != EINTR)
+            return -1;
+    }
+    return 0;
+}
+
+/* Read up to the first NUL into *frame (malloc'd, NUL-terminated there), collecting every fd
+ * that comes with it. On failure nothing stays open or allocated. */
+static int recv_frame(int fd, char **frame, struct fds *fds, long long deadline)
+{
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    union {
+        char space[CMSG_SPACE(MAX_FDS * sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    fds->n = 0;
+    for (;;) {
+        if (cap - len < CHUNK) {
+            if (cap >= MAX_REPLY) {
+                debug("reply larger than %u bytes", MAX_REPLY);
+                goto fail;
+            }
+            char *more = realloc(buf, cap + CHUNK);
+            if (!more) {
+                debug("out of memory for the reply");
+                goto fail;
+            }
+            buf = more;
+            cap += CHUNK;
+        }
+        struct iovec iov = {.iov_base = buf + len, .iov_len = cap - len};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.space,
+                             .msg_controllen = sizeof ctl.space};
+        ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN && wait_fd(fd, POLLIN, deadline) == 0)
+                continue;
+            debug("receiving the reply failed: %s", strerror(errno));
+            goto fail;
+        }
+        int overflow = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+                continue;
+            size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < k; i++) {
+                int got;
+                memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
+                if (fds->n < MAX_FDS)
+                    fds->fd[fds->n++] = got;
+                else {
+                    close(got);
+                    overflow = 1;
+                }
+            }
+        }
+        if (overflow || (msg.msg_flags & MSG_CTRUNC)) {
+            debug("too many file descriptors with the reply");
+            goto fail;
+        }
+        if (n == 0) {
+            debug("connection closed before a complete reply");
+            goto fail;
+        }
+        char *nul = memchr(buf + len, '\0', (size_t)n);
+        len += (size_t)n;
+        if (nul) {
+            *frame = buf;
+            return (int)(nul - buf);
+        }
+    }
+fail:
+    free(buf);
+    close_fds(fds);
+    return -1;
+}
+
+/* A string value into out (cap bytes, truncated); *ok if it was a string that fit, without NUL. */
+static int read_str(struct rkj_in *in, char *out, size_t cap, int *ok)
+{
+    size_t len;
+    int nul;
+    if (rkj_peek(in) != '"')
+        return rkj_skip(in);
+    if (rkj_string(in, out, cap, &len, &nul) < 0)
+        return -1;
+    if (ok)
+        *ok = !nul && len < cap;
+    return 0;
+}
+
+static int read_int(struct rkj_in *in, long long *v, int *ok)
+{
+    char c = rkj_peek(in);
+    if (c != '-' && (c < '0' || c > '9'))
+        return rkj_skip(in);
+    struct rkj_in save = *in;
+    if (rkj_int(in, v) == 0) {
+        *ok = 1;
+        return 0;
+    }
+    *in = save; /* a fraction or a huge number: valid JSON, just not ours */
+    return rkj_skip(in);
+}
+
+static int parse_parameters(struct rkj_in *in, struct reply *r)
+{
+    char key[32];
+    int count = 0, k;
+    if (rkj_peek(in) == 'n')
+        return rkj_skip(in); /* null */
+    if (rkj_obj_begin(in) < 0)
+        return -1;
+    while ((k = rkj_obj_key(in, &count, key, sizeof key)) == 1) {
+        int rc;
+        if (strcmp(key, "guard_pid") == 0)
+            rc = read_int(in, &r->guard_pid, &r->have_pid);
+        else if (strcmp(key, "guard_pname") == 0)
+            rc = read_str(in, r->pname, sizeof r->pname, &r->have_pname);
+        else if (strcmp(key, "field") == 0 || strcmp(key, "step") == 0 || strcmp(key, "parameter") == 0)
+            rc = read_str(in, r->field, sizeof r->field, NULL);
+        else if (strcmp(key, "reason") == 0)
+            rc = read_str(in, r->reason, sizeof r->reason, NULL);
+        else if (strcmp(key, "namespaces") == 0 && rkj_peek(in) == '{') {
+            char name[8];
+            int n = 0, kk;
+            rkj_obj_begin(in);
+            while ((kk = rkj_obj_key(in, &n, name, sizeof name)) == 1) {
+                int i = 0;
+                while (i < NNS && strcmp(name, NS[i].name) != 0)
+                    i++;
+                if ((i < NNS ? read_int(in, &r->ns[i], &r->have_ns[i]) : rkj_skip(in)) < 0)
+                    return -1;
+            }
+            rc = kk;
+        } else
+            rc = rkj_skip(in);
+        if (rc < 0)
+            return -1;
+    }
+    return k;
+}
+
+static int parse_reply(const char *frame, size_t len, struct reply *r)
+{
+    struct rkj_in in = {.p = frame, .end = frame + len};
+    char key[32];
+    int count = 0, k;
+    memset(r, 0, sizeof *r);
+    if (rkj_obj_begin(&in) < 0)
+        return -1;
+    while ((k = rkj_obj_key(&in, &count, key, sizeof key)) == 1) {
+        int rc;
+        if (strcmp(key, "parameters") == 0)
+            rc = parse_parameters(&in, r);
+        else if (strcmp(key, "error") == 0 && rkj_peek(&in) == '"') {
+            rc = read_str(&in, r->error, sizeof r->error, NULL);
+            r->is_error = 1;
+        } else if (strcmp(key, "error") == 0 && rkj_peek(&in) != 'n')
+            return -1; /* error is a string or nothing */
+        else
+            rc = rkj_skip(&in);
+        if (rc < 0)
+            return -1;
+    }
+    return k < 0 ? -1 : rkj_end(&in);
+}
+
+/* The seed's number for a varlink error, as rocker_client.enter._remote_err. */
+static ROCKER_ERR remote_err(const char *name)
+{
+    const char *dot = strrchr(name, '.');
+    const char *s = dot ? dot + 1 : name;
+    if (!strcmp(s, "InvalidRequest") || !strcmp(s, "PermissionDenied") || !strcmp(s, "InvalidParameter") ||
+        !strcmp(s, "ProtocolViolation"))
+        return ROCKER_ERR_param_invalid;
+    if (!strcmp(s, "BuildFailed") || !strcmp(s, "LimitReached"))
+        return ROCKER_ERR_build_rocker_failed;
+    return ROCKER_ERR_unknown;
+}
+
+/* ---- entering ---- */
+
+/* Drop every capability not in APP_CAP_MASK: bounding set first, then permitted, effective
+ * and inheritable (which also empties the ambient set). */
+static int drop_bounding(int last_cap)
+{
+    for (int cap = 0; cap <= last_cap; cap++)
+        if (!(cap < 64 && (APP_CAP_MASK >> cap & 1)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
+            return -1;
+    return 0;
+}
+
+static int set_caps(void)
+{
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    data[0].effective = data[0].permitted = (uint32_t)APP_CAP_MASK;
+    data[1].effective = data[1].permitted = (uint32_t)(APP_CAP_MASK >> 32);
+    return (int)syscall(SYS_capset, &hdr, data);
+}
+
+/* The forked intermediate: plain syscalls only, no locks, no malloc (the caller may have threads).
+ * Never returns. */
+__attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], struct fds *all, int w, int last_cap,
+                                                   int (*app)(void *), void *app_args)
+{
+    struct report rep = {.kind = REP_ENTER};
+    int stage = ST_SETGROUPS;
+    if (geteuid() == 0 && setgroups(0, NULL) < 0) /* else the caller's groups would follow the app */
+        goto fail;
+    for (int i = 0; i < NNS; i++) {
+        stage = ST_SETNS + i;
+        if (setns(ns_fd[i], NS[i].type) < 0)
+            goto fail;
+    }
+    close_fds(all); /* the app gets no handle on the namespaces */
+    stage = ST_SETRESGID;
+    if (setresgid(0, 0, 0) < 0)
+        goto fail;
+    stage = ST_SETRESUID;
+    if (setresuid(0, 0, 0) < 0)
+        goto fail;
+    stage = ST_CAPBSET;
+    if (drop_bounding(last_cap) < 0)
+        goto fail;
+    stage = ST_CAPSET;
+    if (set_caps() < 0)
+        goto fail;
+    stage = ST_NO_NEW_PRIVS;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        goto fail;
+    stage = ST_CLONE;
+    /* Raw clone, no new stack: fork semantics, but the app is the caller's child. */
+    long pid = syscall(SYS_clone, (unsigned long)(CLONE_PARENT | SIGCHLD), 0, 0, 0, 0);
+    if (pid == 0) {
+        close(w);
+        int code = app(app_args);
+        fflush(stdout); /* as enter.py does: the app's own buffered output is not lost */
+        fflush(stderr);
+        _exit(code);
+    }
+    if (pid < 0)
+        goto fail;
+    rep.kind = REP_OK;
+    rep.pid = (int)pid;
+    (void)!write(w, &rep, sizeof rep);
+    _exit(0);
+fail:
+    rep.err = errno;
+    rep.stage = stage;
+    /* ESRCH/ENOMEM/ENOENT at clone: the guard died, the rocker is gone; not the app's fault */
+    if (stage == ST_CLONE && rep.err != ESRCH && rep.err != ENOMEM && rep.err != ENOENT)
+        rep.kind = REP_APP;
+    (void)!write(w, &rep, sizeof rep);
+    _exit(1);
+}
+
+static int read_last_cap(void)
+{
+    char buf[16] = {0};
+    int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    return n > 0 ? atoi(buf) : -1;
+}
+
+/* Fork the intermediate, collect its report. Closes every fd in `all`. */
+static ROCKER_ERR start_inside(const int ns_fd[NNS], struct fds *all, int (*app)(void *), void *app_args,
+                               int *app_pid)
+{
+    int last_cap = read_last_cap(), p[2];
+    if (last_cap < 0) {
+        debug("cannot read /proc/sys/kernel/cap_last_cap: %s", strerror(errno));
+        close_fds(all);
+        return ROCKER_ERR_sys;
+    }
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        debug("pipe2: %s", strerror(errno));
+        close_fds(all);
+        return ROCKER_ERR_sys;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        intermediate(ns_fd, all, p[1], last_cap, app, app_args);
+    }
+    int fork_errno = errno;
+    close_fds(all);
+    close(p[1]);
+    if (pid < 0) {
+        close(p[0]);
+        debug("fork: %s", strerror(fork_errno));
+        return ROCKER_ERR_sys;
+    }
+    /* Reap first, then read without waiting for EOF: in a threaded caller, apps started
+     * meanwhile by other threads hold copies of the write end. The one report is written
+     * before the intermediate exits. */
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    struct report rep;
+    ssize_t n;
+    fcntl(p[0], F_SETFL, O_NONBLOCK);
+    do
+        n = read(p[0], &rep, sizeof rep);
+    while (n < 0 && errno == EINTR);
+    close(p[0]);
+    if (n != (ssize_t)sizeof rep) {
+        debug("the process entering the rocker died");
+        return ROCKER_ERR_enter_rocker_failed;
+    }
+    if (rep.kind == REP_OK) {
+        *app_pid = rep.pid;
+        return ROCKER_ERR_success;
+    }
+    const char *stage = rep.stage >= 0 && rep.stage < ST_COUNT ? STAGE[rep.stage] : "?";
+    int gone = rep.err == ESRCH || rep.err == ENOMEM || rep.err == ENOENT;
+    debug("%s: %s%s", stage, strerror(rep.err), gone ? " (the rocker is gone: its guard exited)" : "");
+    return rep.kind == REP_APP ? ROCKER_ERR_app_exec_failed : ROCKER_ERR_enter_rocker_failed;
+}
+
+/* ---- the API ---- */
+
+__attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRequest *req, int (*app)(void *),
+                                                                        void *app_args)
+{
+    if (!req || !app) {
+        debug("%s is NULL", req ? "app" : "req");
+        return result(ROCKER_ERR_param_invalid);
+    }
+    struct rkj_buf msg = {0};
+    if (encode_create(&msg, req) < 0) {
+        rkj_free(&msg);
+        debug("out of memory for the request");
+        return result(ROCKER_ERR_sys);
+    }
+    const char *path = getenv("ROCKER_SOCKET");
+    if (!path || !*path)
+        path = DEFAULT_SOCKET;
+    ROCKER_ERR err = ROCKER_ERR_unknown;
+    int sock = connect_daemon(path, &err);
+    if (sock < 0) {
+        rkj_free(&msg);
+        return result(err);
+    }
+    long long deadline = now_ms() + TIMEOUT_MS;
+    int sent = send_all(sock, msg.data, msg.len, deadline);
+    rkj_free(&msg);
+    if (sent < 0) {
+        debug("sending the call failed: %s", strerror(errno));
+        close(sock);
+        return result(ROCKER_ERR_send_req_failed);
+    }
+    struct fds fds;
+    char *frame = NULL;
+    int len = recv_frame(sock, &frame, &fds, deadline);
+    close(sock);
+    if (len < 0)
+        return result(ROCKER_ERR_recv_resp_failed);
+    struct reply r;
+    int parsed = parse_reply(frame, (size_t)len, &r);
+    free(frame); /* nothing stays allocated across the fork */
+    if (parsed < 0) {
+        debug("malformed reply");
+        close_fds(&fds);
+        return result(ROCKER_ERR_recv_resp_failed);
+    }
+    if (r.is_error) {
+        debug("%s: %s%s%s", r.error, r.field, r.field[0] ? ": " : "", r.reason);
+        close_fds(&fds);
+        return result(remote_err(r.error));
+    }
+    int ns_fd[NNS];
+    int ok = r.have_pid && r.guard_pid > 0 && r.guard_pid <= INT32_MAX && r.have_pname;
+    for (int i = 0; i < NNS; i++) {
+        ok = ok && r.have_ns[i] && r.ns[i] >= 0 && r.ns[i] < fds.n;
+        ns_fd[i] = ok ? fds.fd[r.ns[i]] : -1;
+    }
+    if (!ok) {
+        debug("malformed Create reply: guard_pid, guard_pname (at most 15 bytes) or namespaces "
+              "missing or wrong (%d fds received)", fds.n);
+        close_fds(&fds);
+        return result(ROCKER_ERR_recv_resp_failed);
+    }
+    RockerResult res = result(ROCKER_ERR_success);
+    res.guard_pid = (int)r.guard_pid;
+    memcpy(res.guard_pname, r.pname, sizeof res.guard_pname);
+    res.err_no = start_inside(ns_fd, &fds, app, app_args, &res.app_pid);
+    return res;
+}
+
+__attribute__((visibility("default"))) RockerResult ROCKER_get_guardname(int pid)
+{
+    RockerResult res = result(ROCKER_ERR_get_guardname_failed);
+    char path[32], buf[4096];
+    if (pid <= 0)
+        return res;
+    res.guard_pid = pid;
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return res;
+    size_t len = 0;
+    ssize_t n;
+    while (len < sizeof buf && ((n = read(fd, buf + len, sizeof buf - len)) > 0 || (n < 0 && errno == EINTR)))
+        if (n > 0)
+            len += (size_t)n;
+    close(fd);
+    /* comm sits between the first '(' and the last ')': it may itself hold ')' */
+    char *open_ = memchr(buf, '(', len), *close_ = memrchr(buf, ')', len);
+    if (!open_ || !close_ || close_ < open_)
+        return res;
+    size_t k = (size_t)(close_ - open_ - 1);
+    if (k >= sizeof res.guard_pname)
+        k = sizeof res.guard_pname - 1;
+    memcpy(res.guard_pname, open_ + 1, k);
+    res.err_no = ROCKER_ERR_success;
+    return res;
+}
+
+__attribute__((visibility("default"))) RockerRequest ROCKER_request_new(void)
+{
+    RockerRequest req;
+    memset(&req, 0, sizeof req);
+    return req;
+}
