@@ -11,8 +11,9 @@ import signal
 import socket
 import stat
 import sys
+import time
 
-from . import __version__, journal
+from . import __version__, journal, sd
 from .guard import guard_binary
 from .service import RockerService, ServiceConfig
 from .varlink.server import Limits, VarlinkServer
@@ -36,7 +37,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="where live rockers are recorded so a restarted rockerd re-adopts them (tmpfs)")
     p.add_argument("--first-entry-timeout", type=float, default=ServiceConfig.first_entry_timeout, metavar="SEC",
                    help="tear a rocker down when nobody entered it within this time")
-    return p.parse_args(argv)
+    p.add_argument("--idle-exit", type=float, default=0.0, metavar="SEC",
+                   help="exit after SEC seconds with no live rockers and no clients (for socket activation: "
+                        "systemd starts rockerd again on the next connection); 0, the default, never exits")
+    args = p.parse_args(argv)
+    if args.idle_exit < 0:
+        p.error("--idle-exit must be 0 (never) or a number of seconds")
+    return args
 
 
 def activated_listener() -> socket.socket | None:
@@ -88,6 +95,16 @@ def check_mount_namespace() -> None:
         pass
 
 
+def install_test_hooks(loop: asyncio.AbstractEventLoop) -> None:
+    """ROCKERD_TEST_HOOKS=1 (set only by the tests' unit drop-in): SIGUSR2 wedges the event loop."""
+
+    def wedge() -> None:
+        log.warning("test hook: SIGUSR2 blocks the event loop (the watchdog should end this)")
+        time.sleep(3600)
+
+    loop.add_signal_handler(signal.SIGUSR2, wedge)
+
+
 async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int) -> None:
     service = RockerService(guard_fd, ServiceConfig(
         max_rockers=args.max_rockers, max_rockers_per_uid=args.max_rockers_per_uid,
@@ -98,17 +115,33 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
         limits=Limits(max_message=args.max_message, max_connections=args.max_connections,
                       request_timeout=args.request_timeout),
         protocol_error="io.rocker.Rocker.ProtocolViolation")
+    life = sd.Lifecycle(lambda: (len(service.registry), server.connections), server.close, args.idle_exit)
+
+    def stop(signame: str) -> None:
+        log.info("%s: stopping", signame)
+        life.stopping(f"stopping, {sd.plural(len(service.registry), 'rocker')} left running")
+        server.close()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.close)
-    log.info("rockerd %s serving %s", __version__, listener.getsockname() or "an activated socket")
-    await server.serve(listener)
-    log.info("rockerd stopping; %d live rockers keep running", len(service.registry))
+        loop.add_signal_handler(sig, stop, sig.name)
+    if os.environ.get("ROCKERD_TEST_HOOKS") == "1":
+        install_test_hooks(loop)
+    serving = asyncio.create_task(server.serve(listener))
+    await asyncio.sleep(0)  # serve() now watches the listener
+    if not serving.done():
+        log.info("rockerd %s serving %s", __version__, listener.getsockname() or "an activated socket")
+        life.ready()  # after any re-adoption (in RockerService()), with the listener watched
+    try:
+        await serving
+    finally:
+        life.close()
+    log.info("rockerd stopped; %d live rockers keep running", len(service.registry))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    journal.setup_stderr(args.log_level)
+    journal.setup(args.log_level)
     if os.geteuid() != 0:
         print("rockerd: must run as root (it builds namespaces and mounts)", file=sys.stderr)
         return 1

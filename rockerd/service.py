@@ -152,7 +152,7 @@ class RockerService:
             self.registry.add(Rocker(rec.name, rec.pid, pidfd, rec.app_id, rec.uid, rec.gid, rec.caller_uid,
                                      rec.app_pkg_path, rec.app_exec_dir, rec.app_data_dir, rec.app_overlay_dirs,
                                      created=rec.created, started=time.monotonic() - age))
-            journal.event("adopted", f"adopted {rec.name} (guard pid {rec.pid}) left by an earlier rockerd",
+            journal.event(journal.ADOPTED, f"adopted {rec.name} (guard pid {rec.pid}) left by an earlier rockerd",
                           guard_name=rec.name, guard_pid=rec.pid, app_id=rec.app_id, uid=rec.uid,
                           caller_uid=rec.caller_uid)
 
