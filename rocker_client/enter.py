@@ -34,6 +34,13 @@ App = Callable[[Any], "int | None"]
 
 
 def enter_rocker(req: RockerRequest, app: App, app_args: Any = None) -> RockerResult:
+    """Ask rockerd for a rocker, enter it and run `app(app_args)` in a new process inside.
+
+    That process is the caller's child: `os.waitpid(res.app_pid, 0)` returns its
+    status, and `app`'s int return value is its exit code. Failures come back as
+    `res.err_no` (the seed's numbers) with a reason in `res.detail`; this never
+    raises. The socket is `$ROCKER_SOCKET`, else `/run/rocker/rockerd.sock`.
+    """
     if not callable(app):
         return RockerResult(RockerErr.param_invalid, detail="app must be callable")
     try:

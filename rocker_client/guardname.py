@@ -14,6 +14,11 @@ def read_comm(pid: int) -> str:
 
 
 def get_guardname(pid: int) -> RockerResult:
+    """The name of process `pid` from /proc/PID/stat, in `guard_pname`.
+
+    Compare it with the name `enter_rocker` returned before signalling
+    `guard_pid`: PIDs are reused, names are unique among live guards.
+    """
     if type(pid) is not int or pid <= 0:
         return RockerResult(RockerErr.get_guardname_failed, detail=f"not a PID: {pid!r}")
     try:

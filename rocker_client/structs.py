@@ -48,4 +48,5 @@ class RockerResult:
 
 
 def request_new() -> RockerRequest:
+    """A blank request, as the seed's ROCKER_request_new(): zero ids, no paths, no overlays."""
     return RockerRequest()
