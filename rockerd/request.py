@@ -223,17 +223,37 @@ def _order(err: dict[str, Any]) -> tuple[int, int]:
     return head, item
 
 
+SHOWN_MAX: Final = 64  # characters of a client-chosen name quoted back in a reply (and so in the log)
+_LISTED_MAX: Final = 5  # unknown field names listed in one reason
+
+
+def _shown(name: str) -> str:
+    """A client-chosen name as a reply or log line may carry it: printable, one line, bounded.
+
+    rockerd logs field and reason: a raw newline there would forge a log line (each stderr line is
+    its own journal entry), and a 60 KiB name would be written to the log with every request.
+    """
+    cut = name[:SHOWN_MAX]
+    if not cut.isprintable():
+        cut = repr(cut)[1:-1]  # escapes control, format and separator characters and lone surrogates
+    return cut + "..." if len(name) > SHOWN_MAX else cut
+
+
 def parse_request(params: dict[str, Any]) -> RockerRequestModel:
     """Validate a decoded request, turning every refusal into one RequestInvalid for the client."""
     if not isinstance(params, dict):
         raise RequestInvalid("", f"request must be an object with named fields, not {type(params).__name__}")
     odd_keys = [k for k in params if not isinstance(k, str)]
     if odd_keys:
-        raise RequestInvalid("", f"field names must be strings, got {odd_keys[0]!r}")
+        raise RequestInvalid("", f"field names must be strings, got {_shown(repr(odd_keys[0]))}")
     unknown = [k for k in params if k not in FIELDS]
     if unknown:
-        listed = ", ".join(repr(k) for k in unknown)
-        raise RequestInvalid(unknown[0], f"unknown field{'s' if len(unknown) > 1 else ''}: {listed}")
+        listed = ", ".join(f"'{_shown(k)}'" for k in unknown[:_LISTED_MAX])
+        if len(unknown) > _LISTED_MAX:
+            listed += f" and {len(unknown) - _LISTED_MAX} more"
+        # field must be safe to log as is: a name that is not is only quoted (escaped) in the reason
+        field = unknown[0] if _shown(unknown[0]) == unknown[0] else ""
+        raise RequestInvalid(field, f"unknown field{'s' if len(unknown) > 1 else ''}: {listed}")
     try:
         return RockerRequestModel.model_validate(params)
     except ValidationError as e:
