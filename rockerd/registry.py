@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ class Rocker:
     created: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)
     pkg_key: tuple[int, int, int, int] | None = None  # its share of the package mount (None when adopted)
+    work_slot: int = 0  # its overlay work dirs under the data dir (workslots.py)
 
     def info(self) -> dict[str, object]:
         return {
@@ -45,6 +47,7 @@ class Registry:
 
     def __init__(self, on_exit: ExitCallback) -> None:
         self._live: dict[str, Rocker] = {}
+        self._per_uid: Counter[int] = Counter()  # kept, not counted: the limit check is on the request path
         self._reserved: set[str] = set()
         self._on_exit = on_exit
 
@@ -62,6 +65,7 @@ class Registry:
     def add(self, rocker: Rocker) -> None:
         self._reserved.discard(rocker.name)
         self._live[rocker.name] = rocker
+        self._per_uid[rocker.uid] += 1
         asyncio.get_running_loop().add_reader(rocker.pidfd, self._exited, rocker)
 
     def get(self, name: str) -> Rocker | None:
@@ -74,7 +78,7 @@ class Registry:
         return len(self._live)
 
     def count_for_uid(self, uid: int) -> int:
-        return sum(1 for r in self._live.values() if r.uid == uid)
+        return self._per_uid[uid]
 
     def _exited(self, rocker: Rocker) -> None:
         asyncio.get_running_loop().remove_reader(rocker.pidfd)
@@ -87,4 +91,7 @@ class Registry:
         os.close(rocker.pidfd)
         rocker.pidfd = -1
         del self._live[rocker.name]
+        self._per_uid[rocker.uid] -= 1
+        if not self._per_uid[rocker.uid]:
+            del self._per_uid[rocker.uid]
         self._on_exit(rocker, status)

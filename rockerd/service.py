@@ -6,7 +6,6 @@ register -> reply with the namespace fds. Nothing here spawns a process.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal as signals
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from rocker_client._sys import ns
 
 from . import interface, journal, policy
-from .build import NS_NAMES, BuildError, PackageCache, build_rocker, remove_work_dirs
+from .build import NS_NAMES, BuildError, PackageCache, WorkSlots, build_rocker
 from .registry import Registry, Rocker
 from .request import RequestInvalid, parse_request
 from .state import Record, StateDir, matches, proc_starttime
@@ -41,6 +40,7 @@ class RockerService:
         self.config = config or ServiceConfig()
         self.registry = Registry(self._ended)
         self.packages = PackageCache()
+        self.slots = WorkSlots()
         self.state = StateDir(self.config.state_dir)
         self._adopt()
 
@@ -64,7 +64,8 @@ class RockerService:
         self._check_limits(peer.uid, req.uid)
         name = self.registry.reserve_name()
         try:
-            built = await build_rocker(req, name, caller=peer, packages=self.packages, guard_fd=self.guard_fd,
+            built = await build_rocker(req, name, caller=peer, packages=self.packages, slots=self.slots,
+                                       guard_fd=self.guard_fd,
                                        first_entry_timeout=self.config.first_entry_timeout,
                                        ready_timeout=self.config.ready_timeout)
         except policy.Denied as e:
@@ -78,11 +79,12 @@ class RockerService:
         finally:
             self.registry.release_name(name)
         rocker = Rocker(name, built.pid, built.pidfd, req.app_id, req.uid, req.gid, peer.uid, req.app_pkg_path,
-                        req.app_exec_dir, req.app_data_dir, tuple(req.app_overlay_dirs), pkg_key=built.pkg_key)
+                        req.app_exec_dir, req.app_data_dir, tuple(req.app_overlay_dirs), pkg_key=built.pkg_key,
+                        work_slot=built.work_slot)
         self.registry.add(rocker)
         self.state.save(Record(name, built.pid, proc_starttime(built.pid), req.app_id, req.uid, req.gid, peer.uid,
                                rocker.created, req.app_pkg_path, req.app_exec_dir, req.app_data_dir,
-                               tuple(req.app_overlay_dirs)))
+                               tuple(req.app_overlay_dirs), built.work_slot))
         ms = (time.perf_counter() - t0) * 1000
         journal.event(journal.CREATED, f"created {name} (guard pid {built.pid}) app_id={req.app_id} "
                       f"uid={req.uid} gid={req.gid} for caller uid {peer.uid} in {ms:.1f} ms",
@@ -131,8 +133,8 @@ class RockerService:
                       caller_uid=rocker.caller_uid, lifetime_sec=round(lifetime, 3), status=status)
         if rocker.pkg_key is not None:
             self.packages.release(rocker.pkg_key)
+        self.slots.give_back(rocker.app_data_dir, rocker.work_slot)
         self.state.remove(rocker.name)
-        self._remove_work(rocker.app_data_dir, rocker.name, tries=5)
 
     def _adopt(self) -> None:
         """Take back the rockers a previous rockerd left running; drop records of ones that are gone."""
@@ -146,17 +148,13 @@ class RockerService:
                     os.close(pidfd)
                 log.info("dropping the record of %s (guard pid %d): it is gone", rec.name, rec.pid)
                 self.state.remove(rec.name)
-                remove_work_dirs(rec.app_data_dir, rec.name)
                 continue
             age = max(0.0, time.time() - rec.created)
             self.registry.add(Rocker(rec.name, rec.pid, pidfd, rec.app_id, rec.uid, rec.gid, rec.caller_uid,
                                      rec.app_pkg_path, rec.app_exec_dir, rec.app_data_dir, rec.app_overlay_dirs,
-                                     created=rec.created, started=time.monotonic() - age))
+                                     created=rec.created, started=time.monotonic() - age,
+                                     work_slot=rec.work_slot))
+            self.slots.hold(rec.app_data_dir, rec.work_slot)
             journal.event(journal.ADOPTED, f"adopted {rec.name} (guard pid {rec.pid}) left by an earlier rockerd",
                           guard_name=rec.name, guard_pid=rec.pid, app_id=rec.app_id, uid=rec.uid,
                           caller_uid=rec.caller_uid)
-
-    def _remove_work(self, data_dir: str, name: str, tries: int) -> None:
-        """The overlays' superblocks go a moment after the guard; retry while they hold the dirs."""
-        if not remove_work_dirs(data_dir, name) and tries > 1:
-            asyncio.get_running_loop().call_later(0.2, self._remove_work, data_dir, name, tries - 1)

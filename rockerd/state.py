@@ -34,6 +34,7 @@ class Record:
     app_exec_dir: str
     app_data_dir: str
     app_overlay_dirs: tuple[str, ...]
+    work_slot: int
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import shutil
 
 from . import nr
 from .libc import SyscallError, syscall
@@ -85,3 +86,22 @@ def remove_created(paths: list[str]) -> None:
             os.rmdir(p)
         except OSError:
             pass
+
+
+def remove_tree(path: str) -> None:
+    """rm -r without following symlinks anywhere: walk from an fd of the parent opened nofollow."""
+    parent, _, name = path.rpartition("/")
+    try:
+        pfd = open_nofollow(parent or "/", O_PATH_DIR)
+    except OSError:
+        return
+    try:
+        dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
+    finally:
+        os.close(pfd)
+    try:
+        shutil.rmtree(name, dir_fd=dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from rocker_client._sys.libc import SyscallError
 
 from ..policy import Peer
-from .host import HostContext, Request, host_steps, remove_work_dirs
+from .host import HostContext, Request, host_steps
 from .packages import PackageCache, PackageKey
 from .spawn import Spawned, reap, start_guard, wait_ready
 from .steps import BuildError, as_build_error, run_steps, undo_steps
+from .workslots import WorkSlots
 
-__all__ = ["NS_NAMES", "BuildError", "Built", "PackageCache", "PackageKey", "build_rocker", "remove_work_dirs"]
+__all__ = ["NS_NAMES", "BuildError", "Built", "PackageCache", "PackageKey", "WorkSlots", "build_rocker"]
 
 # setns order for entering: user first, so the caller holds the rocker's
 # capabilities when it joins the namespaces that user namespace owns
@@ -31,12 +32,13 @@ class Built:
     pidfd: int
     ns_fds: dict[str, int]
     pkg_key: PackageKey  # release it in the PackageCache when the rocker ends
+    work_slot: int  # give it back to the WorkSlots when the rocker ends
 
 
-async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages: PackageCache, guard_fd: int,
-                       first_entry_timeout: float = 10.0, ready_timeout: float = 5.0) -> Built:
+async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages: PackageCache, slots: WorkSlots,
+                       guard_fd: int, first_entry_timeout: float = 10.0, ready_timeout: float = 5.0) -> Built:
     """Build one rocker or undo everything and raise BuildError naming the failed step."""
-    ctx = HostContext(req, name, caller, packages)
+    ctx = HostContext(req, name, caller, packages, slots)
     steps = host_steps(req)
     try:
         run_steps(steps, ctx)
@@ -50,8 +52,8 @@ async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages
         finally:
             ctx.close_fds()  # the child has its own copies now; ours would keep the mounts alive
         await wait_ready(spawned, status_r, ready_timeout)
-        assert ctx.pkg_key is not None
-        return Built(spawned.pid, spawned.pidfd, open_ns_fds(spawned.pid), ctx.pkg_key)
+        assert ctx.pkg_key is not None and ctx.work_slot is not None
+        return Built(spawned.pid, spawned.pidfd, open_ns_fds(spawned.pid), ctx.pkg_key, ctx.work_slot)
     except BaseException as e:
         if spawned is not None:
             reap(spawned)

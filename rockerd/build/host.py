@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,6 +21,7 @@ from .. import policy
 from . import layout
 from .packages import PackageCache, PackageKey
 from .steps import BuildError, Step
+from .workslots import WorkSlots
 
 
 class Request(Protocol):
@@ -40,7 +40,9 @@ class HostContext:
     name: str
     caller: policy.Peer | None  # None: the daemon itself; root may have dirs created
     packages: PackageCache
+    slots: WorkSlots
     pkg_key: PackageKey | None = None
+    work_slot: int | None = None
     created: list[str] = field(default_factory=list)
     mounts: list[tuple[str, int]] = field(default_factory=list)  # (target, detached mount fd), in attach order
     dir_fds: dict[str, int] = field(default_factory=dict)
@@ -90,6 +92,7 @@ class PrepareOverlayLayers(Step[HostContext]):
     def execute(self, ctx: HostContext) -> None:
         r = ctx.req
         upper_root = layout.upper_root(r.app_data_dir)
+        ctx.work_slot = ctx.slots.take(r.app_data_dir)
         for i, d in enumerate(r.app_overlay_dirs):
             try:
                 lower = fs.open_nofollow(d, fs.O_PATH_DIR)
@@ -103,13 +106,20 @@ class PrepareOverlayLayers(Step[HostContext]):
                                         parent_owner=(r.uid, r.gid), mirror=(upper_root, ""))
             ctx.created += created
             ctx.dir_fds[f"upper{i}"] = up
-            wk, created = fs.ensure_dir(layout.work_dir(r.app_data_dir, ctx.name, i), create=True, final_mode=0o700)
+            wk, created = fs.ensure_dir(layout.work_dir(r.app_data_dir, ctx.work_slot, i), create=True,
+                                        final_mode=0o700)
             ctx.created += created
             ctx.dir_fds[f"work{i}"] = wk
 
     def undo(self, ctx: HostContext) -> None:
-        remove_work_dirs(ctx.req.app_data_dir, ctx.name)
+        work_root = layout.work_root(ctx.req.app_data_dir) + "/"
+        for path in ctx.created:
+            if path.startswith(work_root):  # overlayfs may have filled a work dir we made: not empty
+                fs.remove_tree(path)
         fs.remove_created(ctx.created)
+        if ctx.work_slot is not None:
+            ctx.slots.give_back(ctx.req.app_data_dir, ctx.work_slot)
+            ctx.work_slot = None
 
 
 class MountOverlay(Step[HostContext]):
@@ -172,24 +182,3 @@ def host_steps(req: Request) -> list[Step[HostContext]]:
         *(MountOverlay(i, d) for i, d in enumerate(req.app_overlay_dirs)),
         MountPackage(),
     ]
-
-
-def remove_work_dirs(data_dir: str, name: str) -> bool:
-    """Remove one rocker's overlay work dirs, without following symlinks."""
-    try:
-        root = fs.open_nofollow(layout.work_root(data_dir), fs.O_PATH_DIR)
-    except OSError:
-        return True
-    try:
-        dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root)
-    finally:
-        os.close(root)
-    try:
-        shutil.rmtree(name, dir_fd=dfd)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return False
-    finally:
-        os.close(dfd)
-    return True

@@ -1,12 +1,11 @@
 """Where a rocker's writes land under its data dir.
 
     <app_data_dir>/upper/<D>          what the app wrote over host dir D (kept)
-    <app_data_dir>/work/<guard name>/<i>   overlayfs scratch of one live rocker,
-                                      removed when the rocker ends
+    <app_data_dir>/work/<slot>/<i>    overlayfs scratch of overlay i, reused
 
 Overlay dirs never nest, so mirroring D's path under upper/ cannot collide.
-Each live rocker gets its own work dirs: overlayfs resets its work dir at
-mount, so two live mounts must never share one.
+Each live rocker holds its own work slot: overlayfs resets its work dir at
+mount, so two live mounts must never share one (see workslots.py).
 """
 
 from __future__ import annotations
@@ -24,9 +23,5 @@ def work_root(data_dir: str) -> str:
     return f"{data_dir}/work"
 
 
-def work_base(data_dir: str, guard_name: str) -> str:
-    return f"{data_dir}/work/{guard_name}"
-
-
-def work_dir(data_dir: str, guard_name: str, index: int) -> str:
-    return f"{data_dir}/work/{guard_name}/{index}"
+def work_dir(data_dir: str, slot: int, index: int) -> str:
+    return f"{data_dir}/work/{slot}/{index}"
