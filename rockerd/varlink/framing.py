@@ -154,6 +154,31 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+MAX_DEPTH = 256  # a fixed limit, so a message is accepted or refused whatever the caller's stack depth
+
+
+def _depth(text: str) -> int:
+    """Deepest nesting of arrays/objects outside strings; run only when a frame has many brackets."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for ch in text:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def decode_json(frame: bytes) -> Any:
     """Strict UTF-8 and JSON: no NaN/Infinity, no duplicate keys, no lone surrogates."""
     if not frame:
@@ -162,9 +187,11 @@ def decode_json(frame: bytes) -> Any:
         text = frame.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         raise FramingError(f"message: invalid UTF-8 at byte {exc.start}") from None
+    if frame.count(b"[") + frame.count(b"{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
+        raise FramingError(f"message: JSON nested deeper than {MAX_DEPTH} levels")
     try:
         value = _DECODER.decode(text)
-    except RecursionError:
+    except RecursionError:  # a backstop: MAX_DEPTH keeps the decoder well inside the recursion limit
         raise FramingError("message: JSON nested too deeply") from None
     except ValueError as exc:  # includes JSONDecodeError and int digit limits
         raise FramingError(f"message: invalid JSON ({_short(str(exc))})") from None
