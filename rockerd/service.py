@@ -82,9 +82,12 @@ class RockerService:
                         req.app_exec_dir, req.app_data_dir, tuple(req.app_overlay_dirs), pkg_key=built.pkg_key,
                         work_slot=built.work_slot)
         self.registry.add(rocker)
-        self.state.save(Record(name, built.pid, proc_starttime(built.pid), req.app_id, req.uid, req.gid, peer.uid,
-                               rocker.created, req.app_pkg_path, req.app_exec_dir, req.app_data_dir,
-                               tuple(req.app_overlay_dirs), built.work_slot))
+        try:
+            self.state.save(Record(name, built.pid, proc_starttime(built.pid), req.app_id, req.uid, req.gid,
+                                   peer.uid, rocker.created, req.app_pkg_path, req.app_exec_dir, req.app_data_dir,
+                                   tuple(req.app_overlay_dirs), built.work_slot))
+        except OSError as e:  # the rocker works; only a restarted rockerd could not re-adopt it
+            log.warning("could not record %s in %s: %s", name, self.state.path, e)
         ms = (time.perf_counter() - t0) * 1000
         journal.event(journal.CREATED, f"created {name} (guard pid {built.pid}) app_id={req.app_id} "
                       f"uid={req.uid} gid={req.gid} for caller uid {peer.uid} in {ms:.1f} ms",
@@ -100,7 +103,9 @@ class RockerService:
 
     async def kill(self, call: Call) -> Reply:
         p = call.parameters
-        name, sig = p.get("guard_pname"), p.get("signal", int(signals.SIGKILL))
+        name, sig = p.get("guard_pname"), p.get("signal")
+        if sig is None:  # absent or null: varlink's two spellings of an omitted optional
+            sig = int(signals.SIGKILL)
         if not isinstance(name, str):
             raise VarlinkError(ERR + "InvalidRequest", {"field": "guard_pname", "reason": "must be a string"})
         if type(sig) is not int or sig not in signals.valid_signals() or sig == 0:

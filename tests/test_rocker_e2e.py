@@ -237,3 +237,16 @@ def test_pidfd_kill_of_guard_kills_app(base: Path, pkg: Path) -> None:
     finally:
         os.close(release_w)
         os.close(release_r)
+
+
+def test_kill_with_null_signal_means_sigkill(base: Path, pkg: Path, rockerd) -> None:
+    release_r, release_w = os.pipe()
+    res = enter_rocker(make_req(base, pkg), wait_release, (release_r, release_w))
+    try:
+        assert res.ok
+        wire.call(rockerd.socket, "io.rocker.Rocker.Kill", {"guard_pname": res.guard_pname, "signal": None})
+        _, status = os.waitpid(res.app_pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    finally:
+        os.close(release_w)
+        os.close(release_r)
