@@ -208,8 +208,14 @@ class Job:
         job.terminal = Terminal.open()
         if job.terminal is not None and job.terminal.foreground_is(os.getpgrp()) and _alone_in_process_group():
             job.job_mode = True
-        for sig in job.forwarded:
-            job.saved_handlers[sig] = signal.signal(sig, job._hold)
+        if job.job_mode:
+            for sig in job.forwarded:
+                job.saved_handlers[sig] = signal.signal(sig, job._hold)
+        else:
+            # Shared mode: keep them pending until CMD exists, so wait() reads each one's si_code and passes on
+            # only those sent to us alone; a handler would lose si_code, and a ^C typed just after the app
+            # began (it shares our group) would reach CMD twice. CMD restores the initial mask before exec.
+            signal.pthread_sigmask(signal.SIG_BLOCK, job.forwarded)
         return job
 
     def launch(self, argv: list[str], env: dict[str, str], workdir: str | None) -> Launch:
