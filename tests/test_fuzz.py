@@ -19,6 +19,7 @@ docs/testing.md); by default each runs a few hundred to a thousand examples.
 from __future__ import annotations
 
 import array
+import dataclasses
 import json
 import os
 import random
@@ -31,13 +32,16 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon import Daemon
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rockers import make_req
 
+from rocker_client import RockerErr, enter_rocker
 from rockerd.request import (
     APP_ID_MAX,
     FIELDS,
@@ -51,7 +55,15 @@ from rockerd.request import (
     check_path,
     parse_request,
 )
-from rockerd.varlink.framing import CallMessage, FrameReader, FramingError, decode_json, encode_message, parse_call
+from rockerd.varlink.framing import (
+    MAX_DEPTH,
+    CallMessage,
+    FrameReader,
+    FramingError,
+    decode_json,
+    encode_message,
+    parse_call,
+)
 from rockerd.varlink.server import Limits
 
 _ENV_EXAMPLES = int(os.environ.get("ROCKER_FUZZ_EXAMPLES", "0") or 0)
@@ -71,8 +83,11 @@ ALLOWED_ERRORS = frozenset({
     "io.rocker.Rocker.InvalidRequest", "io.rocker.Rocker.PermissionDenied", "io.rocker.Rocker.BuildFailed",
     "io.rocker.Rocker.NoSuchRocker", "io.rocker.Rocker.LimitReached",
 })
-# How much rockerd's RSS may grow over a whole fuzz run (after warm-up); a leak per message would exceed it.
+# How much rockerd's RSS may grow over a whole fuzz run (after warm-up), and over the second half of a long
+# run: flat by then unless something leaks per case (~100 bytes a case shows at 20,000 cases).
 RSS_GROWTH_MAX_KIB = 16 * 1024
+SECOND_HALF_GROWTH_MAX_KIB = 1024
+LEAK_CHECK_MIN_CASES = 20_000
 
 pytestmark = pytest.mark.timeout(0 if LONG_RUN else 300)
 
@@ -139,6 +154,7 @@ RAW_TOKENS = (
     Raw('"\\u0000"', True, "\0"), Raw("[1,]", False), Raw("{,}", False), Raw('{"a" 1}', False),
     Raw("1.7976931348623157e308", True, 1.7976931348623157e308), Raw("1.8e308", False),
     Raw("[" * 30 + "1" + "]" * 30, True, json.loads("[" * 30 + "1" + "]" * 30)),
+    Raw("[" * 300 + "]" * 300, True, json.loads("[" * 300 + "]" * 300)),  # valid JSON, deeper than MAX_DEPTH
 )
 _SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _WS_OK = (" ", "\t", "\n", "\r")
@@ -480,9 +496,18 @@ def ref_request_errors(p: dict[str, Any]) -> list[str]:
     return []
 
 
+def nesting(value: Any) -> int:
+    """Containers on the deepest path (0 for a scalar)."""
+    if isinstance(value, dict):
+        return 1 + max(map(nesting, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(nesting, value), default=0)
+    return 0
+
+
 def ref_call(value: Any) -> CallMessage | None:
     """What parse_call must make of a decoded, valid JSON value (None: a protocol violation)."""
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or nesting(value) > MAX_DEPTH:
         return None
     method, params = value.get("method"), value.get("parameters")
     if not isinstance(method, str) or not method:
@@ -678,26 +703,32 @@ def test_parse_call_any_bytes(cases: Counter, base: bytes, edits: list[tuple[int
     assert decode_json(frame) is not None
 
 
+# (head, opener, closer, tail, containers around the innermost value besides the openers, a call at all)
 _NESTS = (
-    (b"", b"[", b"]", b""),
-    (b"", b'{"a":', b"}", b""),
-    (b'{"method":"a.B","parameters":{"x":', b"[", b"]", b"}}"),
-    (b'{"method":"a.B","parameters":', b'{"a":', b"}", b"}"),
+    (b"", b"[", b"]", b"", 0, False),
+    (b"", b'{"a":', b"}", b"", 0, False),
+    (b'{"method":"a.B","parameters":{"x":', b"[", b"]", b"}}", 2, True),
+    (b'{"method":"a.B","parameters":', b'{"a":', b"}", b"}", 1, True),
+    (b'{"method":"a.B","parameters":{"s":"' + b"[" * 300 + b'","x":', b"[", b"]", b"}}", 2, True),
 )
 
 
 @fuzz(200)
-@given(st.integers(1, 3000), st.sampled_from(_NESTS))
-def test_deep_nesting(cases: Counter, depth: int, shape: tuple[bytes, bytes, bytes, bytes]) -> None:
-    """Nesting too deep for the decoder's recursion is a FramingError, never a RecursionError."""
+@given(st.one_of(st.integers(1, 3000), st.integers(MAX_DEPTH - 4, MAX_DEPTH + 2)), st.sampled_from(_NESTS))
+def test_deep_nesting(cases: Counter, depth: int, shape: tuple[bytes, bytes, bytes, bytes, int, bool]) -> None:
+    """Nesting is refused beyond a fixed MAX_DEPTH, whatever the caller's stack depth (a FramingError, never
+    a RecursionError); brackets inside strings do not count."""
     cases.n += 1
-    head, opener, closer, tail = shape
+    head, opener, closer, tail, outer, is_call = shape
     frame = head + opener * depth + b"0" + closer * depth + tail
+    levels = outer + depth
     try:
         msg = parse_call(frame)
     except FramingError as e:
         assert isinstance(e.reason, str) and e.reason
+        assert not is_call or levels > MAX_DEPTH, f"refused {levels} levels: {e.reason}"
         return
+    assert is_call and levels <= MAX_DEPTH, f"accepted {levels} levels"
     _check_accepted_call(msg)
 
 
@@ -968,9 +999,12 @@ LOG_LINE_MAX = REASON_MAX + 2000
 
 @dataclass
 class DaemonProbe:
+    """rockerd's fds and RSS at a baseline, sampled along the run, and at the end."""
+
     daemon: Daemon
     rss0: int = 0
     fds0: int = 0
+    samples: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (cases so far, RSS KiB)
 
     @property
     def pid(self) -> int:
@@ -980,15 +1014,27 @@ class DaemonProbe:
         self.fds0 = wait_fds(self.pid, 0, timeout=0.0)
         self.rss0 = rss_kib(self.pid)
 
-    def finish(self, what: str) -> None:
+    def sample(self, n: int) -> None:
+        """Call once per case: keeps RSS at 1/4, 1/2 and 3/4 of the planned examples."""
+        planned = _ENV_EXAMPLES or 0
+        if planned >= 4 and n in (planned // 4, planned // 2, 3 * planned // 4):
+            self.samples.append((n, rss_kib(self.pid)))
+
+    def finish(self, what: str, cases: int) -> None:
         assert self.daemon.proc.poll() is None, "rockerd died"
         assert list_works(self.daemon.socket), "rockerd stopped serving"
         fds = wait_fds(self.pid, self.fds0)
         rss = rss_kib(self.pid)
+        series = " -> ".join(f"{r} ({n})" for n, r in self.samples)
         print(f"[fuzz] {what}: rockerd pid {self.pid} RSS {self.rss0} KiB -> {rss} KiB ({rss - self.rss0:+d} KiB), "
-              f"fds {self.fds0} -> {fds}")
+              f"fds {self.fds0} -> {fds}" + (f"; RSS KiB (cases) along the run: {series}" if series else ""))
         assert fds <= self.fds0, f"rockerd holds {fds - self.fds0} more fds than before: {fd_list(self.pid)}"
         assert rss - self.rss0 < RSS_GROWTH_MAX_KIB, f"rockerd's RSS grew by {rss - self.rss0} KiB"
+        half = next((r for n, r in self.samples if n == (_ENV_EXAMPLES or 0) // 2), None)
+        if cases >= LEAK_CHECK_MIN_CASES and half is not None:
+            # Warm-up and caches settle in the first half; a leak keeps growing through the second.
+            assert rss - half < SECOND_HALF_GROWTH_MAX_KIB, (
+                f"rockerd's RSS grew by {rss - half} KiB over the second half of {cases} cases: a leak per case")
         log = self.daemon.log_text()
         for bad in ("Traceback", "unexpected error", "InternalError", " ERROR "):
             assert bad not in log, f"{bad!r} in rockerd's log:\n{_around(log, bad)}"
@@ -1152,6 +1198,7 @@ def test_daemon_byte_streams(own_rockerd: Daemon, sandbox: Sandbox, cases: Count
         checks, violation = expected_replies(sandbox, stream)
         data, ended = exchange(own_rockerd.socket, chunks, attack)
         cases.n += 1
+        probe.sample(cases.n)
         closes[ended] += 1
         if ended == "abandoned":
             return
@@ -1168,7 +1215,7 @@ def test_daemon_byte_streams(own_rockerd: Daemon, sandbox: Sandbox, cases: Count
     one()
     print(f"[fuzz] closes: {closes}, valid Creates sandboxed: {sandbox.valid_sent}")
     assert sandbox.leftovers() == [], "failed builds left files behind"
-    probe.finish("byte streams")
+    probe.finish("byte streams", cases.n)
 
 
 # --- Create parameters -------------------------------------------------------------------------------
@@ -1225,6 +1272,7 @@ def test_daemon_create_params(own_rockerd: Daemon, sandbox: Sandbox, cases: Coun
             check = expect_create(sandbox, params)
             check(conn.call(data))
             cases.n += 1
+            probe.sample(cases.n)
 
         one()
     finally:
@@ -1232,7 +1280,30 @@ def test_daemon_create_params(own_rockerd: Daemon, sandbox: Sandbox, cases: Coun
     print(f"[fuzz] {conn.calls} calls on one connection, valid Creates sandboxed: {sandbox.valid_sent}")
     assert sandbox.valid_sent > 0
     assert sandbox.leftovers() == [], "failed builds left files behind"
-    probe.finish("Create parameters")
+    probe.finish("Create parameters", cases.n)
+
+
+def test_failed_builds_give_back_their_work_slot(own_rockerd: Daemon, base: Path, pkg: Path) -> None:
+    """What the Create fuzz checks on disk (a failed build undoes everything) must hold inside rockerd too:
+    after failed builds on a data dir, the next rocker there gets work slot 0 again."""
+    req = make_req(base, pkg, overlays=("/usr", str(base / "missing")))
+    for _ in range(3):
+        res = enter_rocker(req, _app)
+        assert res.err_no == RockerErr.build_rocker_failed, res
+    req.app_overlay_dirs = ["/usr"]
+    res = enter_rocker(req, _app)
+    assert res.ok, res
+    pidfd = os.pidfd_open(res.guard_pid)
+    try:
+        os.waitpid(res.app_pid, 0)
+        select.select([pidfd], [], [], 10)
+    finally:
+        os.close(pidfd)
+    assert sorted(os.listdir(base / "data" / "work")) == ["0"]
+
+
+def _app(_: object) -> int:
+    return 0
 
 
 def test_reference_sanity() -> None:

@@ -46,7 +46,7 @@ def run_steps(steps: Sequence[Step[C]], ctx: C) -> None:
         try:
             step.execute(ctx)
         except Exception as e:
-            undo_steps(done, ctx)
+            undo_steps([*done, step], ctx)  # the failing step too: every undo copes with half-done work
             if getattr(e, "passthrough", False):  # a refusal, not a failure: keep its type
                 raise
             raise as_build_error(step.describe(), e) from e
