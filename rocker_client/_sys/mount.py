@@ -80,12 +80,6 @@ def move_mount(mfd: int, target: str) -> None:
             ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH), call="move_mount", target=target)
 
 
-def open_tree_clone(path: str) -> int:
-    """A detached copy of the mount at `path` (a bind mount as an fd)."""
-    return syscall(nr.OPEN_TREE, ctypes.c_int(AT_FDCWD), _b(path),
-                   ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC), call="open_tree", target=path)
-
-
 def _b(s: str | None) -> bytes | None:
     return None if s is None else s.encode()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import signal
 
 from . import nr
@@ -47,17 +46,5 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
             call="pidfd_send_signal")
 
 
-def pidfd_alive(pidfd: int) -> bool:
-    """A pidfd polls readable once its process has exited."""
-    import select
-
-    return not select.select([pidfd], [], [], 0)[0]
-
-
 def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
     syscall(nr.CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(0), call="close_range")
-
-
-def open_ns(pid: int, name: str) -> int:
-    path = f"/proc/{pid}/ns/{name}"
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)

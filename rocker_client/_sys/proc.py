@@ -10,17 +10,11 @@ from .libc import check, libc, syscall
 PR_SET_NAME = 15
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
-PR_SET_PDEATHSIG = 1
 
 
 def prctl(option: int, arg: int = 0) -> None:
     check(libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
                      ctypes.c_ulong(0)), "prctl", str(option))
-
-
-def set_comm(name: str) -> None:
-    buf = ctypes.create_string_buffer(name.encode()[:15])
-    check(libc.prctl(ctypes.c_int(PR_SET_NAME), buf, 0, 0, 0), "prctl(PR_SET_NAME)", name)
 
 
 def sethostname(name: str) -> None:
