@@ -1,8 +1,11 @@
-"""Build hook: compile the C guard (rockerd/guard/rocker-guard.c) during the package build.
+"""Build hook: compile the C parts in rockerd/guard/ during the package build.
+
+- rocker-guard (rocker-guard.c): PID 1 of every rocker, a static executable;
+- librocker-spawn.so (rocker-spawn.c): how rockerd starts it, loaded with ctypes.
 
 All metadata lives in pyproject.toml. This file only adds:
-- build_py compiles the guard into the built package (``pip install .``) or,
-  in editable mode (``pip install -e .``), next to its source, where the
+- build_py compiles both into the built package (``pip install .``) or,
+  in editable mode (``pip install -e .``), next to their sources, where the
   editable install finds the package;
 - a Distribution that says it has extension modules, so the wheel is tagged
   for this platform instead of ``py3-none-any``.
@@ -26,36 +29,46 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GUARD_DIR = os.path.join("rockerd", "guard")
 GUARD_SRC = os.path.join(HERE, GUARD_DIR, "rocker-guard.c")
 GUARD_BIN = "rocker-guard"
+SPAWN_SRC = os.path.join(HERE, GUARD_DIR, "rocker-spawn.c")
+SPAWN_LIB = "librocker-spawn.so"
 
-CFLAGS = ["-Os", "-Wall", "-Wextra", "-Werror", "-s",
-          "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections"]
+WARN = ["-Wall", "-Wextra", "-Werror"]
+CFLAGS = ["-Os", *WARN, "-s", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections"]
+SO_FLAGS = ["-O2", *WARN, "-s", "-shared", "-fPIC"]
 
 
-def compile_guard(out: str) -> None:
-    """Compile the guard to `out` (atomically: a running guard may be using the old file)."""
+def _compile(what: str, variants: list[list[str]], out: str) -> None:
+    """Try each compiler command line in turn; install the first result at `out` atomically
+    (a running guard may be using the old file)."""
     cc = shlex.split(os.environ.get("CC") or "cc")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = f"{out}.tmp{os.getpid()}"
     failures = []
-    for link in (["-static"], []):
-        cmd = [*cc, *CFLAGS, *link, "-o", tmp, GUARD_SRC]
-        print("compiling the guard:", shlex.join(cmd), file=sys.stderr)
+    for i, args in enumerate(variants):
+        cmd = [*cc, *args, "-o", tmp]
+        print(f"compiling the {what}:", shlex.join(cmd), file=sys.stderr)
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         except OSError as e:
-            raise CompileError(f"cannot run the C compiler {cc[0]!r} to build the rocker guard: {e}") from e
+            raise CompileError(f"cannot run the C compiler {cc[0]!r} to build the {what}: {e}") from e
         if proc.returncode == 0:
             os.chmod(tmp, 0o755)
             os.replace(tmp, out)
-            if link:
-                print(f"built static guard {out}", file=sys.stderr)
-            else:
-                print(f"WARNING: static linking failed, built a dynamic guard {out}\n"
-                      f"{failures[0]}", file=sys.stderr)
+            if i:
+                print(f"WARNING: built a fallback {what} {out}\n{failures[0]}", file=sys.stderr)
             return
         failures.append(f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}")
     _unlink_if_exists(tmp)
-    raise CompileError("cannot compile the rocker guard:\n" + "\n".join(failures))
+    raise CompileError(f"cannot compile the {what}:\n" + "\n".join(failures))
+
+
+def compile_guard(out: str) -> None:
+    """Static when possible: every idle rocker pays for its guard's pages."""
+    _compile("rocker guard", [[*CFLAGS, "-static", GUARD_SRC], [*CFLAGS, GUARD_SRC]], out)
+
+
+def compile_spawn_lib(out: str) -> None:
+    _compile("guard spawner library", [[*SO_FLAGS, SPAWN_SRC]], out)
 
 
 def _unlink_if_exists(path: str) -> None:
@@ -64,27 +77,27 @@ def _unlink_if_exists(path: str) -> None:
 
 
 class BuildPyWithGuard(build_py):
-    """build_py that also compiles the guard as package data."""
+    """build_py that also compiles the guard and its spawner as package data."""
 
-    def _guard_target(self) -> str:
+    def _target(self, name: str) -> str:
         if getattr(self, "editable_mode", False):
-            return os.path.join(HERE, GUARD_DIR, GUARD_BIN)  # the editable install imports from here
-        return os.path.join(self.build_lib, GUARD_DIR, GUARD_BIN)
+            return os.path.join(HERE, GUARD_DIR, name)  # the editable install imports from here
+        return os.path.join(self.build_lib, GUARD_DIR, name)
 
     def run(self) -> None:
-        super().run()  # first: it may copy a stale binary from the source tree, which we replace
-        compile_guard(self._guard_target())
+        super().run()  # first: it may copy stale binaries from the source tree, which we replace
+        compile_guard(self._target(GUARD_BIN))
+        compile_spawn_lib(self._target(SPAWN_LIB))
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         outputs = super().get_outputs(include_bytecode)
-        target = self._guard_target()
-        if not getattr(self, "editable_mode", False) and target not in outputs:
-            outputs.append(target)
+        if not getattr(self, "editable_mode", False):
+            outputs += [t for t in (self._target(GUARD_BIN), self._target(SPAWN_LIB)) if t not in outputs]
         return outputs
 
 
 class PlatformDistribution(Distribution):
-    """The package ships a native executable: the wheel must be platform-specific."""
+    """The package ships native code: the wheel must be platform-specific."""
 
     def has_ext_modules(self) -> bool:
         return True

@@ -14,6 +14,7 @@ import sys
 import time
 
 from . import __version__, journal, sd
+from .build import net, spawn
 from .guard import guard_binary
 from .service import RockerService, ServiceConfig
 from .varlink.server import Limits, VarlinkServer
@@ -149,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     check_mount_namespace()
     try:
         guard_fd = os.open(guard_binary(), os.O_PATH | os.O_CLOEXEC)
+        spawn.load()
+        net.load()
     except OSError as e:
-        print(f"rockerd: cannot open the guard binary: {e}", file=sys.stderr)
+        print(f"rockerd: cannot load the guard or its spawner: {e}", file=sys.stderr)
         return 1
     listener = activated_listener()
     bound = None

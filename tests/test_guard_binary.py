@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import select
 import signal
@@ -94,7 +95,8 @@ def _reap(pid: int, timeout: float) -> int | None:
 class Guard:
     """One guard as PID 1 of its own PID namespace; kills and reaps everything it started."""
 
-    def __init__(self, name: str = "rk-7f3a9c2e", timeout: str | None = None) -> None:
+    def __init__(self, name: str = "rk-7f3a9c2e", timeout: str | None = None,
+                 setup: list[str] | None = None) -> None:
         self.name = name
         self.pid = 0  # the guard's PID as the test sees it
         self.pidfd = -1  # polls readable once the guard has exited
@@ -102,7 +104,7 @@ class Guard:
         self.helpers: list[int] = []  # our direct children besides the keeper
         self.holds: dict[int, int] = {}  # helper -> fd whose closing lets it reap its child
         self.code: int | None = None
-        argv = [name, "", *([timeout] if timeout is not None else [])]
+        argv = [name, "", *([timeout] if timeout is not None else []), *(["--setup", *setup] if setup else [])]
         status_r, status_w = os.pipe()
         ours, theirs = socket.socketpair()
         binary = guard_binary()
@@ -137,7 +139,7 @@ class Guard:
             assert fds, "keeper failed before the guard started"
             self.pid, self.pidfd = int(msg), fds[0]
             assert _wait_readable(status_r, 5), "no status from the guard"
-            self.status = os.read(status_r, 1)
+            self.status = os.read(status_r, 1 if setup is None else 512)
             self.status_eof = _wait_readable(status_r, 1) and os.read(status_r, 1) == b""
         except BaseException:
             self.close()
@@ -269,6 +271,17 @@ def test_ready_byte_and_name(start_guard: Callable[..., Guard]) -> None:
         nspid = next(line for line in f if line.startswith("NSpid:")).split()
     assert nspid[-1] == "1", "the harness must run the guard as PID 1 of its namespace"
     assert g.alive()
+
+
+def test_setup_failure_is_reported_with_its_step(start_guard: Callable[..., Guard]) -> None:
+    """--setup attaches the mount at fd <status>+1 first; with nothing there it reports
+    "E<errno> <step>: <target>" (what rockerd turns into BuildError) and exits 1 before 'R'."""
+    g = start_guard(timeout="5", setup=["/nonexistent-target"])
+    # EBADF if nothing is open at that fd in this harness, else ENOENT for the target
+    assert g.status in (f"E{e} attach package and overlays: /nonexistent-target".encode()
+                        for e in (errno.EBADF, errno.ENOENT)), g.status
+    assert g.wait_exit(5) is not None
+    assert g.code == 1
 
 
 def test_exits_when_nobody_enters(start_guard: Callable[..., Guard]) -> None:
@@ -506,6 +519,25 @@ def test_tracked_process_end_is_noticed_at_once(start_guard: Callable[..., Guard
     assert g.reap_helper(helper) == 0
 
 
+@pytest.mark.parametrize("delay", [0.0, 1.5])
+def test_late_entry_ending_is_noticed_soon(start_guard: Callable[..., Guard], delay: float) -> None:
+    """Until the first entry the guard keeps polling often: an entry is only seen by polling,
+    and a short app entered late must not keep its rocker around for a backed-off second."""
+    g = start_guard(timeout="30")
+    time.sleep(delay)
+    done_r, done_w = os.pipe()
+    helper = g.enter(lambda: (os.close(done_r), 0)[1])  # exits at once; the helper reaps it
+    os.close(done_w)
+    try:
+        assert g.reap_helper(helper) == 0
+        ended = time.monotonic()
+        took = g.wait_exit(1.0)
+    finally:
+        os.close(done_r)
+    assert took is not None, "guard still running 1 s after the only entered process ended"
+    assert time.monotonic() - ended < 0.5, "guard was slow to notice a late entry's end"
+
+
 def _wakeups(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(next(line for line in f if line.startswith("voluntary_ctxt_switches:")).split()[1])
@@ -513,7 +545,8 @@ def _wakeups(pid: int) -> int:
 
 def test_idle_guard_is_small_and_sleeps(start_guard: Callable[..., Guard]) -> None:
     g = start_guard(timeout="30")
-    time.sleep(1.5)  # backed off to one wake-up per second by now
+    helper = g.enter(lambda: time.sleep(4.0))  # an app idle in the rocker
+    time.sleep(1.5)  # entered, so backed off to one wake-up per second by now
     before = _wakeups(g.pid)
     time.sleep(2.0)
     assert _wakeups(g.pid) - before <= 4, "an idle guard should wake about once a second"
@@ -523,6 +556,7 @@ def test_idle_guard_is_small_and_sleeps(start_guard: Callable[..., Guard]) -> No
     # Its own memory. The binary's pages (~650 KiB when static) are shared
     # by all guards: Pss_File is that divided by the number of guards.
     assert kib["Pss_Anon"] < 100, f"idle guard Pss_Anon {kib['Pss_Anon']} KiB"
+    assert g.reap_helper(helper) == 0
 
 
 @pytest.mark.parametrize("argv", [["rk-x"], ["rk-x", "nope"], ["rk-x", "3", "soon"], ["rk-x", "3"]])

@@ -85,6 +85,50 @@ def test_inside_view(base: Path, pkg: Path) -> None:
     assert (base / "data").stat().st_mode & 0o777 == 0o700
 
 
+@pytest.mark.parametrize("threaded", [False, True], ids=["one-fork", "intermediate"])
+def test_enter_paths(base: Path, pkg: Path, monkeypatch: pytest.MonkeyPatch, threaded: bool) -> None:
+    """A root single-threaded caller forks once (joining the PID namespace for its children
+    only, and back); a threaded one goes through an intermediate. Either way the app is the
+    caller's child, holds no namespace fd of the rocker (or of ours), and the caller's
+    children go to its own PID namespace again afterwards."""
+    from rocker_client import enter
+
+    taken: list[str] = []
+    for fn in ("_start_direct", "_start_via_intermediate"):
+        real = getattr(enter, fn)
+        monkeypatch.setattr(enter, fn, lambda *a, _real=real, _fn=fn: (taken.append(_fn), _real(*a))[1])
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    if threaded:
+        other.start()
+
+    def probe() -> dict[str, object]:
+        links = []
+        for n in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{n}"))
+            except OSError:
+                pass
+        return {"ns_fds": [link for link in links if link.split(":[")[0] in enter.NS_ORDER],
+                "pid": os.getpid(), "pid_for_children": os.readlink("/proc/self/ns/pid_for_children"),
+                "pid_ns": os.readlink("/proc/self/ns/pid")}
+
+    try:
+        run = run_app(make_req(base, pkg), probe)
+    finally:
+        stop.set()
+        if threaded:
+            other.join()
+    assert run.res.ok, run.res.detail
+    assert taken == (["_start_via_intermediate"] if threaded else ["_start_direct"])
+    assert run.report["ns_fds"] == [], "the app kept namespace fds"
+    assert run.report["pid"] == 2 and run.report["pid_for_children"] == run.report["pid_ns"]
+    assert run.report["pid_ns"] != os.readlink("/proc/self/ns/pid")
+    assert os.readlink("/proc/self/ns/pid_for_children") == os.readlink("/proc/self/ns/pid"), \
+        "the caller's children still go to the rocker"
+    assert os.waitstatus_to_exitcode(run.status) == 0
+
+
 def test_host_view_of_unprivileged_app(base: Path, pkg: Path) -> None:
     seen: dict[str, str] = {}
 

@@ -454,6 +454,9 @@ __attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], struct 
     long pid = syscall(SYS_clone, (unsigned long)(CLONE_PARENT | SIGCHLD), 0, 0, 0, 0);
     if (pid == 0) {
         close(w);
+        /* Any signal wakes the guard (PID 1; it ignores what comes from inside), and a woken
+         * guard watches our pidfd: it ends the rocker as soon as we exit, not at its next poll. */
+        kill(1, SIGCHLD);
         int code = app(app_args);
         fflush(stdout); /* as enter.py does: the app's own buffered output is not lost */
         fflush(stderr);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from functools import cache
 
 from . import nr
 from .libc import check, libc, syscall
@@ -41,7 +42,9 @@ class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
+@cache
 def cap_last_cap() -> int:
+    """The kernel's highest capability number; read once per process (call it before forking)."""
     with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
         return int(f.read())
 

@@ -1,8 +1,10 @@
-"""Building a rocker: host steps in the daemon, then the guard cloned into its namespaces.
+"""Building a rocker: host steps in the daemon, then the guard started in its namespaces.
 
     validated request -> host steps (dirs, loop+squashfs, overlays: detached mounts)
-                      -> clone child under the app's uid -> uid/gid maps
-                      -> child attaches mounts, /proc, hostname, lo -> exec C guard -> ready
+                      -> rocker_spawn: CLONE_VM child under the app's uid, own uid/gid maps,
+                         exec of the C guard                       (the loop waits for this)
+                      -> guard --setup: rprivate, attach mounts, /proc, hostname -> ready
+                         meanwhile rockerd: ns fds, lo up (rtnetlink into the new netns)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from rocker_client._sys.libc import SyscallError
 
 from ..policy import Peer
 from .host import HostContext, Request, host_steps
+from .net import loopback_up
 from .packages import PackageCache, PackageKey
 from .spawn import Spawned, reap, start_guard, wait_ready
 from .steps import BuildError, as_build_error, run_steps, undo_steps
@@ -46,21 +49,33 @@ async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages
         ctx.close_fds()
         raise
     spawned: Spawned | None = None
+    ns_fds: dict[str, int] = {}
+    stage = "start guard"
     try:
         try:
             spawned, status_r = start_guard(name, req.uid, req.gid, ctx.mounts, guard_fd, first_entry_timeout)
         finally:
             ctx.close_fds()  # the child has its own copies now; ours would keep the mounts alive
+        try:  # while the guard sets up (on the other CPU, if there is one)
+            ns_fds = open_ns_fds(spawned.pid)
+            stage = "bring lo up"
+            loopback_up(ns_fds["net"], req.uid)
+        except BaseException:
+            os.close(status_r)
+            raise
+        stage = "wait for guard"
         await wait_ready(spawned, status_r, ready_timeout)
         assert ctx.pkg_key is not None and ctx.work_slot is not None
-        return Built(spawned.pid, spawned.pidfd, open_ns_fds(spawned.pid), ctx.pkg_key, ctx.work_slot)
+        return Built(spawned.pid, spawned.pidfd, ns_fds, ctx.pkg_key, ctx.work_slot)
     except BaseException as e:
         if spawned is not None:
             reap(spawned)
+        for fd in ns_fds.values():
+            os.close(fd)
         ctx.close_fds()
         undo_steps(steps, ctx)
         if isinstance(e, Exception):
-            raise as_build_error("start guard", e) from e
+            raise as_build_error(stage, e) from e
         raise
 
 

@@ -1,20 +1,31 @@
-"""Bring `lo` up in the rocker's network namespace.
+"""Bring `lo` up in a rocker's network namespace, from the daemon, while the guard sets up.
 
 The rtnetlink request is the same for every rocker, so it is encoded once
-with pyroute2's message codec when the daemon starts; the freshly cloned
-child (outside any event loop, where every touched Python object costs a
-copy-on-write page) only sends those bytes and reads the ack.
+with pyroute2's message codec when the daemon starts. A netlink socket
+belongs to the network namespace its creator was in when it made it, so the
+daemon's thread steps into the rocker's for that one socket() call and
+straight back: no process, no pyroute2 object, no event-loop work per rocker.
+
+The kernel checks CAP_NET_ADMIN against the credentials the socket was
+opened with, in the rocker's user namespace. The daemon opens it with the
+app's uid as euid: the owner of a user namespace holds every capability in
+it, so rockerd itself needs no CAP_NET_ADMIN (its unit does not grant it).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.rtnl import RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 
+from rocker_client._sys import ns
 from rocker_client._sys.libc import SyscallError
 
 LO_INDEX = 1  # lo is always ifindex 1 in a new network namespace
@@ -35,11 +46,46 @@ def _encode_lo_up() -> bytes:
 LO_UP = _encode_lo_up()
 
 
-def loopback_up() -> None:
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as s:
-        s.send(LO_UP)
-        ack = s.recv(4096)
+@cache
+def _own_netns() -> int:
+    """This thread's own network namespace, to come back to (kept open for the daemon's life)."""
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def load() -> None:
+    """Open our own netns fd at start: an open that fails per rocker would be a late surprise."""
+    _own_netns()
+
+
+def loopback_up(netns_fd: int, owner_uid: int) -> None:
+    """Send LO_UP into that netns as `owner_uid`, the owner of the netns's user namespace.
+
+    Both the socket's opener and the sender must hold CAP_NET_ADMIN there: the
+    thread is that uid (as euid) from socket() to the ack, and root around it
+    (setns wants CAP_SYS_ADMIN over the namespace it leaves too).
+    """
+    own = _own_netns()
+    ns.setns(netns_fd, ns.CLONE_NEWNET, "net")
+    try:
+        with _as_euid(owner_uid), socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as s:
+            s.send(LO_UP)
+            ack = s.recv(4096)  # the kernel handles the request within send(): no waiting
+    finally:
+        ns.setns(own, ns.CLONE_NEWNET, "net (back to the daemon's)")
     # nlmsgerr: header (16 bytes) then a negative errno, 0 on success
     (err,) = struct.unpack_from("i", ack, 16)
     if err:
         raise SyscallError(-err, "rtnetlink RTM_NEWLINK", "lo up")
+
+
+@contextmanager
+def _as_euid(uid: int) -> Iterator[None]:
+    if not uid:
+        yield
+        return
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)

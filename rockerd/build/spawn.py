@@ -1,9 +1,19 @@
-"""Clone the guard into its namespaces, owned by the app's uid, and wait until it is ready.
+"""Start the guard in its new namespaces, owned by the app's uid, and wait until it is ready.
 
 The user namespace is created with the app's uid as effective uid, so it is
 owned by that uid: the app's own (non-root) launcher may then setns into it,
 and every other namespace of the rocker belongs to it. Mounts that need host
-privileges were built before the clone and travel into the child as fds.
+privileges were built before, and travel into the guard as fds.
+
+The start is librocker-spawn's rocker_spawn() (C, loaded once with ctypes): a
+CLONE_VM|CLONE_VFORK child that maps its ids and execs the guard, which then
+sets the rocker up from inside (`rocker-guard --setup`). The event loop is
+blocked only until that exec; the guard's setup runs while the loop serves
+others, and its outcome arrives on the status pipe:
+
+    "R"                  ready
+    "E<errno> <step>"    the child or the guard's setup failed at <step>
+    EOF                  the guard died
 """
 
 from __future__ import annotations
@@ -11,19 +21,44 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
-import json
 import os
 import signal
 from dataclasses import dataclass
+from functools import cache
 
 from rocker_client._sys import ns
-from rocker_client._sys.libc import syscall
-from rocker_client._sys.nr import CLONE
 
-from .inside import InsidePlan, child_main
+from ..guard import spawn_library
 from .steps import BuildError
 
 READY = b"R"
+STATUS_FD = 3  # rocker-spawn.c places the status pipe here, the mounts after it
+
+
+class _Spec(ctypes.Structure):
+    _fields_ = [
+        ("ns_flags", ctypes.c_ulong),
+        ("uid", ctypes.c_int),
+        ("gid", ctypes.c_int),
+        ("guard_fd", ctypes.c_int),
+        ("status_fd", ctypes.c_int),
+        ("nmounts", ctypes.c_int),
+        ("mount_fds", ctypes.POINTER(ctypes.c_int)),
+        ("argv", ctypes.POINTER(ctypes.c_char_p)),
+    ]
+
+
+@cache
+def _rocker_spawn() -> ctypes._CFuncPtr:
+    fn = ctypes.CDLL(spawn_library(), use_errno=True).rocker_spawn
+    fn.argtypes = [ctypes.POINTER(_Spec), ctypes.POINTER(ctypes.c_int)]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def load() -> None:
+    """Load the library now (at daemon start), so a missing one fails there and not per rocker."""
+    _rocker_spawn()
 
 
 @dataclass
@@ -32,75 +67,27 @@ class Spawned:
     pidfd: int
 
 
-def _clone_as(uid: int, gid: int) -> tuple[int, int]:
-    """clone(2) into new namespaces with euid/egid temporarily the app's; returns (pid, pidfd).
-
-    Returns (0, -1) in the child, which must branch off at once: nothing of
-    the daemon's (no finally, no except) may run there.
-    """
-    pidfd = ctypes.c_int(-1)
-    flags = ns.ROCKER_NS | ns.CLONE_PIDFD | signal.SIGCHLD
-    switched = uid != 0 or gid != 0
-    if switched:
-        os.setegid(gid)
-        os.seteuid(uid)
-    try:
-        pid = syscall(CLONE, ctypes.c_ulong(flags), None, ctypes.byref(pidfd), None, None, call="clone")
-    except BaseException:
-        _restore_ids(switched)
-        raise
-    if pid == 0:
-        return 0, -1
-    _restore_ids(switched)
-    return pid, pidfd.value
-
-
-def _restore_ids(switched: bool) -> None:
-    if switched:
-        os.seteuid(0)
-        os.setegid(0)
-
-
-def _write_maps(pid: int, uid: int, gid: int) -> None:
-    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-
-
 def start_guard(name: str, uid: int, gid: int, mounts: list[tuple[str, int]], guard_fd: int,
                 first_entry_timeout: float) -> tuple[Spawned, int]:
-    """Clone the child, map its ids and let it go; returns it and the status pipe's read end."""
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    """Start the guard; returns it and the status pipe's read end. Raises BuildError."""
+    argv_items = [name, str(STATUS_FD), f"{first_entry_timeout:g}", "--setup", *(t for t, _ in mounts)]
+    argv = (ctypes.c_char_p * (len(argv_items) + 1))(*(a.encode() for a in argv_items), None)
+    mount_fds = (ctypes.c_int * max(len(mounts), 1))(*(fd for _, fd in mounts))
     st_r, st_w = os.pipe2(os.O_CLOEXEC)
-    plan = InsidePlan(name, mounts, guard_fd, go_r, go_w, st_r, st_w, first_entry_timeout)
+    spec = _Spec(ns.ROCKER_NS, uid, gid, guard_fd, st_w, len(mounts), mount_fds, argv)
+    pidfd = ctypes.c_int(-1)
     try:
-        pid, pidfd = _clone_as(uid, gid)
-    except BaseException:
-        for fd in (go_r, go_w, st_r, st_w):
-            os.close(fd)
-        raise
-    if pid == 0:
-        child_main(plan)  # never returns
-    os.close(go_r)
-    os.close(st_w)
-    spawned = Spawned(pid, pidfd)
-    try:
-        _write_maps(pid, uid, gid)
-        os.write(go_w, b"G")
-    except BaseException as e:
-        os.close(go_w)  # EOF: the child gives up by itself
+        pid = _rocker_spawn()(ctypes.byref(spec), ctypes.byref(pidfd))
+    finally:
+        os.close(st_w)
+    if pid < 0:
         os.close(st_r)
-        reap(spawned)
-        raise BuildError("write uid/gid maps", getattr(e, "errno", None) or errno.EIO, str(e)) from e
-    os.close(go_w)
-    return spawned, st_r
+        raise BuildError("start guard", -pid, f"clone: {os.strerror(-pid)}")
+    return Spawned(pid, pidfd.value), st_r
 
 
 async def wait_ready(spawned: Spawned, status_r: int, timeout: float) -> None:
-    """Wait for the guard's ready byte, or the child's error report, or its death."""
+    """Wait for the guard's ready byte, or a setup error report, or its death."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[bytes] = loop.create_future()
     chunks: list[bytes] = []
@@ -130,10 +117,18 @@ async def wait_ready(spawned: Spawned, status_r: int, timeout: float) -> None:
     if data[:1] == READY:
         return
     reap(spawned)
-    if data:
-        rep = json.loads(data)
-        raise BuildError(rep["step"], rep["errno"], rep["reason"])
+    if data[:1] == b"E":
+        raise parse_report(data)
     raise BuildError("start guard", errno.ECHILD, "the guard exited during setup")
+
+
+def parse_report(data: bytes) -> BuildError:
+    """"E<errno> <step>[: <detail>]" -> BuildError(step, errno, "<detail>: <strerror>")."""
+    head, _, rest = data[1:].decode(errors="replace").partition(" ")
+    err = int(head) if head.isdigit() else errno.EIO
+    step, _, detail = rest.partition(": ")
+    reason = f"{detail}: {os.strerror(err)}" if detail else os.strerror(err)
+    return BuildError(step or "start guard", err, reason)
 
 
 def reap(spawned: Spawned) -> None:

@@ -11,14 +11,15 @@ after gc.freeze() (refcount writes dirty the inherited pages), a static C
 one about 60 KiB: 48 KiB of its own plus its share of the binary's pages,
 which all guards share. The binary is compiled by setup.py when the package is
 installed (``pip install .`` or ``pip install -e .``) and lives next to this
-file as ``rocker-guard``.
+file as ``rocker-guard``, with ``librocker-spawn.so``, which starts it in its
+namespaces without forking the daemon's Python image (rocker-spawn.c says why).
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["guard_binary"]
+__all__ = ["guard_binary", "spawn_library"]
 
 _BUILD_HINT = "build it by reinstalling the package: pip install -e . (or pip install .) from the rocker checkout"
 
@@ -28,10 +29,18 @@ def guard_binary() -> str:
 
     Raises FileNotFoundError when it is missing or not executable.
     """
-    override = os.environ.get("ROCKER_GUARD")
-    path = override or os.path.join(os.path.dirname(os.path.abspath(__file__)), "rocker-guard")
+    return _native("ROCKER_GUARD", "rocker-guard", "rocker guard binary")
+
+
+def spawn_library() -> str:
+    """Path of the spawner library; ``$ROCKER_SPAWN_LIB`` overrides the installed one."""
+    return _native("ROCKER_SPAWN_LIB", "librocker-spawn.so", "guard spawner library")
+
+
+def _native(env: str, name: str, what: str) -> str:
+    override = os.environ.get(env)
+    path = override or os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        source = "$ROCKER_GUARD" if override else "the installed package"
-        raise FileNotFoundError(f"rocker guard binary {path!r} (from {source}) is missing or not executable; "
-                                f"{_BUILD_HINT}")
+        source = f"${env}" if override else "the installed package"
+        raise FileNotFoundError(f"{what} {path!r} (from {source}) is missing or not executable; {_BUILD_HINT}")
     return path

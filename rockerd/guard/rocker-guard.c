@@ -1,12 +1,19 @@
 /*
  * rocker-guard: PID 1 of a rocker's PID namespace.
  *
- *   <name> <status-fd> [<first-entry-timeout-seconds, default 10, decimals ok>]
+ *   <name> <status-fd> [<first-entry-timeout-seconds, default 10, decimals ok>
+ *                       [--setup <target>...]]
  *
- * The daemon execs this (already as the app's uid, empty environment) once the
- * rocker's mounts, including its own /proc, are in place. It writes 'R' to the
- * status fd when ready and then lives as long as anything else lives in the
- * namespace: the namespace (and every process in it) ends when PID 1 exits.
+ * rockerd's spawner (rocker-spawn.c) execs this as uid 0 of the rocker's new
+ * user namespace (the app's uid outside), with an empty environment. With
+ * --setup it first builds the rocker from inside: makes / rprivate, attaches
+ * the detached mount at fd <status-fd>+1+i on <target i> (in argv order),
+ * mounts the rocker's own /proc and sets the hostname to <name> (rockerd
+ * brings lo up meanwhile, from outside). Without it (the tests' harness)
+ * that is assumed done. It writes 'R' to the status fd when ready, or
+ * "E<errno> <step>" if a setup step failed, and then lives as long as
+ * anything else lives in the namespace: the namespace (and every process in
+ * it) ends when PID 1 exits.
  *
  * Exit codes: 0 the rocker is done (empty after an entry, nobody entered in
  * time, or 5 s after SIGTERM/SIGINT/SIGHUP); 1 bad usage or setup failed
@@ -22,6 +29,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
@@ -32,10 +40,17 @@
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
 
 #define MAX_TRACKED 256 /* pidfds we poll; beyond that the /proc scans suffice */
 #define WAIT_MIN_MS 10  /* poll timeout right after an event... */
 #define WAIT_MAX_MS 1000 /* ...doubling per idle round up to this */
+#define WAIT_UNENTERED_MS 20 /* until the first entry: an entry is only seen by polling */
 #define GRACE_MS 5000   /* after a forwarded SIGTERM, give up waiting after this */
 
 static int procfd, lastpidfd;
@@ -169,22 +184,58 @@ static int scan(long self, int *event) {
     }
 }
 
+/* Setup failed before 'R': tell the daemon which step and why, as "E<errno> <step>". */
+static void setup_failed(int status, const char *step, const char *detail, int err) {
+    char b[512], num[12];
+    size_t n = 0;
+    int i = sizeof num - 1, e = err;
+    num[i] = 0;
+    do num[--i] = (char)('0' + e % 10); while ((e /= 10) && i);
+    b[n++] = 'E';
+    for (const char *p = num + i; *p;) b[n++] = *p++;
+    b[n++] = ' ';
+    for (const char *p = step; *p && n < sizeof b - 1;) b[n++] = *p++;
+    for (const char *p = detail ? ": " : ""; *p && n < sizeof b - 1;) b[n++] = *p++;
+    for (const char *p = detail ? detail : ""; *p && n < sizeof b - 1;) b[n++] = *p++;
+    if (write(status, b, n) < 0) {} /* the daemon sees EOF without 'R' either way */
+    die(step, err, 1);
+}
+
+/* --setup: build the rocker from inside its fresh namespaces, as their root. */
+static void setup(int status, const char *name, int ntargets, char **targets) {
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        setup_failed(status, "make / rprivate", NULL, errno);
+    /* in argv order: the overlays first, then the package (an exec dir may lie inside an overlay dir) */
+    for (int i = 0; i < ntargets; i++) {
+        int fd = status + 1 + i;
+        if (syscall(SYS_move_mount, fd, "", AT_FDCWD, targets[i], MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            setup_failed(status, "attach package and overlays", targets[i], errno);
+        close(fd);
+    }
+    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+        setup_failed(status, "mount /proc", NULL, errno);
+    if (sethostname(name, strlen(name)) < 0) setup_failed(status, "set hostname", name, errno);
+}
+
 int main(int argc, char **argv) {
     /* First of all: not dumpable, so processes of the same uid inside the
      * rocker cannot ptrace us or open our /proc files (fds, ns, mem). */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) die("prctl(PR_SET_DUMPABLE)", errno, 1);
-    if (argc < 2 || argc > 3)
-        die("usage: <name> <status-fd> [<first-entry-timeout-seconds>]", 0, 1);
+    int do_setup = argc > 3 && !strcmp(argv[3], "--setup");
+    if (argc < 2 || (argc > 3 && !do_setup))
+        die("usage: <name> <status-fd> [<first-entry-timeout-seconds> [--setup <target>...]]", 0, 1);
     int status = (int)parse_uint(argv[1]); /* <= 999999999 */
     long long first_ms = argc > 2 ? parse_ms(argv[2]) : 10000;
     if (status < 0 || first_ms < 0) die("bad status fd or timeout", 0, 1);
     /* kill(-1) below would reach the whole host if we were not a namespace's init */
     if (getpid() != 1) die("must run as PID 1 of a new PID namespace", 0, 1);
     if (prctl(PR_SET_NAME, argv[0], 0, 0, 0) < 0) die("prctl(PR_SET_NAME)", errno, 1);
+    if (do_setup) setup(status, argv[0], argc - 4, argv + 4);
 
     /* Signals arrive through a signalfd. Blocked signals also get past the
      * kernel's "init ignores unhandled signals" filter. SIG_IGN survives
-     * exec, so reset them: an ignored SIGCHLD would auto-reap and never wake us. */
+     * exec, so reset them: an ignored SIGCHLD would auto-reap and never wake us.
+     * The mask survives exec too: the spawner blocks everything; set ours. */
     sigset_t set;
     sigemptyset(&set);
     int sigs[] = { SIGCHLD, SIGTERM, SIGINT, SIGHUP };
@@ -194,7 +245,7 @@ int main(int argc, char **argv) {
         sigaction(sigs[i], &sa, NULL);
     }
     sa.sa_handler = SIG_IGN;
-    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0 || sigaction(SIGPIPE, &sa, NULL) < 0)
+    if (sigprocmask(SIG_SETMASK, &set, NULL) < 0 || sigaction(SIGPIPE, &sa, NULL) < 0)
         die("signal setup", errno, 1);
     pfds[0].fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     pfds[0].events = POLLIN;
@@ -244,7 +295,8 @@ int main(int argc, char **argv) {
 
         /* Back off while idle: quick to notice short-lived apps, about one
          * wake-up per second for an idle rocker; never sleep past a deadline. */
-        wait_ms = event ? WAIT_MIN_MS : (wait_ms * 2 > WAIT_MAX_MS ? WAIT_MAX_MS : wait_ms * 2);
+        int max_ms = entered ? WAIT_MAX_MS : WAIT_UNENTERED_MS;
+        wait_ms = event ? WAIT_MIN_MS : (wait_ms * 2 > max_ms ? max_ms : wait_ms * 2);
         long long timeout = wait_ms;
         if (!entered && first_deadline - now < timeout) timeout = first_deadline - now;
         if (grace_deadline && grace_deadline - now < timeout) timeout = grace_deadline - now;
