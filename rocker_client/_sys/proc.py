@@ -61,6 +61,13 @@ def limit_caps(keep: int, last_cap: int) -> None:
     check(libc.capset(ctypes.byref(hdr), data), "capset")
 
 
+def set_thread_euid(uid: int) -> None:
+    """setresuid(-1, uid, -1) for the calling thread only: glibc's seteuid changes every
+    thread of the process (and the daemon builds rockers on several)."""
+    syscall(nr.SETRESUID, ctypes.c_long(-1), ctypes.c_long(uid), ctypes.c_long(-1), call="setresuid",
+            target=str(uid))
+
+
 def setfsuid(uid: int) -> int:
     """Per-thread filesystem uid; returns the previous one (the call cannot report errors)."""
     return int(libc.setfsuid(ctypes.c_uint(uid)))

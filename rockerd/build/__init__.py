@@ -1,15 +1,18 @@
 """Building a rocker: host steps in the daemon, then the guard started in its namespaces.
 
-    validated request -> host steps (dirs, loop+squashfs, overlays: detached mounts)
-                      -> rocker_spawn: CLONE_VM child under the app's uid, own uid/gid maps,
-                         exec of the C guard                       (the loop waits for this)
-                      -> guard --setup: rprivate, attach mounts, /proc, hostname -> ready
-                         meanwhile rockerd: ns fds, lo up (rtnetlink into the new netns)
+    on a build thread:  host steps (dirs, loop+squashfs, overlays: detached mounts)
+                        -> rocker_spawn: CLONE_VM child under the app's uid; we write its
+                           uid/gid maps; it execs the C guard
+                        -> ns fds, lo up (rtnetlink into the new netns), while the guard
+                           (--setup) makes / rprivate, attaches the mounts, /proc, hostname
+    on the event loop:  wait for the guard's ready byte
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rocker_client._sys.libc import SyscallError
@@ -19,7 +22,7 @@ from .host import HostContext, Request, host_steps
 from .net import loopback_up
 from .packages import PackageCache, PackageKey
 from .spawn import Spawned, reap, start_guard, wait_ready
-from .steps import BuildError, as_build_error, run_steps, undo_steps
+from .steps import BuildError, Step, as_build_error, run_steps, undo_steps
 from .workslots import WorkSlots
 
 __all__ = ["NS_NAMES", "BuildError", "Built", "PackageCache", "PackageKey", "WorkSlots", "build_rocker"]
@@ -38,9 +41,48 @@ class Built:
     work_slot: int  # give it back to the WorkSlots when the rocker ends
 
 
-async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages: PackageCache, slots: WorkSlots,
-                       guard_fd: int, first_entry_timeout: float = 10.0, ready_timeout: float = 5.0) -> Built:
-    """Build one rocker or undo everything and raise BuildError naming the failed step."""
+_workers: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Builds run here, off the event loop: their time is mostly syscalls, which release the GIL,
+    so the kernel work of two creates (overlay superblocks, the clone into new namespaces)
+    overlaps on two CPUs while the loop keeps serving."""
+    global _workers
+    if _workers is None:
+        _workers = ThreadPoolExecutor(max_workers=BUILD_THREADS, thread_name_prefix="rockerd-build")
+    return _workers
+
+
+BUILD_THREADS = 2
+
+
+@dataclass
+class _Started:
+    """What the synchronous part leaves for the loop: a guard setting itself up."""
+    ctx: HostContext
+    steps: list[Step[HostContext]]
+    spawned: Spawned
+    status_r: int
+    ns_fds: dict[str, int]
+
+    def discard(self) -> None:
+        if self.status_r >= 0:
+            os.close(self.status_r)
+            self.status_r = -1
+        self.discard_after_ready()
+
+    def discard_after_ready(self) -> None:
+        reap(self.spawned)
+        for fd in self.ns_fds.values():
+            os.close(fd)
+        self.ns_fds = {}
+        undo_steps(self.steps, self.ctx)
+
+
+def _start(req: Request, name: str, caller: Peer | None, packages: PackageCache, slots: WorkSlots, guard_fd: int,
+           first_entry_timeout: float) -> _Started:
+    """Host steps, the spawn, ns fds and lo: all of the build that blocks. Undoes itself on failure."""
     ctx = HostContext(req, name, caller, packages, slots)
     steps = host_steps(req)
     try:
@@ -49,6 +91,7 @@ async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages
         ctx.close_fds()
         raise
     spawned: Spawned | None = None
+    status_r = -1
     ns_fds: dict[str, int] = {}
     stage = "start guard"
     try:
@@ -56,27 +99,46 @@ async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages
             spawned, status_r = start_guard(name, req.uid, req.gid, ctx.mounts, guard_fd, first_entry_timeout)
         finally:
             ctx.close_fds()  # the child has its own copies now; ours would keep the mounts alive
-        try:  # while the guard sets up (on the other CPU, if there is one)
-            ns_fds = open_ns_fds(spawned.pid)
-            stage = "bring lo up"
-            loopback_up(ns_fds["net"], req.uid)
-        except BaseException:
-            os.close(status_r)
-            raise
-        stage = "wait for guard"
-        await wait_ready(spawned, status_r, ready_timeout)
-        assert ctx.pkg_key is not None and ctx.work_slot is not None
-        return Built(spawned.pid, spawned.pidfd, ns_fds, ctx.pkg_key, ctx.work_slot)
+        # while the guard sets up (on the other CPU, if there is one)
+        ns_fds = open_ns_fds(spawned.pid)
+        stage = "bring lo up"
+        loopback_up(ns_fds["net"], req.uid)
+        return _Started(ctx, steps, spawned, status_r, ns_fds)
     except BaseException as e:
         if spawned is not None:
             reap(spawned)
+        if status_r >= 0:
+            os.close(status_r)
         for fd in ns_fds.values():
             os.close(fd)
-        ctx.close_fds()
         undo_steps(steps, ctx)
         if isinstance(e, Exception):
             raise as_build_error(stage, e) from e
         raise
+
+
+async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages: PackageCache, slots: WorkSlots,
+                       guard_fd: int, first_entry_timeout: float = 10.0, ready_timeout: float = 5.0) -> Built:
+    """Build one rocker or undo everything and raise BuildError naming the failed step."""
+    loop = asyncio.get_running_loop()
+    fut = loop.run_in_executor(_pool(), _start, req, name, caller, packages, slots, guard_fd, first_entry_timeout)
+    try:
+        started = await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        # the thread carries on regardless: throw its work away when it is done
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().discard())
+        raise
+    try:
+        await wait_ready(started.spawned, started.status_r, ready_timeout)
+    except BaseException as e:
+        started.status_r = -1  # wait_ready closed it
+        started.discard_after_ready()
+        if isinstance(e, Exception):
+            raise as_build_error("wait for guard", e) from e
+        raise
+    ctx = started.ctx
+    assert ctx.pkg_key is not None and ctx.work_slot is not None
+    return Built(started.spawned.pid, started.spawned.pidfd, started.ns_fds, ctx.pkg_key, ctx.work_slot)
 
 
 def open_ns_fds(pid: int) -> dict[str, int]:

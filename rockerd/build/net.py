@@ -25,7 +25,7 @@ from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.rtnl import RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 
-from rocker_client._sys import ns
+from rocker_client._sys import ns, proc
 from rocker_client._sys.libc import SyscallError
 
 LO_INDEX = 1  # lo is always ifindex 1 in a new network namespace
@@ -84,8 +84,8 @@ def _as_euid(uid: int) -> Iterator[None]:
     if not uid:
         yield
         return
-    os.seteuid(uid)
+    proc.set_thread_euid(uid)
     try:
         yield
     finally:
-        os.seteuid(0)
+        proc.set_thread_euid(0)

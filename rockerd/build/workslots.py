@@ -8,26 +8,34 @@ and an rmtree (journal commits) off the event loop at every end.
 
 from __future__ import annotations
 
+import threading
+
 
 class WorkSlots:
+    """Taken on the build threads, given back on the event loop: one lock."""
+
     def __init__(self) -> None:
         self._busy: dict[str, set[int]] = {}
+        self._lock = threading.Lock()
 
     def take(self, data_dir: str) -> int:
-        busy = self._busy.setdefault(data_dir, set())
-        slot = 0
-        while slot in busy:
-            slot += 1
-        busy.add(slot)
-        return slot
+        with self._lock:
+            busy = self._busy.setdefault(data_dir, set())
+            slot = 0
+            while slot in busy:
+                slot += 1
+            busy.add(slot)
+            return slot
 
     def hold(self, data_dir: str, slot: int) -> None:
         """Mark a slot busy that an adopted rocker already uses."""
-        self._busy.setdefault(data_dir, set()).add(slot)
+        with self._lock:
+            self._busy.setdefault(data_dir, set()).add(slot)
 
     def give_back(self, data_dir: str, slot: int) -> None:
-        busy = self._busy.get(data_dir)
-        if busy is not None:
-            busy.discard(slot)
-            if not busy:
-                del self._busy[data_dir]
+        with self._lock:
+            busy = self._busy.get(data_dir)
+            if busy is not None:
+                busy.discard(slot)
+                if not busy:
+                    del self._busy[data_dir]

@@ -1,16 +1,21 @@
 /*
  * librocker-spawn: start a rocker's guard in fresh namespaces, the way
- * posix_spawn starts a program: clone(CLONE_VM | CLONE_VFORK), a few raw
- * syscalls in the child, exec.
+ * posix_spawn starts a program: a CLONE_VM child, a few raw syscalls in it,
+ * exec.
  *
- * Why C: rockerd is a ~48 MB Python process. A fork of it copies its page
+ * Why C: rockerd is a ~45 MB Python process. A fork of it copies its page
  * tables and COW-faults on every page the child touches, and the exec from
- * that copy has to tear it all down again: 4-7 ms per rocker on the event
- * loop. A CLONE_VM child shares rockerd's memory until its exec, so the clone
- * costs what the kernel's namespaces cost and nothing per page. Such a child
- * must not run Python or touch anything the daemon owns (errno aside): it
- * only maps its ids, places fds and execs the guard, which does the rest of
- * the setup (see rocker-guard.c --setup).
+ * that copy has to tear it all down again: 4-7 ms per rocker. A CLONE_VM
+ * child shares rockerd's memory until its exec, so the clone costs what the
+ * kernel's namespaces cost and nothing per page. Such a child must not run
+ * Python or touch anything the daemon owns (errno aside): it waits for its
+ * id maps, places fds and execs the guard, which does the rest of the setup
+ * (see rocker-guard.c --setup).
+ *
+ * The calling thread writes the maps from outside, as root, and returns once
+ * the child has exec'd (or died): until then the child runs on a stack of
+ * ours. Other threads of the daemon run on meanwhile; nothing here depends
+ * on process-wide state (the euid switch is this thread's only).
  *
  * rockerd loads this with ctypes; the one entry point is rocker_spawn().
  */
@@ -22,7 +27,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -52,7 +56,8 @@ struct rocker_spawn {
 
 struct child_arg {
     const struct rocker_spawn *s;
-    char uid_map[32], gid_map[32];
+    int go;   /* read end: "G" once the maps are written */
+    int exec; /* write end, close-on-exec: EOF tells the parent we exec'd or died */
 };
 
 /* "E<errno> <step>" on the status pipe: the same report a failed guard setup gives. */
@@ -62,34 +67,23 @@ static void report(int fd, const char *step, int err) {
     if (n > 0 && syscall(SYS_write, fd, b, (size_t)n) < 0) {}
 }
 
-static int write_file(const char *path, const char *text) {
-    int fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_WRONLY | O_CLOEXEC);
+static int write_proc(pid_t pid, const char *name, const char *text) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, name);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0) return errno;
     size_t len = strlen(text);
-    int err = syscall(SYS_write, fd, text, len) == (long)len ? 0 : errno ? errno : EIO;
-    syscall(SYS_close, fd);
+    int err = write(fd, text, len) == (ssize_t)len ? 0 : errno ? errno : EIO;
+    close(fd);
     return err;
 }
 
 static int child(void *p) {
     const struct child_arg *a = p;
     const struct rocker_spawn *s = a->s;
-    int err;
-    /* Our own maps, from inside: a single extent of our own euid/egid needs
-     * no privilege outside (with setgroups denied), so the parent need not
-     * wait for us. Then become root of the namespace, so exec keeps its caps.
-     * The euid switch made the (shared) mm non-dumpable, which gives
-     * /proc/self to host root: make it ours again. The parent's switch back
-     * resets the flag for the daemon. */
-    if (syscall(SYS_prctl, PR_SET_DUMPABLE, 1, 0, 0, 0) < 0) {
-        report(s->status_fd, "write uid/gid maps", errno);
-        _exit(127);
-    }
-    if ((err = write_file("/proc/self/setgroups", "deny")) || (err = write_file("/proc/self/uid_map", a->uid_map)) ||
-        (err = write_file("/proc/self/gid_map", a->gid_map))) {
-        report(s->status_fd, "write uid/gid maps", err);
-        _exit(127);
-    }
+    char go = 0;
+    if (syscall(SYS_read, a->go, &go, 1) != 1 || go != 'G') _exit(127); /* the parent reported why */
+    /* Root of the namespace (the app's ids outside), so exec keeps the caps in it. */
     if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0) {
         report(s->status_fd, "switch to the app's ids", errno);
         _exit(127);
@@ -119,14 +113,20 @@ static int child(void *p) {
 }
 
 /* Returns the guard's PID (and its pidfd in *pidfd), or -errno. Failures
- * inside the child arrive on the status pipe, as the guard's own do. */
+ * after the clone arrive on the status pipe, as the guard's own do. */
 int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
     if (s->nmounts < 0 || s->nmounts > MAX_MOUNTS) return -E2BIG;
-    struct child_arg a = { .s = s };
-    snprintf(a.uid_map, sizeof a.uid_map, "0 %d 1", s->uid);
-    snprintf(a.gid_map, sizeof a.gid_map, "0 %d 1", s->gid);
+    int go[2], ex[2];
+    if (pipe2(go, O_CLOEXEC) < 0) return -errno;
+    if (pipe2(ex, O_CLOEXEC) < 0) {
+        int err = errno;
+        close(go[0]);
+        close(go[1]);
+        return -err;
+    }
+    struct child_arg a = { .s = s, .go = go[0], .exec = ex[1] };
     char *stack = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stack == MAP_FAILED) return -errno;
+    int err = stack == MAP_FAILED ? errno : 0;
     /* No signal handler of the daemon's may run in the child (it shares our
      * memory); the guard sets its own mask after exec. */
     sigset_t all, old;
@@ -134,22 +134,40 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
     pthread_sigmask(SIG_SETMASK, &all, &old);
     /* The namespace's owner is the creator's euid: this thread's only
      * (raw syscalls, not glibc's process-wide set*id). */
-    int switched = s->uid != 0 || s->gid != 0, err = 0;
+    int switched = s->uid != 0 || s->gid != 0;
     pid_t pid = -1;
-    if (switched && (syscall(SYS_setresgid, -1, s->gid, -1) < 0 || syscall(SYS_setresuid, -1, s->uid, -1) < 0))
+    if (!err && switched &&
+        (syscall(SYS_setresgid, -1, s->gid, -1) < 0 || syscall(SYS_setresuid, -1, s->uid, -1) < 0))
         err = errno;
     int fd = -1;
     if (!err) {
-        pid = clone(child, stack + STACK_SIZE, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | (int)s->ns_flags | SIGCHLD,
-                    &a, &fd);
+        pid = clone(child, stack + STACK_SIZE, CLONE_VM | CLONE_PIDFD | (int)s->ns_flags | SIGCHLD, &a, &fd);
         if (pid < 0) err = errno;
     }
     if (switched) { /* uid first: euid 0 brings back the capability to reset the gid */
         syscall(SYS_setresuid, -1, 0, -1);
         syscall(SYS_setresgid, -1, 0, -1);
     }
+    close(go[0]);
+    close(ex[1]);
+    if (!err) {
+        char uid_map[32], gid_map[32];
+        snprintf(uid_map, sizeof uid_map, "0 %d 1", s->uid);
+        snprintf(gid_map, sizeof gid_map, "0 %d 1", s->gid);
+        int merr = write_proc(pid, "setgroups", "deny");
+        if (!merr) merr = write_proc(pid, "uid_map", uid_map);
+        if (!merr) merr = write_proc(pid, "gid_map", gid_map);
+        if (merr) report(s->status_fd, "write uid/gid maps", merr);
+        if (write(go[1], merr ? "X" : "G", 1) < 0) {} /* on failure EOF stops it too */
+        close(go[1]);
+        char c;
+        while (read(ex[0], &c, 1) < 0 && errno == EINTR) {} /* EOF: it exec'd or exited; our stack is free */
+    } else {
+        close(go[1]);
+    }
+    close(ex[0]);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    munmap(stack, STACK_SIZE);
+    if (stack != MAP_FAILED) munmap(stack, STACK_SIZE);
     if (err) return -err;
     *pidfd = fd;
     return pid;
