@@ -62,8 +62,8 @@ def limit_caps(keep: int, last_cap: int) -> None:
 
 
 def set_thread_euid(uid: int) -> None:
-    """setresuid(-1, uid, -1) for the calling thread only: glibc's seteuid changes every
-    thread of the process (and the daemon builds rockers on several)."""
+    """setresuid(-1, uid, -1) for the calling thread only (glibc's seteuid signals every
+    thread of the process to do the same): a brief switch that must not leak elsewhere."""
     syscall(nr.SETRESUID, ctypes.c_long(-1), ctypes.c_long(uid), ctypes.c_long(-1), call="setresuid",
             target=str(uid))
 

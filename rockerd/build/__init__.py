@@ -1,18 +1,16 @@
 """Building a rocker: host steps in the daemon, then the guard started in its namespaces.
 
-    on a build thread:  host steps (dirs, loop+squashfs, overlays: detached mounts)
-                        -> rocker_spawn: CLONE_VM child under the app's uid; we write its
-                           uid/gid maps; it execs the C guard
-                        -> ns fds, lo up (rtnetlink into the new netns), while the guard
-                           (--setup) makes / rprivate, attaches the mounts, /proc, hostname
-    on the event loop:  wait for the guard's ready byte
+    host steps (dirs, loop+squashfs, overlays: detached mounts)
+    -> rocker_spawn: CLONE_VM child under the app's uid; we write its uid/gid maps;
+       it execs the C guard
+    -> ns fds, lo up (rtnetlink into the new netns), while the guard (--setup) makes
+       / rprivate, attaches the mounts, /proc, hostname
+    -> wait (asynchronously) for the guard's ready byte
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rocker_client._sys.libc import SyscallError
@@ -41,25 +39,9 @@ class Built:
     work_slot: int  # give it back to the WorkSlots when the rocker ends
 
 
-_workers: ThreadPoolExecutor | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    """Builds run here, off the event loop: their time is mostly syscalls, which release the GIL,
-    so the kernel work of two creates (overlay superblocks, the clone into new namespaces)
-    overlaps on two CPUs while the loop keeps serving."""
-    global _workers
-    if _workers is None:
-        _workers = ThreadPoolExecutor(max_workers=BUILD_THREADS, thread_name_prefix="rockerd-build")
-    return _workers
-
-
-BUILD_THREADS = 2
-
-
 @dataclass
 class _Started:
-    """What the synchronous part leaves for the loop: a guard setting itself up."""
+    """What the synchronous part leaves: a guard setting itself up."""
     ctx: HostContext
     steps: list[Step[HostContext]]
     spawned: Spawned
@@ -67,12 +49,6 @@ class _Started:
     ns_fds: dict[str, int]
 
     def discard(self) -> None:
-        if self.status_r >= 0:
-            os.close(self.status_r)
-            self.status_r = -1
-        self.discard_after_ready()
-
-    def discard_after_ready(self) -> None:
         reap(self.spawned)
         for fd in self.ns_fds.values():
             os.close(fd)
@@ -120,19 +96,13 @@ def _start(req: Request, name: str, caller: Peer | None, packages: PackageCache,
 async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages: PackageCache, slots: WorkSlots,
                        guard_fd: int, first_entry_timeout: float = 10.0, ready_timeout: float = 5.0) -> Built:
     """Build one rocker or undo everything and raise BuildError naming the failed step."""
-    loop = asyncio.get_running_loop()
-    fut = loop.run_in_executor(_pool(), _start, req, name, caller, packages, slots, guard_fd, first_entry_timeout)
-    try:
-        started = await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        # the thread carries on regardless: throw its work away when it is done
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().discard())
-        raise
+    # On the loop's thread: worker threads were measured to lose at concurrency 2 (the GIL
+    # handoffs between their syscalls cost more than the overlap of kernel work gained).
+    started = _start(req, name, caller, packages, slots, guard_fd, first_entry_timeout)
     try:
         await wait_ready(started.spawned, started.status_r, ready_timeout)
     except BaseException as e:
-        started.status_r = -1  # wait_ready closed it
-        started.discard_after_ready()
+        started.discard()  # wait_ready closed the status pipe
         if isinstance(e, Exception):
             raise as_build_error("wait for guard", e) from e
         raise

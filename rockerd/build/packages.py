@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import threading
 from dataclasses import dataclass
 
 from rocker_client._sys import loop, nr
@@ -35,12 +34,8 @@ class _Shared:
 
 
 class PackageCache:
-    """Used from the build threads and the event loop: one lock around every change.
-    A first mount is made under it, so two first rockers of a package share one mount."""
-
     def __init__(self) -> None:
         self._mounts: dict[PackageKey, _Shared] = {}
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._mounts)
@@ -49,32 +44,29 @@ class PackageCache:
         """A new detached clone of the package's shared mount (made on first use) and its key."""
         st = os.fstat(pkg_fd)
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._lock:
-            shared = self._mounts.get(key)
-            if shared is None:
-                shared = self._mounts[key] = _Shared(_mount_squashfs(pkg_fd, path, step), 0)
-            try:
-                clone = syscall(nr.OPEN_TREE, ctypes.c_int(shared.mfd), b"",
-                                ctypes.c_uint(m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_EMPTY_PATH),
-                                call="open_tree", target=path)
-            except BaseException:
-                if not shared.refs:
-                    del self._mounts[key]
-                    os.close(shared.mfd)
-                raise
-            shared.refs += 1
+        shared = self._mounts.get(key)
+        if shared is None:
+            shared = self._mounts[key] = _Shared(_mount_squashfs(pkg_fd, path, step), 0)
+        try:
+            clone = syscall(nr.OPEN_TREE, ctypes.c_int(shared.mfd), b"",
+                            ctypes.c_uint(m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_EMPTY_PATH),
+                            call="open_tree", target=path)
+        except BaseException:
+            if not shared.refs:  # a mount made just now for nobody
+                del self._mounts[key]
+                os.close(shared.mfd)
+            raise
+        shared.refs += 1
         return key, clone
 
     def release(self, key: PackageKey) -> None:
-        with self._lock:
-            shared = self._mounts.get(key)
-            if shared is None:
-                return
-            shared.refs -= 1
-            if shared.refs > 0:
-                return
+        shared = self._mounts.get(key)
+        if shared is None:
+            return
+        shared.refs -= 1
+        if shared.refs <= 0:
             del self._mounts[key]
-        os.close(shared.mfd)  # unmounts; outside the lock, the loop device goes with it
+            os.close(shared.mfd)  # unmounts; the loop device goes with it
 
 
 def _mount_squashfs(pkg: int, path: str, step: str) -> int:

@@ -8,34 +8,26 @@ and an rmtree (journal commits) off the event loop at every end.
 
 from __future__ import annotations
 
-import threading
-
 
 class WorkSlots:
-    """Taken on the build threads, given back on the event loop: one lock."""
-
     def __init__(self) -> None:
         self._busy: dict[str, set[int]] = {}
-        self._lock = threading.Lock()
 
     def take(self, data_dir: str) -> int:
-        with self._lock:
-            busy = self._busy.setdefault(data_dir, set())
-            slot = 0
-            while slot in busy:
-                slot += 1
-            busy.add(slot)
-            return slot
+        busy = self._busy.setdefault(data_dir, set())
+        slot = 0
+        while slot in busy:
+            slot += 1
+        busy.add(slot)
+        return slot
 
     def hold(self, data_dir: str, slot: int) -> None:
         """Mark a slot busy that an adopted rocker already uses."""
-        with self._lock:
-            self._busy.setdefault(data_dir, set()).add(slot)
+        self._busy.setdefault(data_dir, set()).add(slot)
 
     def give_back(self, data_dir: str, slot: int) -> None:
-        with self._lock:
-            busy = self._busy.get(data_dir)
-            if busy is not None:
-                busy.discard(slot)
-                if not busy:
-                    del self._busy[data_dir]
+        busy = self._busy.get(data_dir)
+        if busy is not None:
+            busy.discard(slot)
+            if not busy:
+                del self._busy[data_dir]
