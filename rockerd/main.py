@@ -38,12 +38,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="where live rockers are recorded so a restarted rockerd re-adopts them (tmpfs)")
     p.add_argument("--first-entry-timeout", type=float, default=ServiceConfig.first_entry_timeout, metavar="SEC",
                    help="tear a rocker down when nobody entered it within this time")
+    p.add_argument("--warm-mib", type=float, default=ServiceConfig.warm_budget / (1 << 20), metavar="MIB",
+                   help="when a package is mounted, read up to this much of its executables ahead on another "
+                        "thread, so its first rocker's app starts warm; 0 turns it off")
     p.add_argument("--idle-exit", type=float, default=0.0, metavar="SEC",
                    help="exit after SEC seconds with no live rockers and no clients (for socket activation: "
                         "systemd starts rockerd again on the next connection); 0, the default, never exits")
     args = p.parse_args(argv)
     if args.idle_exit < 0:
         p.error("--idle-exit must be 0 (never) or a number of seconds")
+    if args.warm_mib < 0:
+        p.error("--warm-mib must be 0 (off) or a size in MiB")
     return args
 
 
@@ -109,7 +114,8 @@ def install_test_hooks(loop: asyncio.AbstractEventLoop) -> None:
 async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int) -> None:
     service = RockerService(guard_fd, ServiceConfig(
         max_rockers=args.max_rockers, max_rockers_per_uid=args.max_rockers_per_uid,
-        first_entry_timeout=args.first_entry_timeout, state_dir=args.state_dir))
+        first_entry_timeout=args.first_entry_timeout, state_dir=args.state_dir,
+        warm_budget=int(args.warm_mib * (1 << 20))))
     server = VarlinkServer(
         vendor="rocker", product="rockerd", version=__version__, url="https://github.com/rocker-sandbox/rocker",
         interfaces=[service.interface()], log=logging.getLogger("rockerd.varlink"),

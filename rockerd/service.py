@@ -16,6 +16,7 @@ from rocker_client._sys import ns
 
 from . import interface, journal, policy
 from .build import NS_NAMES, BuildError, PackageCache, WorkSlots, build_rocker
+from .build.warm import DEFAULT_BUDGET
 from .registry import Registry, Rocker
 from .request import RequestInvalid, parse_request
 from .state import Record, StateDir, matches, proc_starttime
@@ -32,6 +33,7 @@ class ServiceConfig:
     first_entry_timeout: float = 10.0
     ready_timeout: float = 5.0
     state_dir: str = "/run/rocker/state"
+    warm_budget: int = DEFAULT_BUDGET
 
 
 class RockerService:
@@ -39,7 +41,7 @@ class RockerService:
         self.guard_fd = guard_fd
         self.config = config or ServiceConfig()
         self.registry = Registry(self._ended)
-        self.packages = PackageCache()
+        self.packages = PackageCache(self.config.warm_budget)
         self.slots = WorkSlots()
         self.state = StateDir(self.config.state_dir)
         self._adopt()

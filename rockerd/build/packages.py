@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 from dataclasses import dataclass
 
@@ -22,6 +23,9 @@ from rocker_client._sys import mount as m
 from rocker_client._sys.libc import syscall
 
 from .steps import BuildError
+from .warm import DEFAULT_BUDGET, Warmer
+
+log = logging.getLogger("rockerd.packages")
 
 SQUASHFS_MAGIC = b"hsqs"
 PackageKey = tuple[int, int, int, int]
@@ -31,11 +35,13 @@ PackageKey = tuple[int, int, int, int]
 class _Shared:
     mfd: int
     refs: int
+    warmer: Warmer | None = None
 
 
 class PackageCache:
-    def __init__(self) -> None:
+    def __init__(self, warm_budget: int = DEFAULT_BUDGET) -> None:
         self._mounts: dict[PackageKey, _Shared] = {}
+        self.warm_budget = warm_budget  # bytes of a new mount's executables read ahead; 0: none
 
     def __len__(self) -> int:
         return len(self._mounts)
@@ -47,14 +53,18 @@ class PackageCache:
         shared = self._mounts.get(key)
         if shared is None:
             shared = self._mounts[key] = _Shared(_mount_squashfs(pkg_fd, path, step), 0)
+            if self.warm_budget > 0:
+                try:
+                    shared.warmer = Warmer(shared.mfd, path, self.warm_budget)
+                except (OSError, RuntimeError) as e:  # no fd or no thread: start cold
+                    log.warning("cannot warm package %s: %s", path, e)
         try:
             clone = syscall(nr.OPEN_TREE, ctypes.c_int(shared.mfd), b"",
                             ctypes.c_uint(m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_EMPTY_PATH),
                             call="open_tree", target=path)
         except BaseException:
             if not shared.refs:  # a mount made just now for nobody
-                del self._mounts[key]
-                os.close(shared.mfd)
+                self._drop(key, shared)
             raise
         shared.refs += 1
         return key, clone
@@ -65,8 +75,13 @@ class PackageCache:
             return
         shared.refs -= 1
         if shared.refs <= 0:
-            del self._mounts[key]
-            os.close(shared.mfd)  # unmounts; the loop device goes with it
+            self._drop(key, shared)
+
+    def _drop(self, key: PackageKey, shared: _Shared) -> None:
+        del self._mounts[key]
+        if shared.warmer is not None:
+            shared.warmer.stop()  # it closes its own fd of the mount within a chunk
+        os.close(shared.mfd)  # unmounts (once a warmer is done); the loop device goes with it
 
 
 def _mount_squashfs(pkg: int, path: str, step: str) -> int:
