@@ -46,6 +46,11 @@ def ensure_dir(path: str, *, create: bool, final_mode: int = 0o755, final_owner:
     created below `under` copies owner and mode of the matching path below
     `host` instead (overlay upper dirs, so host permissions stay in force).
     """
+    if path.startswith("/"):
+        try:  # the usual case, an existing dir: one openat2 checks every component just the same
+            return open_nofollow(path, O_PATH_DIR), []
+        except SyscallError:
+            pass  # walk it, to create what is missing or to name the component that fails
     created: list[str] = []
     fd = os.open("/", O_PATH_DIR)
     try:
