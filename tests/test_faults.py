@@ -182,3 +182,36 @@ def test_full_data_dir_is_a_clear_error(base: Path, pkg: Path, rockerd) -> None:
         assert "No space left on device" in res.detail, res.detail
     finally:
         m.umount(str(full))
+
+
+def test_guard_exec_failure_in_the_spawned_child(tmp_path: Path, base: Path, pkg: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLONE_VM child fails at its last step (the exec) while running on rockerd's memory:
+    the build fails naming that step, the child is reaped, rockerd keeps serving, no fd kept."""
+    bad = tmp_path / "not-a-guard"
+    bad.write_text("#!/nonexistent/interpreter\n")
+    bad.chmod(0o755)
+    monkeypatch.setenv("ROCKER_GUARD", str(bad))
+    d = start_daemon(tmp_path / "d")
+    monkeypatch.delenv("ROCKER_GUARD")
+    monkeypatch.setenv("ROCKER_SOCKET", d.socket)
+    try:
+        fds = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+        for _ in range(3):
+            res = enter_rocker(make_req(base, pkg), lambda _: 0)
+            assert res.err_no == RockerErr.build_rocker_failed
+            assert res.detail.startswith("exec guard: No such file or directory"), res.detail
+        assert wire.call(d.socket, "io.rocker.Rocker.List", {})[0]["rockers"] == []
+        assert len(os.listdir(f"/proc/{d.proc.pid}/fd")) == fds
+        children = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == d.proc.pid]
+        assert children == [], f"unreaped children of rockerd: {children}"
+    finally:
+        d.stop()
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

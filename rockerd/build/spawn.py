@@ -6,10 +6,12 @@ and every other namespace of the rocker belongs to it. Mounts that need host
 privileges were built before, and travel into the guard as fds.
 
 The start is librocker-spawn's rocker_spawn() (C, loaded once with ctypes): a
-CLONE_VM|CLONE_VFORK child that maps its ids and execs the guard, which then
-sets the rocker up from inside (`rocker-guard --setup`). The event loop is
-blocked only until that exec; the guard's setup runs while the loop serves
-others, and its outcome arrives on the status pipe:
+CLONE_VM child whose id maps we write, which then execs the guard, which sets
+the rocker up from inside (`rocker-guard --setup`). The event loop is blocked
+only for the clone and the maps; the exec and the guard's setup run while the
+daemon goes on. Until the child has exec'd it runs on a stack of ours and
+reads the spec we gave it: `Spawned.keep` holds them until the guard's ready
+byte, or until the child is reaped. The outcome arrives on the status pipe:
 
     "R"                  ready
     "E<errno> <step>"    the child or the guard's setup failed at <step>
@@ -45,7 +47,12 @@ class _Spec(ctypes.Structure):
         ("nmounts", ctypes.c_int),
         ("mount_fds", ctypes.POINTER(ctypes.c_int)),
         ("argv", ctypes.POINTER(ctypes.c_char_p)),
+        ("stack", ctypes.c_void_p),
+        ("stack_size", ctypes.c_size_t),
     ]
+
+
+STACK_SIZE = 64 * 1024
 
 
 @cache
@@ -65,6 +72,7 @@ def load() -> None:
 class Spawned:
     pid: int
     pidfd: int
+    keep: object = None  # the child's stack and spec: alive until it has exec'd or is reaped
 
 
 def start_guard(name: str, uid: int, gid: int, mounts: list[tuple[str, int]], guard_fd: int,
@@ -73,17 +81,19 @@ def start_guard(name: str, uid: int, gid: int, mounts: list[tuple[str, int]], gu
     argv_items = [name, str(STATUS_FD), f"{first_entry_timeout:g}", "--setup", *(t for t, _ in mounts)]
     argv = (ctypes.c_char_p * (len(argv_items) + 1))(*(a.encode() for a in argv_items), None)
     mount_fds = (ctypes.c_int * max(len(mounts), 1))(*(fd for _, fd in mounts))
+    stack = ctypes.create_string_buffer(STACK_SIZE)
     st_r, st_w = os.pipe2(os.O_CLOEXEC)
-    spec = _Spec(ns.ROCKER_NS, uid, gid, guard_fd, st_w, len(mounts), mount_fds, argv)
+    spec = _Spec(ns.ROCKER_NS, uid, gid, guard_fd, st_w, len(mounts), mount_fds, argv,
+                 ctypes.addressof(stack), STACK_SIZE)
     pidfd = ctypes.c_int(-1)
     try:
         pid = _rocker_spawn()(ctypes.byref(spec), ctypes.byref(pidfd))
     finally:
-        os.close(st_w)
+        os.close(st_w)  # the child has its own
     if pid < 0:
         os.close(st_r)
         raise BuildError("start guard", -pid, f"clone: {os.strerror(-pid)}")
-    return Spawned(pid, pidfd.value), st_r
+    return Spawned(pid, pidfd.value, (stack, spec, argv, mount_fds)), st_r
 
 
 async def wait_ready(spawned: Spawned, status_r: int, timeout: float) -> None:
@@ -115,6 +125,7 @@ async def wait_ready(spawned: Spawned, status_r: int, timeout: float) -> None:
         loop.remove_reader(status_r)
         os.close(status_r)
     if data[:1] == READY:
+        spawned.keep = None  # the guard runs its own image now
         return
     reap(spawned)
     if data[:1] == b"E":
@@ -143,5 +154,6 @@ def reap(spawned: Spawned) -> None:
         os.waitid(os.P_PIDFD, spawned.pidfd, os.WEXITED)
     except ChildProcessError:
         pass
+    spawned.keep = None  # dead: nothing of ours is in use any more
     os.close(spawned.pidfd)
     spawned.pidfd = -1

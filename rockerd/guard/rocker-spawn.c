@@ -12,10 +12,13 @@
  * id maps, places fds and execs the guard, which does the rest of the setup
  * (see rocker-guard.c --setup).
  *
- * The calling thread writes the maps from outside, as root, and returns once
- * the child has exec'd (or died): until then the child runs on a stack of
- * ours. Other threads of the daemon run on meanwhile; nothing here depends
- * on process-wide state (the euid switch is this thread's only).
+ * The calling thread writes the maps from outside, as root, lets the child
+ * go and returns at once: the exec happens while the daemon goes on. So the
+ * child runs on a stack the caller provides, and the caller keeps the stack,
+ * the spec and everything it points to alive until the child has exec'd or
+ * died: until the guard's ready byte, its error report or EOF on the status
+ * pipe. Nothing here depends on process-wide state (the euid switch is the
+ * calling thread's only).
  *
  * rockerd loads this with ctypes; the one entry point is rocker_spawn().
  */
@@ -42,7 +45,7 @@
 
 #define STATUS_FD 3 /* where the guard finds its status pipe; the mounts follow */
 #define MAX_MOUNTS 64
-#define STACK_SIZE (64 * 1024)
+#define MIN_STACK (16 * 1024)
 
 struct rocker_spawn {
     unsigned long ns_flags; /* CLONE_NEW* */
@@ -52,12 +55,13 @@ struct rocker_spawn {
     int nmounts;
     const int *mount_fds;   /* detached mounts: become STATUS_FD + 1 + i */
     char *const *argv;      /* the guard's argv; argv[1] must be "3" */
+    void *stack;            /* the child's stack, at least MIN_STACK bytes */
+    size_t stack_size;
 };
 
 struct child_arg {
     const struct rocker_spawn *s;
-    int go;   /* read end: "G" once the maps are written */
-    int exec; /* write end, close-on-exec: EOF tells the parent we exec'd or died */
+    int go; /* read end: "G" once the maps are written */
 };
 
 /* "E<errno> <step>" on the status pipe: the same report a failed guard setup gives. */
@@ -113,20 +117,18 @@ static int child(void *p) {
 }
 
 /* Returns the guard's PID (and its pidfd in *pidfd), or -errno. Failures
- * after the clone arrive on the status pipe, as the guard's own do. */
+ * after the clone arrive on the status pipe, as the guard's own do. The child
+ * arg lives at the top of the caller's stack buffer, as the spec does in the
+ * caller's memory: both outlive this call. */
 int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
     if (s->nmounts < 0 || s->nmounts > MAX_MOUNTS) return -E2BIG;
-    int go[2], ex[2];
+    if (!s->stack || s->stack_size < MIN_STACK) return -EINVAL;
+    int go[2];
     if (pipe2(go, O_CLOEXEC) < 0) return -errno;
-    if (pipe2(ex, O_CLOEXEC) < 0) {
-        int err = errno;
-        close(go[0]);
-        close(go[1]);
-        return -err;
-    }
-    struct child_arg a = { .s = s, .go = go[0], .exec = ex[1] };
-    char *stack = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    int err = stack == MAP_FAILED ? errno : 0;
+    char *top = (char *)s->stack + s->stack_size - 64; /* 16-byte aligned room for the arg */
+    top -= (unsigned long)top % 16;
+    struct child_arg *a = (struct child_arg *)top;
+    *a = (struct child_arg){ .s = s, .go = go[0] };
     /* No signal handler of the daemon's may run in the child (it shares our
      * memory); the guard sets its own mask after exec. */
     sigset_t all, old;
@@ -134,22 +136,21 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
     pthread_sigmask(SIG_SETMASK, &all, &old);
     /* The namespace's owner is the creator's euid: this thread's only
      * (raw syscalls, not glibc's process-wide set*id). */
-    int switched = s->uid != 0 || s->gid != 0;
+    int switched = s->uid != 0 || s->gid != 0, err = 0;
     pid_t pid = -1;
-    if (!err && switched &&
-        (syscall(SYS_setresgid, -1, s->gid, -1) < 0 || syscall(SYS_setresuid, -1, s->uid, -1) < 0))
+    if (switched && (syscall(SYS_setresgid, -1, s->gid, -1) < 0 || syscall(SYS_setresuid, -1, s->uid, -1) < 0))
         err = errno;
     int fd = -1;
     if (!err) {
-        pid = clone(child, stack + STACK_SIZE, CLONE_VM | CLONE_PIDFD | (int)s->ns_flags | SIGCHLD, &a, &fd);
+        pid = clone(child, top, CLONE_VM | CLONE_PIDFD | (int)s->ns_flags | SIGCHLD, a, &fd);
         if (pid < 0) err = errno;
     }
     if (switched) { /* uid first: euid 0 brings back the capability to reset the gid */
         syscall(SYS_setresuid, -1, 0, -1);
         syscall(SYS_setresgid, -1, 0, -1);
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(go[0]);
-    close(ex[1]);
     if (!err) {
         char uid_map[32], gid_map[32];
         snprintf(uid_map, sizeof uid_map, "0 %d 1", s->uid);
@@ -159,15 +160,8 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
         if (!merr) merr = write_proc(pid, "gid_map", gid_map);
         if (merr) report(s->status_fd, "write uid/gid maps", merr);
         if (write(go[1], merr ? "X" : "G", 1) < 0) {} /* on failure EOF stops it too */
-        close(go[1]);
-        char c;
-        while (read(ex[0], &c, 1) < 0 && errno == EINTR) {} /* EOF: it exec'd or exited; our stack is free */
-    } else {
-        close(go[1]);
     }
-    close(ex[0]);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (stack != MAP_FAILED) munmap(stack, STACK_SIZE);
+    close(go[1]);
     if (err) return -err;
     *pidfd = fd;
     return pid;
