@@ -1,16 +1,18 @@
-"""Building a rocker: host steps in the daemon, then the guard started in its namespaces.
+"""Building a rocker: the guard started in its namespaces while the daemon builds the mounts.
 
-    host steps (dirs, loop+squashfs, overlays: detached mounts)
-    -> rocker_spawn: CLONE_VM child under the app's uid; we write its uid/gid maps;
-       it execs the C guard
-    -> ns fds, lo up (rtnetlink into the new netns), while the guard (--setup) makes
-       / rprivate, attaches the mounts, /proc, hostname
-    -> wait (asynchronously) for the guard's ready byte
+    spawn thread:  rocker_spawn: CLONE_VM child under the app's uid; we write its uid/gid
+                   maps; it execs the C guard (--setup: / rprivate, /proc, hostname)
+    loop thread:   host steps (dirs, loop+squashfs, overlays: detached mounts)
+    then:          the mounts to the guard over its status socket (it attaches them), while
+                   we open its ns fds and bring lo up; wait (asynchronously) for ready
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rocker_client._sys.libc import SyscallError
@@ -19,8 +21,8 @@ from ..policy import Peer
 from .host import HostContext, Request, host_steps
 from .net import loopback_up
 from .packages import PackageCache, PackageKey
-from .spawn import Spawned, reap, start_guard, wait_ready
-from .steps import BuildError, Step, as_build_error, run_steps, undo_steps
+from .spawn import Spawned, reap, send_mounts, start_guard, wait_ready
+from .steps import BuildError, as_build_error, run_steps, undo_steps
 from .workslots import WorkSlots
 
 __all__ = ["NS_NAMES", "BuildError", "Built", "PackageCache", "PackageKey", "WorkSlots", "build_rocker"]
@@ -39,76 +41,77 @@ class Built:
     work_slot: int  # give it back to the WorkSlots when the rocker ends
 
 
-@dataclass
-class _Started:
-    """What the synchronous part leaves: a guard setting itself up."""
-    ctx: HostContext
-    steps: list[Step[HostContext]]
-    spawned: Spawned
-    status_r: int
-    ns_fds: dict[str, int]
-
-    def discard(self) -> None:
-        reap(self.spawned)
-        for fd in self.ns_fds.values():
-            os.close(fd)
-        self.ns_fds = {}
-        undo_steps(self.steps, self.ctx)
+_spawner: ThreadPoolExecutor | None = None
+SPAWN_THREADS = 2
 
 
-def _start(req: Request, name: str, caller: Peer | None, packages: PackageCache, slots: WorkSlots, guard_fd: int,
-           first_entry_timeout: float) -> _Started:
-    """Host steps, the spawn, ns fds and lo: all of the build that blocks. Undoes itself on failure."""
-    ctx = HostContext(req, name, caller, packages, slots)
-    steps = host_steps(req)
-    try:
-        run_steps(steps, ctx)
-    except BaseException:
-        ctx.close_fds()
-        raise
-    spawned: Spawned | None = None
-    status_r = -1
-    ns_fds: dict[str, int] = {}
-    stage = "start guard"
-    try:
-        try:
-            spawned, status_r = start_guard(name, req.uid, req.gid, ctx.mounts, guard_fd, first_entry_timeout)
-        finally:
-            ctx.close_fds()  # the child has its own copies now; ours would keep the mounts alive
-        # while the guard sets up (on the other CPU, if there is one)
-        ns_fds = open_ns_fds(spawned.pid)
-        stage = "bring lo up"
-        loopback_up(ns_fds["net"], req.uid)
-        return _Started(ctx, steps, spawned, status_r, ns_fds)
-    except BaseException as e:
-        if spawned is not None:
-            reap(spawned)
-        if status_r >= 0:
-            os.close(status_r)
-        for fd in ns_fds.values():
-            os.close(fd)
-        undo_steps(steps, ctx)
-        if isinstance(e, Exception):
-            raise as_build_error(stage, e) from e
-        raise
+def _spawn_pool() -> ThreadPoolExecutor:
+    global _spawner
+    if _spawner is None:
+        _spawner = ThreadPoolExecutor(max_workers=SPAWN_THREADS, thread_name_prefix="rockerd-spawn")
+    return _spawner
 
 
 async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages: PackageCache, slots: WorkSlots,
                        guard_fd: int, first_entry_timeout: float = 10.0, ready_timeout: float = 5.0) -> Built:
-    """Build one rocker or undo everything and raise BuildError naming the failed step."""
-    # On the loop's thread: worker threads were measured to lose at concurrency 2 (the GIL
-    # handoffs between their syscalls cost more than the overlap of kernel work gained).
-    started = _start(req, name, caller, packages, slots, guard_fd, first_entry_timeout)
+    """Build one rocker or undo everything and raise BuildError naming the failed step.
+
+    The guard is started on a worker thread while this one builds the mounts: the clone into
+    six new namespaces is kernel work (the C call releases the GIL), and so are the mounts.
+    (Whole builds on worker threads were measured to lose at concurrency 2: the GIL handoffs
+    between their many syscalls cost more than the overlap gained. One C call does not.)
+    """
+    loop = asyncio.get_running_loop()
+    starting = loop.run_in_executor(_spawn_pool(), start_guard, name, req.uid, req.gid, guard_fd,
+                                    first_entry_timeout)
+    ctx = HostContext(req, name, caller, packages, slots)
+    steps = host_steps(req)
     try:
-        await wait_ready(started.spawned, started.status_r, ready_timeout)
-    except BaseException as e:
-        started.discard()  # wait_ready closed the status pipe
-        if isinstance(e, Exception):
-            raise as_build_error("wait for guard", e) from e
+        run_steps(steps, ctx)  # undoes itself when it fails
+    except BaseException:
+        ctx.close_fds()
+        starting.add_done_callback(_reap_late)  # a guard that will not be used
         raise
-    ctx = started.ctx
+    try:
+        spawned, status = await asyncio.shield(starting)
+    except BaseException as e:
+        if isinstance(e, asyncio.CancelledError):
+            starting.add_done_callback(_reap_late)
+        ctx.close_fds()
+        undo_steps(steps, ctx)
+        if isinstance(e, Exception):
+            raise as_build_error("start guard", e) from e
+        raise
+    ns_fds: dict[str, int] = {}
+    stage = "pass the mounts to the guard"
+    try:
+        send_mounts(status, ctx.mounts)
+        ctx.close_fds()  # the guard has its own now; ours would keep the mounts alive
+        stage = "start guard"
+        ns_fds = open_ns_fds(spawned.pid)  # while the guard attaches them
+        stage = "bring lo up"
+        loopback_up(ns_fds["net"], req.uid)
+        stage = "wait for guard"
+        await wait_ready(spawned, status.detach(), ready_timeout)  # it closes the fd
+    except BaseException as e:
+        reap(spawned)
+        status.close()  # a no-op once detached
+        for fd in ns_fds.values():
+            os.close(fd)
+        ctx.close_fds()
+        undo_steps(steps, ctx)
+        if isinstance(e, Exception):
+            raise as_build_error(stage, e) from e
+        raise
     assert ctx.pkg_key is not None and ctx.work_slot is not None
-    return Built(started.spawned.pid, started.spawned.pidfd, started.ns_fds, ctx.pkg_key, ctx.work_slot)
+    return Built(spawned.pid, spawned.pidfd, ns_fds, ctx.pkg_key, ctx.work_slot)
+
+
+def _reap_late(f: asyncio.Future[tuple[Spawned, socket.socket]]) -> None:
+    if not f.cancelled() and f.exception() is None:
+        spawned, status = f.result()
+        reap(spawned)
+        status.close()
 
 
 def open_ns_fds(pid: int) -> dict[str, int]:

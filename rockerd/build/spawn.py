@@ -16,15 +16,21 @@ byte, or until the child is reaped. The outcome arrives on the status pipe:
     "R"                  ready
     "E<errno> <step>"    the child or the guard's setup failed at <step>
     EOF                  the guard died
+
+The status fd is one end of a SOCK_SEQPACKET pair: the guard does what needs
+no mount first, and gets the mounts (their targets, then the fds) in one
+message on it, so rockerd can start the guard before it builds the mounts.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import ctypes
 import errno
 import os
 import signal
+import socket
 from dataclasses import dataclass
 from functools import cache
 
@@ -75,25 +81,44 @@ class Spawned:
     keep: object = None  # the child's stack and spec: alive until it has exec'd or is reaped
 
 
-def start_guard(name: str, uid: int, gid: int, mounts: list[tuple[str, int]], guard_fd: int,
-                first_entry_timeout: float) -> tuple[Spawned, int]:
-    """Start the guard; returns it and the status pipe's read end. Raises BuildError."""
-    argv_items = [name, str(STATUS_FD), f"{first_entry_timeout:g}", "--setup", *(t for t, _ in mounts)]
+def start_guard(name: str, uid: int, gid: int, guard_fd: int,
+                first_entry_timeout: float) -> tuple[Spawned, socket.socket]:
+    """Start the guard; returns it and our end of its status socket. Raises BuildError.
+
+    Safe on a worker thread: the call holds no lock, and the C part releases the GIL."""
+    argv_items = [name, str(STATUS_FD), f"{first_entry_timeout:g}", "--setup"]
     argv = (ctypes.c_char_p * (len(argv_items) + 1))(*(a.encode() for a in argv_items), None)
-    mount_fds = (ctypes.c_int * max(len(mounts), 1))(*(fd for _, fd in mounts))
+    no_fds = (ctypes.c_int * 1)()
     stack = ctypes.create_string_buffer(STACK_SIZE)
-    st_r, st_w = os.pipe2(os.O_CLOEXEC)
-    spec = _Spec(ns.ROCKER_NS, uid, gid, guard_fd, st_w, len(mounts), mount_fds, argv,
-                 ctypes.addressof(stack), STACK_SIZE)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    spec = _Spec(ns.ROCKER_NS, uid, gid, guard_fd, theirs.fileno(), 0, no_fds, argv, ctypes.addressof(stack),
+                 STACK_SIZE)
     pidfd = ctypes.c_int(-1)
     try:
         pid = _rocker_spawn()(ctypes.byref(spec), ctypes.byref(pidfd))
     finally:
-        os.close(st_w)  # the child has its own
+        theirs.close()  # the child has its own
     if pid < 0:
-        os.close(st_r)
+        ours.close()
         raise BuildError("start guard", -pid, f"clone: {os.strerror(-pid)}")
-    return Spawned(pid, pidfd.value, (stack, spec, argv, mount_fds)), st_r
+    return Spawned(pid, pidfd.value, (stack, spec, argv, no_fds)), ours
+
+
+def send_mounts(status: socket.socket, mounts: list[tuple[str, int]]) -> None:
+    """The targets, NUL-separated, with the detached mounts as SCM_RIGHTS, in attach order.
+
+    If the guard is already gone, its report says why (not our EPIPE)."""
+    data = b"\0".join(t.encode() for t, _ in mounts)
+    try:
+        status.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (fd for _, fd in mounts)))])
+    except OSError:
+        try:
+            report = status.recv(4096, socket.MSG_DONTWAIT)
+        except OSError:
+            report = b""
+        if report[:1] == b"E":
+            raise parse_report(report) from None
+        raise
 
 
 async def wait_ready(spawned: Spawned, status_r: int, timeout: float) -> None:

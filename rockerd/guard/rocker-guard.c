@@ -2,15 +2,15 @@
  * rocker-guard: PID 1 of a rocker's PID namespace.
  *
  *   <name> <status-fd> [<first-entry-timeout-seconds, default 10, decimals ok>
- *                       [--setup <target>...]]
+ *                       [--setup]]
  *
  * rockerd's spawner (rocker-spawn.c) execs this as uid 0 of the rocker's new
  * user namespace (the app's uid outside), with an empty environment. With
- * --setup it first builds the rocker from inside: makes / rprivate, attaches
- * the detached mount at fd <status-fd>+1+i on <target i> (in argv order),
- * mounts the rocker's own /proc and sets the hostname to <name> (rockerd
- * brings lo up meanwhile, from outside). Without it (the tests' harness)
- * that is assumed done. It writes 'R' to the status fd when ready, or
+ * --setup it first builds the rocker from inside: makes / rprivate, mounts
+ * the rocker's own /proc, sets the hostname to <name>, then receives the
+ * mounts on the status fd, a unix socket (see setup()) and attaches them
+ * (rockerd brings lo up meanwhile, from outside). Without it (the tests'
+ * harness) that is assumed done. It writes 'R' to the status fd when ready, or
  * "E<errno> <step>" if a setup step failed, and then lives as long as
  * anything else lives in the namespace: the namespace (and every process in
  * it) ends when PID 1 exits.
@@ -31,6 +31,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -201,36 +202,61 @@ static void setup_failed(int status, const char *step, const char *detail, int e
     die(step, err, 1);
 }
 
-/* --setup: build the rocker from inside its fresh namespaces, as their root. */
-static void setup(int status, const char *name, int ntargets, char **targets) {
+#define MAX_MOUNTS 64
+static char targets[MAX_MOUNTS * 4097]; /* NUL-separated paths; only what arrives is touched */
+
+/* --setup: build the rocker from inside its fresh namespaces, as their root.
+ * What needs no mount comes first, while rockerd still builds them; then one
+ * message on the status socket brings the targets (NUL-separated) and, as
+ * SCM_RIGHTS, the detached mounts to attach there, in that order: the
+ * overlays first, then the package (an exec dir may lie inside an overlay dir). */
+static void setup(int status, const char *name) {
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
         setup_failed(status, "make / rprivate", NULL, errno);
-    /* in argv order: the overlays first, then the package (an exec dir may lie inside an overlay dir) */
-    for (int i = 0; i < ntargets; i++) {
-        int fd = status + 1 + i;
-        if (syscall(SYS_move_mount, fd, "", AT_FDCWD, targets[i], MOVE_MOUNT_F_EMPTY_PATH) < 0)
-            setup_failed(status, "attach package and overlays", targets[i], errno);
-        close(fd);
-    }
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
         setup_failed(status, "mount /proc", NULL, errno);
     if (sethostname(name, strlen(name)) < 0) setup_failed(status, "set hostname", name, errno);
+
+    union { struct cmsghdr h; char b[CMSG_SPACE(MAX_MOUNTS * sizeof(int))]; } ctl;
+    struct iovec iov = { .iov_base = targets, .iov_len = sizeof targets - 1 };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof ctl.b };
+    ssize_t len;
+    while ((len = recvmsg(status, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {}
+    if (len < 0) setup_failed(status, "receive the mounts", NULL, errno);
+    if (len == 0) die("rockerd went away before sending the mounts", 0, 1);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    int nfds = 0, *fds = NULL;
+    if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        fds = (int *)CMSG_DATA(c);
+        nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    }
+    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) setup_failed(status, "receive the mounts", NULL, EMSGSIZE);
+    targets[len] = 0;
+    const char *t = targets;
+    for (int i = 0; i < nfds; i++) {
+        if (t >= targets + len) setup_failed(status, "receive the mounts", "fewer targets than mounts", EPROTO);
+        if (syscall(SYS_move_mount, fds[i], "", AT_FDCWD, t, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            setup_failed(status, "attach package and overlays", t, errno);
+        close(fds[i]);
+        t += strlen(t) + 1;
+    }
+    if (t < targets + len) setup_failed(status, "receive the mounts", "more targets than mounts", EPROTO);
 }
 
 int main(int argc, char **argv) {
     /* First of all: not dumpable, so processes of the same uid inside the
      * rocker cannot ptrace us or open our /proc files (fds, ns, mem). */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) die("prctl(PR_SET_DUMPABLE)", errno, 1);
-    int do_setup = argc > 3 && !strcmp(argv[3], "--setup");
+    int do_setup = argc == 4 && !strcmp(argv[3], "--setup");
     if (argc < 2 || (argc > 3 && !do_setup))
-        die("usage: <name> <status-fd> [<first-entry-timeout-seconds> [--setup <target>...]]", 0, 1);
+        die("usage: <name> <status-fd> [<first-entry-timeout-seconds> [--setup]]", 0, 1);
     int status = (int)parse_uint(argv[1]); /* <= 999999999 */
     long long first_ms = argc > 2 ? parse_ms(argv[2]) : 10000;
     if (status < 0 || first_ms < 0) die("bad status fd or timeout", 0, 1);
     /* kill(-1) below would reach the whole host if we were not a namespace's init */
     if (getpid() != 1) die("must run as PID 1 of a new PID namespace", 0, 1);
     if (prctl(PR_SET_NAME, argv[0], 0, 0, 0) < 0) die("prctl(PR_SET_NAME)", errno, 1);
-    if (do_setup) setup(status, argv[0], argc - 4, argv + 4);
+    if (do_setup) setup(status, argv[0]);
 
     /* Signals arrive through a signalfd. Blocked signals also get past the
      * kernel's "init ignores unhandled signals" filter. SIG_IGN survives
