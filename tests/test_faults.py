@@ -203,7 +203,8 @@ def test_guard_exec_failure_in_the_spawned_child(tmp_path: Path, base: Path, pkg
             assert res.detail.startswith("exec guard: No such file or directory"), res.detail
         assert wire.call(d.socket, "io.rocker.Rocker.List", {})[0]["rockers"] == []
         # the daemon closes a connection's fd when it sees the client's EOF, a moment later
-        assert wait_until(lambda: len(os.listdir(f"/proc/{d.proc.pid}/fd")) == fds, 5), \
+        # (the baseline may still count start_daemon's probe connection: fewer is fine)
+        assert wait_until(lambda: len(os.listdir(f"/proc/{d.proc.pid}/fd")) <= fds, 5), \
             f"fds {os.listdir(f'/proc/{d.proc.pid}/fd')} vs {fds} before"
         children = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == d.proc.pid]
         assert children == [], f"unreaped children of rockerd: {children}"

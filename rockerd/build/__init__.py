@@ -70,7 +70,7 @@ async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages
         run_steps(steps, ctx)  # undoes itself when it fails
     except BaseException:
         ctx.close_fds()
-        starting.add_done_callback(_reap_late)  # a guard that will not be used
+        await _discard_guard(starting)
         raise
     try:
         spawned, status = await asyncio.shield(starting)
@@ -105,6 +105,20 @@ async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages
         raise
     assert ctx.pkg_key is not None and ctx.work_slot is not None
     return Built(spawned.pid, spawned.pidfd, ns_fds, ctx.pkg_key, ctx.work_slot)
+
+
+async def _discard_guard(starting: asyncio.Future[tuple[Spawned, socket.socket]]) -> None:
+    """Reap a guard that will not be used before the caller hears of the failure: until it is
+    gone, its mount namespace holds a copy of every host mount (an umount of one would say EBUSY)."""
+    try:
+        spawned, status = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        starting.add_done_callback(_reap_late)
+        raise
+    except Exception:
+        return  # no guard was started
+    reap(spawned)
+    status.close()
 
 
 def _reap_late(f: asyncio.Future[tuple[Spawned, socket.socket]]) -> None:
