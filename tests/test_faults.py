@@ -196,20 +196,30 @@ def test_guard_exec_failure_in_the_spawned_child(tmp_path: Path, base: Path, pkg
     monkeypatch.delenv("ROCKER_GUARD")
     monkeypatch.setenv("ROCKER_SOCKET", d.socket)
     try:
-        fds = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+        fds = _settled_fd_count(d.proc.pid)  # not counting start_daemon's probe connection
         for _ in range(3):
             res = enter_rocker(make_req(base, pkg), lambda _: 0)
             assert res.err_no == RockerErr.build_rocker_failed
             assert res.detail.startswith("exec guard: No such file or directory"), res.detail
         assert wire.call(d.socket, "io.rocker.Rocker.List", {})[0]["rockers"] == []
         # the daemon closes a connection's fd when it sees the client's EOF, a moment later
-        # (the baseline may still count start_daemon's probe connection: fewer is fine)
-        assert wait_until(lambda: len(os.listdir(f"/proc/{d.proc.pid}/fd")) <= fds, 5), \
+        assert wait_until(lambda: len(os.listdir(f"/proc/{d.proc.pid}/fd")) == fds, 5), \
             f"fds {os.listdir(f'/proc/{d.proc.pid}/fd')} vs {fds} before"
         children = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == d.proc.pid]
         assert children == [], f"unreaped children of rockerd: {children}"
     finally:
         d.stop()
+
+
+def _settled_fd_count(pid: int) -> int:
+    """The daemon's fd count once it has stopped changing for 0.2 s (connections it is closing)."""
+    last, since = -1, time.monotonic()
+    while time.monotonic() - since < 0.2:
+        n = len(os.listdir(f"/proc/{pid}/fd"))
+        if n != last:
+            last, since = n, time.monotonic()
+        time.sleep(0.02)
+    return last
 
 
 def _ppid(pid: int) -> int | None:

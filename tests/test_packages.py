@@ -15,6 +15,7 @@ from pkgbuild import build_pkg
 from rockers import make_req
 
 from rocker_client import enter_rocker
+from rocker_client._sys.libc import libc
 
 pytestmark = pytest.mark.usefixtures("rockerd")
 
@@ -76,7 +77,6 @@ def _resident(path: str) -> tuple[int, int]:
         buf = ctypes.c_char.from_buffer(mm)
         vec = (ctypes.c_ubyte * n)()
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
             if libc.mincore(ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_size_t(size), vec) != 0:
                 raise OSError(ctypes.get_errno(), "mincore", path)
         finally:

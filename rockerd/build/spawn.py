@@ -11,7 +11,7 @@ the rocker up from inside (`rocker-guard --setup`). The event loop is blocked
 only for the clone and the maps; the exec and the guard's setup run while the
 daemon goes on. Until the child has exec'd it runs on a stack of ours and
 reads the spec we gave it: `Spawned.keep` holds them until the guard's ready
-byte, or until the child is reaped. The outcome arrives on the status pipe:
+byte, or until the child is reaped. The outcome arrives on the status socket:
 
     "R"                  ready
     "E<errno> <step>"    the child or the guard's setup failed at <step>
@@ -40,7 +40,7 @@ from ..guard import spawn_library
 from .steps import BuildError
 
 READY = b"R"
-STATUS_FD = 3  # rocker-spawn.c places the status pipe here, the mounts after it
+STATUS_FD = 3  # rocker-spawn.c places the guard's end of the status socket here
 
 
 class _Spec(ctypes.Structure):
@@ -50,8 +50,6 @@ class _Spec(ctypes.Structure):
         ("gid", ctypes.c_int),
         ("guard_fd", ctypes.c_int),
         ("status_fd", ctypes.c_int),
-        ("nmounts", ctypes.c_int),
-        ("mount_fds", ctypes.POINTER(ctypes.c_int)),
         ("argv", ctypes.POINTER(ctypes.c_char_p)),
         ("stack", ctypes.c_void_p),
         ("stack_size", ctypes.c_size_t),
@@ -88,11 +86,9 @@ def start_guard(name: str, uid: int, gid: int, guard_fd: int,
     Safe on a worker thread: the call holds no lock, and the C part releases the GIL."""
     argv_items = [name, str(STATUS_FD), f"{first_entry_timeout:g}", "--setup"]
     argv = (ctypes.c_char_p * (len(argv_items) + 1))(*(a.encode() for a in argv_items), None)
-    no_fds = (ctypes.c_int * 1)()
     stack = ctypes.create_string_buffer(STACK_SIZE)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    spec = _Spec(ns.ROCKER_NS, uid, gid, guard_fd, theirs.fileno(), 0, no_fds, argv, ctypes.addressof(stack),
-                 STACK_SIZE)
+    spec = _Spec(ns.ROCKER_NS, uid, gid, guard_fd, theirs.fileno(), argv, ctypes.addressof(stack), STACK_SIZE)
     pidfd = ctypes.c_int(-1)
     try:
         pid = _rocker_spawn()(ctypes.byref(spec), ctypes.byref(pidfd))
@@ -101,7 +97,7 @@ def start_guard(name: str, uid: int, gid: int, guard_fd: int,
     if pid < 0:
         ours.close()
         raise BuildError("start guard", -pid, f"clone: {os.strerror(-pid)}")
-    return Spawned(pid, pidfd.value, (stack, spec, argv, no_fds)), ours
+    return Spawned(pid, pidfd.value, (stack, spec, argv)), ours
 
 
 def send_mounts(status: socket.socket, mounts: list[tuple[str, int]]) -> None:

@@ -37,7 +37,6 @@ class Warmer:
         self._budget = budget
         self._stop = threading.Event()
         self._dirs: list[int] = []  # open while the files in them are read
-        self.done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"warm {label}", daemon=True)
         self._thread.start()
 
@@ -57,7 +56,6 @@ class Warmer:
             for fd in self._dirs:
                 os.close(fd)
             os.close(self._fd)  # if the package was released meanwhile, this unmounts it
-            self.done.set()
 
     def _executables(self) -> list[tuple[int, str, int]]:
         """(dir fd, name, size) of executable regular files, breadth first, smallest first per dir."""

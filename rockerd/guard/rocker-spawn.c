@@ -43,17 +43,14 @@
 #define SYS_close_range 436
 #endif
 
-#define STATUS_FD 3 /* where the guard finds its status pipe; the mounts follow */
-#define MAX_MOUNTS 64
+#define STATUS_FD 3 /* where the guard finds its status socket (the mounts come over it) */
 #define MIN_STACK (16 * 1024)
 
 struct rocker_spawn {
     unsigned long ns_flags; /* CLONE_NEW* */
     int uid, gid;           /* the app's: the user namespace is owned by uid, maps 0 -> uid, 0 -> gid */
     int guard_fd;           /* the guard binary, opened O_PATH by the daemon */
-    int status_fd;          /* write end of the status pipe: becomes STATUS_FD */
-    int nmounts;
-    const int *mount_fds;   /* detached mounts: become STATUS_FD + 1 + i */
+    int status_fd;          /* the guard's end of the status socket: becomes STATUS_FD */
     char *const *argv;      /* the guard's argv; argv[1] must be "3" */
     void *stack;            /* the child's stack, at least MIN_STACK bytes */
     size_t stack_size;
@@ -92,26 +89,17 @@ static int child(void *p) {
         report(s->status_fd, "switch to the app's ids", errno);
         _exit(127);
     }
-    /* Lift every fd above the targets first: any of them may sit on one. */
-    int top = STATUS_FD + 1 + s->nmounts, lifted[MAX_MOUNTS + 2];
-    for (int i = 0; i < s->nmounts + 2; i++) {
-        int fd = i == 0 ? s->status_fd : i == 1 ? s->guard_fd : s->mount_fds[i - 2];
-        if ((lifted[i] = (int)syscall(SYS_fcntl, fd, F_DUPFD_CLOEXEC, top)) < 0) {
-            report(s->status_fd, "pass fds to the guard", errno);
-            _exit(127);
-        }
-    }
-    int status = lifted[0];
-    for (int i = 0; i < s->nmounts + 1; i++) {
-        int fd = i == 0 ? lifted[0] : lifted[i + 1];
-        if (syscall(SYS_dup3, fd, STATUS_FD + i, 0) < 0) {
-            report(status, "pass fds to the guard", errno);
-            _exit(127);
-        }
+    /* Lift both fds above STATUS_FD first: either may sit on it. */
+    int top = STATUS_FD + 1;
+    int status = (int)syscall(SYS_fcntl, s->status_fd, F_DUPFD_CLOEXEC, top);
+    int guard = status < 0 ? -1 : (int)syscall(SYS_fcntl, s->guard_fd, F_DUPFD_CLOEXEC, top);
+    if (guard < 0 || syscall(SYS_dup3, status, STATUS_FD, 0) < 0) {
+        report(s->status_fd, "pass fds to the guard", errno);
+        _exit(127);
     }
     syscall(SYS_close_range, top, ~0U, CLOSE_RANGE_CLOEXEC); /* nothing else of the daemon's goes along */
     char *const envp[] = { NULL };
-    syscall(SYS_execveat, lifted[1], "", s->argv, envp, AT_EMPTY_PATH);
+    syscall(SYS_execveat, guard, "", s->argv, envp, AT_EMPTY_PATH);
     report(status, "exec guard", errno);
     _exit(127);
 }
@@ -121,7 +109,6 @@ static int child(void *p) {
  * arg lives at the top of the caller's stack buffer, as the spec does in the
  * caller's memory: both outlive this call. */
 int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
-    if (s->nmounts < 0 || s->nmounts > MAX_MOUNTS) return -E2BIG;
     if (!s->stack || s->stack_size < MIN_STACK) return -EINVAL;
     int go[2];
     if (pipe2(go, O_CLOEXEC) < 0) return -errno;
