@@ -297,6 +297,19 @@ def _worker(s: Setup, k: int, n: int, ready_w: int, go_r: int, out_path: str) ->
         os._exit(code)
 
 
+def release_together(ready_r: int, go_w: int, n: int) -> int:
+    """Wait for n launchers' ready bytes, then close go_w (their EOF: go); the start time (ns)."""
+    got = 0
+    while got < n:
+        chunk = os.read(ready_r, n)
+        if not chunk:
+            break
+        got += len(chunk)
+    t0 = time.monotonic_ns()
+    os.close(go_w)
+    return t0
+
+
 def throughput(s: Setup, conc: int, total: int) -> dict[str, Any]:
     """`conc` launcher processes, each doing cycles back to back; cycles/s = done / wall time."""
     per = max(1, math.ceil(total / conc))
@@ -314,14 +327,7 @@ def throughput(s: Setup, conc: int, total: int) -> dict[str, Any]:
             pids.append(pid)
         os.close(ready_w)
         ready_w = -1
-        got = 0
-        while got < conc:
-            chunk = os.read(ready_r, conc)
-            if not chunk:
-                break
-            got += len(chunk)
-        t0 = time.monotonic_ns()
-        os.close(go_w)
+        t0 = release_together(ready_r, go_w, conc)
         go_w = -1
         for pid in pids:
             os.waitpid(pid, 0)

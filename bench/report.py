@@ -42,6 +42,12 @@ def compare(fig: dict[str, Any], anc: dict[str, Any], top: int) -> tuple[list[di
             anchor_p99=ap("crun", "p99"))
         row(label, get(key), "bwrap, package pre-mounted, whole run", bwrap, ours_p99=get(key, "p99"),
             anchor_p99=ap("bwrap_premounted", "p99"))
+    cw = _get(fig, "c_client", "warm", "start_exec_ms") or {}
+    if cw:
+        for anchor_name, key in (("crun run, whole (userns, 5 overlays)", "crun"),
+                                 ("bwrap, package pre-mounted, whole run", "bwrap_premounted")):
+            row("(a) start, C client, package already mounted: ROCKER_enter_rocker() -> app's main()", cw.get("p50"),
+                anchor_name, ap(key, "p50"), ours_p99=cw.get("p99"), anchor_p99=ap(key, "p99"))
     fc = ("floor_c1", "create")
     row("(b) create: client round trip (Create call -> reply + fds)", p("create_client_ms"),
         "C floor: create phase", ap(*fc, "p50"), ours_p99=p("create_client_ms", "p99"), anchor_p99=ap(*fc, "p99"))
@@ -65,6 +71,11 @@ def compare(fig: dict[str, Any], anc: dict[str, Any], top: int) -> tuple[list[di
         key = "floor_c1" if c == "1" else "floor_c2"
         label = "C floor c=1" if c == "1" else "C floor c=2 (2 CPUs)"
         row(f"(d) throughput c={c}", t["cycles_per_s"], f"{label}, cycles/s", ap(key, "cycles_per_s"), unit="cycles/s")
+    for c, t in sorted((_get(fig, "c_client", "throughput") or {}).items(), key=lambda kv: int(kv[0])):
+        key = "floor_c1" if c == "1" else "floor_c2"
+        label = "C floor c=1" if c == "1" else "C floor c=2 (2 CPUs)"
+        row(f"(d) throughput c={c}, C client", t["cycles_per_s"], f"{label}, cycles/s", ap(key, "cycles_per_s"),
+            unit="cycles/s")
     mem = _get(fig, "memory") or {}
     for level, m in sorted(mem.items(), key=lambda kv: int(kv[0])):
         if level == "0":
@@ -97,9 +108,20 @@ def compare(fig: dict[str, Any], anc: dict[str, Any], top: int) -> tuple[list[di
             target(f"(a) start p50 ({which}) below {name}", start, val,
                    None if start is None or val is None else start < val,
                    "" if val is not None else "anchor not measured")
-    t2, f2 = _get(fig, "throughput", "2", "cycles_per_s"), ap("floor_c2", "cycles_per_s")
-    target("(d) throughput at c=2 >= 0.8x the C floor's", t2, None if f2 is None else round(0.8 * f2, 2),
-           None if t2 is None or f2 is None else t2 >= 0.8 * f2, "" if f2 is not None else "anchor not measured")
+    if cw:
+        start = cw.get("p50")
+        for name, val in (("crun's whole run", crun), ("bwrap on a pre-mounted package", bwrap)):
+            target(f"(a) start p50 (C client, package already mounted) below {name}", start, val,
+                   None if start is None or val is None else start < val,
+                   "" if val is not None else "anchor not measured")
+    f2 = ap("floor_c2", "cycles_per_s")
+    for which, path in (("Python client", ("throughput",)), ("C client", ("c_client", "throughput"))):
+        t2 = _get(fig, *path, "2", "cycles_per_s")
+        if t2 is None and which == "C client":
+            continue
+        target(f"(d) throughput at c=2 ({which}) >= 0.8x the C floor's", t2,
+               None if f2 is None else round(0.8 * f2, 2),
+               None if t2 is None or f2 is None else t2 >= 0.8 * f2, "" if f2 is not None else "anchor not measured")
     td = p("teardown_ms")
     target("(c) teardown p50 <= 100 ms", td, 100, None if td is None else td <= 100)
     m = mem.get(str(top)) or {}
@@ -152,11 +174,18 @@ def render(result: dict[str, Any]) -> str:
     out.append("|---" * (len(keys) + 1) + "|")
     for label, d in (("first rocker of its package", fig), ("package already mounted", fig.get("warm") or {})):
         out.append(f"| {label} | " + " | ".join(_fmt(_get(d, k, "p50")) for k in keys) + " |")
-    tp = fig.get("throughput") or {}
-    if tp:
+    cw = _get(fig, "c_client", "warm") or {}
+    if cw:
         out.append("")
-        out.append("| concurrency | cycles/s (median of rounds) | round rates | cycle p50 ms | cycle p99 ms | "
-                   "rockerd create p50 ms | guard gone after app exit p50 ms | errors |")
+        out.append("C client, one rocker at a time, package already mounted, p50 ms: "
+                   + ", ".join(f"{k.removesuffix('_ms')} {_fmt(_get(cw, k, 'p50'))}" for k in cw))
+    for label, tp in (("Python client", fig.get("throughput") or {}),
+                      ("C client", _get(fig, "c_client", "throughput") or {})):
+        if not tp:
+            continue
+        out.append("")
+        out.append(f"| {label}: concurrency | cycles/s (median of rounds) | round rates | cycle p50 ms | "
+                   "cycle p99 ms | rockerd create p50 ms | guard gone after app exit p50 ms | errors |")
         out.append("|---|---|---|---|---|---|---|---|")
         for c, t in sorted(tp.items(), key=lambda kv: int(kv[0])):
             out.append(f"| {c} | {_fmt(t['cycles_per_s'])} | {', '.join(_fmt(x) for x in t['round_rates'])} | "

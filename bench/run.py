@@ -21,10 +21,11 @@ import tempfile
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import ours, proc
+from . import cclient, ours, proc
 from .anchors import Anchors, find_kit
 from .daemon import BenchDaemon
 from .report import compare, render
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 DEFAULT_OVERLAYS = ["/usr", "/var", "/etc", "/home", "/root"]  # the anchors' 5 dirs
 
+C_START_SERIES = ("start_exec_ms", "enter_return_ms", "create_daemon_ms", "teardown_guard_ms")
 CYCLE_SERIES = ("start_first_line_ms", "start_exec_ms", "enter_return_ms", "create_client_ms", "create_daemon_ms",
                 "client_before_wire_ms", "reply_to_first_line_ms", "teardown_guard_ms", "teardown_ms",
                 "teardown_workdir_ms")
@@ -64,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--floor-n", type=int, default=100, help="C floor cycles per anchor run and round")
     p.add_argument("--alt-n", type=int, default=20, help="bwrap / crun runs per round")
     p.add_argument("--no-anchors", action="store_true", help="skip the anchors even if the kit is present")
+    p.add_argument("--no-c-client", action="store_true",
+                   help="skip the series launched through the C client (clients/c)")
     p.add_argument("--kit", type=Path, default=None, help="anchor kit (default: ../shared/bench next to the repo)")
     p.add_argument("--overlay", action="append", default=None, metavar="DIR",
                    help=f"host dir to overlay (repeatable; default {' '.join(DEFAULT_OVERLAYS)})")
@@ -145,33 +149,52 @@ class Bench:
     # ------------------------------------------------------------ one item of a round
     def cycle_item(self, s: ours.Setup, rnd: int, warm: bool = False) -> None:
         """Measured cycles one at a time; warm: another rocker of the package stays alive meanwhile."""
-        holder = ours.hold_one(s, "holder") if warm else None
-        try:
-            rows = [r for r in (ours.measured_cycle(s, loop_goes=not warm) for _ in range(self.a.cycles))
-                    if r is not None]
-        finally:
-            if holder is not None:
-                holder.release()
-        created = s.daemon.read_log()
-        for r in rows:
-            r["create_daemon_ms"] = created.get(r["name"])
+        rows = self._rows_with_create(s, warm, lambda: [
+            r for r in (ours.measured_cycle(s, loop_goes=not warm) for _ in range(self.a.cycles)) if r is not None])
         prefix = "warm:" if warm else ""
         for key in CYCLE_SERIES:
             self.add(prefix + key, rnd, [r.get(key) for r in rows])
         self.errors[prefix + "cycle"] += self.a.cycles - len(rows)
         self.errors[prefix + "teardown_timeout"] += sum(1 for r in rows if r.get("teardown_ms") is None)
 
+    @staticmethod
+    def _rows_with_create(s: ours.Setup, warm: bool, run: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """run()'s rows, each with rockerd's own create time (from its log, by guard name)."""
+        holder = ours.hold_one(s, "holder") if warm else None
+        try:
+            rows = run()
+        finally:
+            if holder is not None:
+                holder.release()
+        created = s.daemon.read_log()
+        for r in rows:
+            r["create_daemon_ms"] = created.get(r["name"])
+        return rows
+
     def tput_item(self, s: ours.Setup, rnd: int, conc: int) -> None:
-        res = ours.throughput(s, conc, max(self.a.tput_cycles, 2 * conc))
+        self._add_tput("", s, rnd, conc, ours.throughput(s, conc, max(self.a.tput_cycles, 2 * conc)))
+
+    def c_tput_item(self, s: ours.Setup, launcher: Path, rnd: int, conc: int) -> None:
+        self._add_tput("cc:", s, rnd, conc, cclient.throughput(s, launcher, conc, max(self.a.tput_cycles, 2 * conc)))
+
+    def _add_tput(self, prefix: str, s: ours.Setup, rnd: int, conc: int, res: dict[str, Any]) -> None:
+        """prefix "": Python launchers; "cc:": C launchers (no wire timer there)."""
         created = s.daemon.read_log()
         rows = res["rows"]
-        self.add(f"cycle_c{conc}_ms", rnd, [r["cycle_ms"] for r in rows])
-        self.add(f"create_client_c{conc}_ms", rnd, [r["create_client_ms"] for r in rows])
-        self.add(f"create_daemon_c{conc}_ms", rnd, [created.get(r["name"]) for r in rows])
-        self.add(f"guard_after_exit_c{conc}_ms", rnd, [r["guard_after_exit_ms"] for r in rows])
+        self.add(f"{prefix}cycle_c{conc}_ms", rnd, [r["cycle_ms"] for r in rows])
+        self.add(f"{prefix}create_client_c{conc}_ms", rnd, [r.get("create_client_ms") for r in rows])
+        self.add(f"{prefix}create_daemon_c{conc}_ms", rnd, [created.get(r["name"]) for r in rows])
+        self.add(f"{prefix}guard_after_exit_c{conc}_ms", rnd, [r["guard_after_exit_ms"] for r in rows])
         if res["cycles"]:
-            self.rates[f"c{conc}"].append(res["cycles_per_s"])
-        self.errors[f"throughput_c{conc}"] += res["errors"]
+            self.rates[f"{prefix}c{conc}"].append(res["cycles_per_s"])
+        self.errors[f"{prefix}throughput_c{conc}"] += res["errors"]
+
+    def c_start_item(self, s: ours.Setup, launcher: Path, rnd: int) -> None:
+        """C client start latency with the package kept mounted by another rocker (as bwrap's is)."""
+        rows = self._rows_with_create(s, True, lambda: cclient.start_cycles(s, launcher, self.a.cycles))
+        for key in C_START_SERIES:
+            self.add("cc:warm:" + key, rnd, [r.get(key) for r in rows])
+        self.errors["c_client_start"] += self.a.cycles - len(rows)
 
     def floor_item(self, anchors: Anchors, rnd: int, key: str, conc: int, shared: bool) -> None:
         res = anchors.floor(self.a.floor_n, conc, shared)
@@ -197,6 +220,14 @@ class Bench:
                             "guard_after_exit_ms": self.summ(f"guard_after_exit_c{c}_ms"),
                             "errors": self.errors.get(f"throughput_c{c}", 0)}
         fig["throughput"] = tput
+        if any(k.startswith("cc:") for k in self.series):
+            ctput = {str(c): {"cycles_per_s": median_of(self.rates.get(f"cc:c{c}", []), 2),
+                              "round_rates": self.rates.get(f"cc:c{c}", []),
+                              "cycle_ms": self.summ(f"cc:cycle_c{c}_ms"),
+                              "create_daemon_ms": self.summ(f"cc:create_daemon_c{c}_ms"),
+                              "guard_after_exit_ms": self.summ(f"cc:guard_after_exit_c{c}_ms"),
+                              "errors": self.errors.get(f"cc:throughput_c{c}", 0)} for c in concs}
+            fig["c_client"] = {"warm": {k: self.summ("cc:warm:" + k) for k in C_START_SERIES}, "throughput": ctput}
         if hold is not None:
             fig["memory"] = hold["levels"]
             fig["release_all"] = hold.get("release_all")
@@ -283,6 +314,13 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         for _ in range(2):
             ours.measured_cycle(s, "cycle")
         ours.throughput(s, 1, 2)
+        launcher: Path | None = None
+        if not a.no_c_client:
+            launcher, why = cclient.build(workdir)
+            if launcher is None:
+                log(f"C client series skipped: {why}")
+            else:
+                cclient.throughput(s, launcher, 1, 2)
         if anchors:
             anchors.floor(10)
         s.errors.clear()
@@ -292,6 +330,11 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                                         ("ours cycle, package mounted", lambda r: b.cycle_item(s, r, warm=True))]
         for c in concs:
             items.append((f"ours throughput c={c}", lambda r, c=c: b.tput_item(s, r, c)))
+        if launcher is not None:
+            cl = launcher
+            items.append(("C client start, package mounted", lambda r: b.c_start_item(s, cl, r)))
+            for c in concs:
+                items.append((f"C client throughput c={c}", lambda r, c=c: b.c_tput_item(s, cl, r, c)))
         if anchors:
             an = anchors
             items += [("floor c=1", lambda r: b.floor_item(an, r, "floor_c1", 1, False)),

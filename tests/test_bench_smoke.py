@@ -1,7 +1,8 @@
 """A tiny run of the benchmark (`python3 -m bench`): every figure is there and sane.
 
-One round, a few cycles, concurrency 1 and 2, 10 idle rockers, no anchors:
-a few seconds. The real benchmark never runs in the test suite (see docs/benchmarks.md).
+One round, a few cycles, concurrency 1 and 2 (through the Python and the C
+client), 10 idle rockers, no anchors: a few seconds. The real benchmark never
+runs in the test suite (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -68,6 +69,21 @@ def test_throughput(result: dict[str, Any]) -> None:
         _sane(t["create_daemon_ms"], 4)
 
 
+def test_c_client_series(result: dict[str, Any]) -> None:
+    """The same cycles launched by bench/launcher.c through clients/c: each figure is there."""
+    cc = result["figures"]["c_client"]
+    assert set(cc["throughput"]) == {"1", "2"}
+    for t in cc["throughput"].values():
+        assert t["errors"] == 0
+        assert t["cycles_per_s"] > 0
+        _sane(t["cycle_ms"], 4)
+        _sane(t["create_daemon_ms"], 4)  # matched by guard name in rockerd's log: the names came back
+    for key in ("start_exec_ms", "enter_return_ms", "create_daemon_ms", "teardown_guard_ms"):
+        _sane(cc["warm"][key], 3)
+    # the app's main() stamps after the daemon replied, so after its create
+    assert cc["warm"]["start_exec_ms"]["p50"] > cc["warm"]["create_daemon_ms"]["p50"]
+
+
 def test_memory_and_create_at_live(result: dict[str, Any]) -> None:
     fig = result["figures"]
     m = fig["memory"]["10"]
@@ -86,7 +102,7 @@ def test_report_and_cleanliness(result: dict[str, Any]) -> None:
     assert result["leftovers"] == []
     assert not any(result["errors"]["counts"].values()), result["errors"]
     assert result["anchors"] == {}
-    assert len(result["targets"]) == 9
+    assert len(result["targets"]) == 12
     by = {t["target"]: t for t in result["targets"]}
     assert by["(c) teardown p50 <= 100 ms"]["value"] == result["figures"]["teardown_ms"]["p50"]
     assert all(t["met"] is None for t in result["targets"] if t["target"].startswith("(a)"))  # no anchors
