@@ -1,7 +1,9 @@
 """Build hook: compile the C parts in rockerd/guard/ during the package build.
 
 - rocker-guard (rocker-guard.c): PID 1 of every rocker, a static executable;
-- librocker-spawn.so (rocker-spawn.c): how rockerd starts it, loaded with ctypes.
+- librocker-spawn.so (rocker-spawn.c): how rockerd starts it, loaded with ctypes;
+- librocker-exec.so (rocker_client/_native/rocker-exec.c): how the client starts
+  an app that is a program without forking its caller, loaded with ctypes.
 
 All metadata lives in pyproject.toml. This file only adds:
 - build_py compiles both into the built package (``pip install .``) or,
@@ -31,6 +33,9 @@ GUARD_SRC = os.path.join(HERE, GUARD_DIR, "rocker-guard.c")
 GUARD_BIN = "rocker-guard"
 SPAWN_SRC = os.path.join(HERE, GUARD_DIR, "rocker-spawn.c")
 SPAWN_LIB = "librocker-spawn.so"
+NATIVE_DIR = os.path.join("rocker_client", "_native")
+EXEC_SRC = os.path.join(HERE, NATIVE_DIR, "rocker-exec.c")
+EXEC_LIB = "librocker-exec.so"
 
 WARN = ["-Wall", "-Wextra", "-Werror"]
 CFLAGS = ["-Os", *WARN, "-s", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections"]
@@ -71,28 +76,37 @@ def compile_spawn_lib(out: str) -> None:
     _compile("guard spawner library", [[*SO_FLAGS, SPAWN_SRC]], out)
 
 
+def compile_exec_lib(out: str) -> None:
+    _compile("client's exec library", [[*SO_FLAGS, EXEC_SRC]], out)
+
+
 def _unlink_if_exists(path: str) -> None:
     if os.path.exists(path):
         os.unlink(path)
 
 
 class BuildPyWithGuard(build_py):
-    """build_py that also compiles the guard and its spawner as package data."""
+    """build_py that also compiles the guard, its spawner and the client's exec library as package data."""
 
-    def _target(self, name: str) -> str:
+    def _target(self, name: str, where: str = GUARD_DIR) -> str:
         if getattr(self, "editable_mode", False):
-            return os.path.join(HERE, GUARD_DIR, name)  # the editable install imports from here
-        return os.path.join(self.build_lib, GUARD_DIR, name)
+            return os.path.join(HERE, where, name)  # the editable install imports from here
+        return os.path.join(self.build_lib, where, name)
+
+    def _native(self) -> list[str]:
+        return [self._target(GUARD_BIN), self._target(SPAWN_LIB), self._target(EXEC_LIB, NATIVE_DIR)]
 
     def run(self) -> None:
         super().run()  # first: it may copy stale binaries from the source tree, which we replace
-        compile_guard(self._target(GUARD_BIN))
-        compile_spawn_lib(self._target(SPAWN_LIB))
+        guard, spawn, exec_lib = self._native()
+        compile_guard(guard)
+        compile_spawn_lib(spawn)
+        compile_exec_lib(exec_lib)
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         outputs = super().get_outputs(include_bytecode)
         if not getattr(self, "editable_mode", False):
-            outputs += [t for t in (self._target(GUARD_BIN), self._target(SPAWN_LIB)) if t not in outputs]
+            outputs += [t for t in self._native() if t not in outputs]
         return outputs
 
 

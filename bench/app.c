@@ -3,7 +3,9 @@
  *   app s      write CLOCK_MONOTONIC in ns and a newline to fd 1, exit 0
  *   app s w    the same, then block reading fd 0 until EOF, exit 0
  *   app w      block reading fd 0 until EOF, exit 0 (an idle app that keeps its rocker alive)
+ * The stamp goes to the fd named by $STAMP_FD instead of fd 1 when that is set.
  * No stdio: the binary stays the size of a static glibc `true`. */
+#include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -17,7 +19,8 @@ int main(int argc, char **argv) {
         int i = sizeof b;
         b[--i] = '\n';
         do b[--i] = (char)('0' + v % 10); while ((v /= 10) && i);
-        if (write(1, b + i, sizeof b - i) < 0) return 1;
+        const char *fd = getenv("STAMP_FD");
+        if (write(fd ? atoi(fd) : 1, b + i, sizeof b - i) < 0) return 1;
     }
     if (hold) {
         char c;

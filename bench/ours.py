@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rocker_client import RockerRequest, enter_rocker, request_new, wire
+from rocker_client import Exec, RockerRequest, enter_rocker, request_new, wire
 
 from . import proc
 from .daemon import BenchDaemon
@@ -275,11 +275,11 @@ def _true_app(app_path: str) -> Callable[[object], None]:
     return app
 
 
-def _worker(s: Setup, k: int, n: int, ready_w: int, go_r: int, out_path: str) -> None:
+def _worker(s: Setup, k: int, n: int, ready_w: int, go_r: int, out_path: str, exec_app: bool) -> None:
     code = 1
     try:
-        req = s.request(f"w{k}")
-        app = _true_app(s.app_path)
+        req = s.request(f"x{k}" if exec_app else f"w{k}")
+        app = Exec(s.app_path, ["app"]) if exec_app else _true_app(s.app_path)
         os.write(ready_w, b"r")
         os.close(ready_w)
         os.read(go_r, 1)  # EOF: go
@@ -310,8 +310,11 @@ def release_together(ready_r: int, go_w: int, n: int) -> int:
     return t0
 
 
-def throughput(s: Setup, conc: int, total: int) -> dict[str, Any]:
-    """`conc` launcher processes, each doing cycles back to back; cycles/s = done / wall time."""
+def throughput(s: Setup, conc: int, total: int, exec_app: bool = False) -> dict[str, Any]:
+    """`conc` launcher processes, each doing cycles back to back; cycles/s = done / wall time.
+
+    exec_app: the app is an `Exec` of the static binary (no fork of the launcher) instead of a
+    callable that execs it."""
     per = max(1, math.ceil(total / conc))
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -323,7 +326,7 @@ def throughput(s: Setup, conc: int, total: int) -> dict[str, Any]:
             if pid == 0:
                 os.close(ready_r)
                 os.close(go_w)
-                _worker(s, k, per, ready_w, go_r, outs[k])
+                _worker(s, k, per, ready_w, go_r, outs[k], exec_app)
             pids.append(pid)
         os.close(ready_w)
         ready_w = -1
@@ -353,6 +356,43 @@ def throughput(s: Setup, conc: int, total: int) -> dict[str, Any]:
     wall = (max(r["end_ns"] for r in good) - t0) / 1e9 if good else 0.0
     return {"conc": conc, "cycles": len(good), "errors": len(rows) - len(good), "wall_s": round(wall, 4),
             "cycles_per_s": round(len(good) / wall, 2) if wall > 0 else 0.0, "rows": good}
+
+
+def exec_start_cycles(s: Setup, n: int) -> list[dict[str, Any]]:
+    """n cycles one at a time, back to back: enter_rocker() with an `Exec` app -> its main()."""
+    rows = []
+    for _ in range(n):
+        r, w = os.pipe()
+        os.set_inheritable(w, True)  # the program writes its stamp here ($STAMP_FD)
+        try:
+            t0 = time.monotonic_ns()
+            res = enter_rocker(s.request("xstart"), Exec(s.app_path, ["app", "s"], {"STAMP_FD": str(w)}))
+            t_ret = time.monotonic_ns()
+        finally:
+            os.close(w)
+        try:
+            if not res.ok:
+                s.error("Exec start", f"{res.err_no.name}: {res.detail}")
+                continue
+            pidfd = proc.open_pidfd(res.guard_pid)
+            try:
+                lines = _read_lines(r, 1, 10)
+            except (TimeoutError, EOFError):
+                lines = []
+            os.waitpid(res.app_pid, 0)
+            t_exit = time.monotonic_ns()
+            if pidfd is not None:
+                proc.wait_pidfd(pidfd, 15)
+                os.close(pidfd)
+            t_end = time.monotonic_ns()
+        finally:
+            os.close(r)
+        if not lines:
+            s.error("Exec start", f"{res.guard_pname}: the app wrote no timestamp")
+            continue
+        rows.append({"name": res.guard_pname, "start_exec_ms": ms(t0, int(lines[0])),
+                     "enter_return_ms": ms(t0, t_ret), "teardown_guard_ms": ms(t_exit, t_end)})
+    return rows
 
 
 # ---------------------------------------------------------------- (e) (f): N idle rockers alive

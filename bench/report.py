@@ -6,6 +6,9 @@ from typing import Any
 
 from .stats import ratio
 
+# The launchers measured beside the Python launcher with a callable app: (key in the figures, label)
+OTHER_LAUNCHERS = (("c_client", "C launcher"), ("exec_app", "Python launcher, Exec app"))
+
 
 def _get(d: Any, *path: str) -> Any:
     for p in path:
@@ -42,12 +45,13 @@ def compare(fig: dict[str, Any], anc: dict[str, Any], top: int) -> tuple[list[di
             anchor_p99=ap("crun", "p99"))
         row(label, get(key), "bwrap, package pre-mounted, whole run", bwrap, ours_p99=get(key, "p99"),
             anchor_p99=ap("bwrap_premounted", "p99"))
-    cw = _get(fig, "c_client", "warm", "start_exec_ms") or {}
-    if cw:
+    for fkey, who in OTHER_LAUNCHERS:
+        cw = _get(fig, fkey, "warm", "start_exec_ms") or {}
         for anchor_name, key in (("crun run, whole (userns, 5 overlays)", "crun"),
                                  ("bwrap, package pre-mounted, whole run", "bwrap_premounted")):
-            row("(a) start, C client, package already mounted: ROCKER_enter_rocker() -> app's main()", cw.get("p50"),
-                anchor_name, ap(key, "p50"), ours_p99=cw.get("p99"), anchor_p99=ap(key, "p99"))
+            if cw:
+                row(f"(a) start, {who}, package already mounted: -> app's main()", cw.get("p50"), anchor_name,
+                    ap(key, "p50"), ours_p99=cw.get("p99"), anchor_p99=ap(key, "p99"))
     fc = ("floor_c1", "create")
     row("(b) create: client round trip (Create call -> reply + fds)", p("create_client_ms"),
         "C floor: create phase", ap(*fc, "p50"), ours_p99=p("create_client_ms", "p99"), anchor_p99=ap(*fc, "p99"))
@@ -71,11 +75,12 @@ def compare(fig: dict[str, Any], anc: dict[str, Any], top: int) -> tuple[list[di
         key = "floor_c1" if c == "1" else "floor_c2"
         label = "C floor c=1" if c == "1" else "C floor c=2 (2 CPUs)"
         row(f"(d) throughput c={c}", t["cycles_per_s"], f"{label}, cycles/s", ap(key, "cycles_per_s"), unit="cycles/s")
-    for c, t in sorted((_get(fig, "c_client", "throughput") or {}).items(), key=lambda kv: int(kv[0])):
-        key = "floor_c1" if c == "1" else "floor_c2"
-        label = "C floor c=1" if c == "1" else "C floor c=2 (2 CPUs)"
-        row(f"(d) throughput c={c}, C client", t["cycles_per_s"], f"{label}, cycles/s", ap(key, "cycles_per_s"),
-            unit="cycles/s")
+    for fkey, who in OTHER_LAUNCHERS:
+        for c, t in sorted((_get(fig, fkey, "throughput") or {}).items(), key=lambda kv: int(kv[0])):
+            key = "floor_c1" if c == "1" else "floor_c2"
+            label = "C floor c=1" if c == "1" else "C floor c=2 (2 CPUs)"
+            row(f"(d) throughput c={c}, {who}", t["cycles_per_s"], f"{label}, cycles/s", ap(key, "cycles_per_s"),
+                unit="cycles/s")
     mem = _get(fig, "memory") or {}
     for level, m in sorted(mem.items(), key=lambda kv: int(kv[0])):
         if level == "0":
@@ -108,16 +113,17 @@ def compare(fig: dict[str, Any], anc: dict[str, Any], top: int) -> tuple[list[di
             target(f"(a) start p50 ({which}) below {name}", start, val,
                    None if start is None or val is None else start < val,
                    "" if val is not None else "anchor not measured")
-    if cw:
-        start = cw.get("p50")
+    for fkey, who in OTHER_LAUNCHERS:
+        start = _get(fig, fkey, "warm", "start_exec_ms", "p50")
+        if start is None:
+            continue
         for name, val in (("crun's whole run", crun), ("bwrap on a pre-mounted package", bwrap)):
-            target(f"(a) start p50 (C client, package already mounted) below {name}", start, val,
-                   None if start is None or val is None else start < val,
-                   "" if val is not None else "anchor not measured")
+            target(f"(a) start p50 ({who}, package already mounted) below {name}", start, val,
+                   None if val is None else start < val, "" if val is not None else "anchor not measured")
     f2 = ap("floor_c2", "cycles_per_s")
-    for which, path in (("Python client", ("throughput",)), ("C client", ("c_client", "throughput"))):
-        t2 = _get(fig, *path, "2", "cycles_per_s")
-        if t2 is None and which == "C client":
+    for fkey, which in (("", "Python launcher, callable app"), *OTHER_LAUNCHERS):
+        t2 = _get(fig, *((fkey,) if fkey else ()), "throughput", "2", "cycles_per_s")
+        if t2 is None and fkey:
             continue
         target(f"(d) throughput at c=2 ({which}) >= 0.8x the C floor's", t2,
                None if f2 is None else round(0.8 * f2, 2),
@@ -174,13 +180,14 @@ def render(result: dict[str, Any]) -> str:
     out.append("|---" * (len(keys) + 1) + "|")
     for label, d in (("first rocker of its package", fig), ("package already mounted", fig.get("warm") or {})):
         out.append(f"| {label} | " + " | ".join(_fmt(_get(d, k, "p50")) for k in keys) + " |")
-    cw = _get(fig, "c_client", "warm") or {}
-    if cw:
-        out.append("")
-        out.append("C client, one rocker at a time, package already mounted, p50 ms: "
-                   + ", ".join(f"{k.removesuffix('_ms')} {_fmt(_get(cw, k, 'p50'))}" for k in cw))
-    for label, tp in (("Python client", fig.get("throughput") or {}),
-                      ("C client", _get(fig, "c_client", "throughput") or {})):
+    for fkey, who in OTHER_LAUNCHERS:
+        cw = _get(fig, fkey, "warm") or {}
+        if cw:
+            out.append("")
+            out.append(f"{who}, one rocker at a time, package already mounted, p50 ms: "
+                       + ", ".join(f"{k.removesuffix('_ms')} {_fmt(_get(cw, k, 'p50'))}" for k in cw))
+    for label, tp in (("Python launcher, callable app", fig.get("throughput") or {}),
+                      *((who, _get(fig, fkey, "throughput") or {}) for fkey, who in OTHER_LAUNCHERS)):
         if not tp:
             continue
         out.append("")

@@ -36,6 +36,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OVERLAYS = ["/usr", "/var", "/etc", "/home", "/root"]  # the anchors' 5 dirs
 
 C_START_SERIES = ("start_exec_ms", "enter_return_ms", "create_daemon_ms", "teardown_guard_ms")
+# The series beside the Python launcher's callable app: (prefix, key in the figures)
+OTHER_LAUNCHERS = (("cc:", "c_client"), ("px:", "exec_app"))
 CYCLE_SERIES = ("start_first_line_ms", "start_exec_ms", "enter_return_ms", "create_client_ms", "create_daemon_ms",
                 "client_before_wire_ms", "reply_to_first_line_ms", "teardown_guard_ms", "teardown_ms",
                 "teardown_workdir_ms")
@@ -177,8 +179,11 @@ class Bench:
     def c_tput_item(self, s: ours.Setup, launcher: Path, rnd: int, conc: int) -> None:
         self._add_tput("cc:", s, rnd, conc, cclient.throughput(s, launcher, conc, max(self.a.tput_cycles, 2 * conc)))
 
+    def exec_tput_item(self, s: ours.Setup, rnd: int, conc: int) -> None:
+        self._add_tput("px:", s, rnd, conc, ours.throughput(s, conc, max(self.a.tput_cycles, 2 * conc), exec_app=True))
+
     def _add_tput(self, prefix: str, s: ours.Setup, rnd: int, conc: int, res: dict[str, Any]) -> None:
-        """prefix "": Python launchers; "cc:": C launchers (no wire timer there)."""
+        """prefix "": Python launchers, callable app; "px:": the same with an Exec app; "cc:": C launchers."""
         created = s.daemon.read_log()
         rows = res["rows"]
         self.add(f"{prefix}cycle_c{conc}_ms", rnd, [r["cycle_ms"] for r in rows])
@@ -191,10 +196,17 @@ class Bench:
 
     def c_start_item(self, s: ours.Setup, launcher: Path, rnd: int) -> None:
         """C client start latency with the package kept mounted by another rocker (as bwrap's is)."""
-        rows = self._rows_with_create(s, True, lambda: cclient.start_cycles(s, launcher, self.a.cycles))
+        self._add_start("cc:", rnd, self._rows_with_create(s, True, lambda: cclient.start_cycles(s, launcher,
+                                                                                                    self.a.cycles)))
+
+    def exec_start_item(self, s: ours.Setup, rnd: int) -> None:
+        """The same with a Python launcher and an Exec app (no fork of the launcher)."""
+        self._add_start("px:", rnd, self._rows_with_create(s, True, lambda: ours.exec_start_cycles(s, self.a.cycles)))
+
+    def _add_start(self, prefix: str, rnd: int, rows: list[dict[str, Any]]) -> None:
         for key in C_START_SERIES:
-            self.add("cc:warm:" + key, rnd, [r.get(key) for r in rows])
-        self.errors["c_client_start"] += self.a.cycles - len(rows)
+            self.add(prefix + "warm:" + key, rnd, [r.get(key) for r in rows])
+        self.errors[prefix + "start"] += self.a.cycles - len(rows)
 
     def floor_item(self, anchors: Anchors, rnd: int, key: str, conc: int, shared: bool) -> None:
         res = anchors.floor(self.a.floor_n, conc, shared)
@@ -220,14 +232,16 @@ class Bench:
                             "guard_after_exit_ms": self.summ(f"guard_after_exit_c{c}_ms"),
                             "errors": self.errors.get(f"throughput_c{c}", 0)}
         fig["throughput"] = tput
-        if any(k.startswith("cc:") for k in self.series):
-            ctput = {str(c): {"cycles_per_s": median_of(self.rates.get(f"cc:c{c}", []), 2),
-                              "round_rates": self.rates.get(f"cc:c{c}", []),
-                              "cycle_ms": self.summ(f"cc:cycle_c{c}_ms"),
-                              "create_daemon_ms": self.summ(f"cc:create_daemon_c{c}_ms"),
-                              "guard_after_exit_ms": self.summ(f"cc:guard_after_exit_c{c}_ms"),
-                              "errors": self.errors.get(f"cc:throughput_c{c}", 0)} for c in concs}
-            fig["c_client"] = {"warm": {k: self.summ("cc:warm:" + k) for k in C_START_SERIES}, "throughput": ctput}
+        for p, key in OTHER_LAUNCHERS:
+            if not any(k.startswith(p) for k in self.series):
+                continue
+            other = {str(c): {"cycles_per_s": median_of(self.rates.get(f"{p}c{c}", []), 2),
+                              "round_rates": self.rates.get(f"{p}c{c}", []),
+                              "cycle_ms": self.summ(f"{p}cycle_c{c}_ms"),
+                              "create_daemon_ms": self.summ(f"{p}create_daemon_c{c}_ms"),
+                              "guard_after_exit_ms": self.summ(f"{p}guard_after_exit_c{c}_ms"),
+                              "errors": self.errors.get(f"{p}throughput_c{c}", 0)} for c in concs}
+            fig[key] = {"warm": {k: self.summ(f"{p}warm:" + k) for k in C_START_SERIES}, "throughput": other}
         if hold is not None:
             fig["memory"] = hold["levels"]
             fig["release_all"] = hold.get("release_all")
@@ -328,8 +342,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 
         items: list[tuple[str, Any]] = [("ours cycle", lambda r: b.cycle_item(s, r)),
                                         ("ours cycle, package mounted", lambda r: b.cycle_item(s, r, warm=True))]
+        items.append(("ours Exec start, package mounted", lambda r: b.exec_start_item(s, r)))
         for c in concs:
             items.append((f"ours throughput c={c}", lambda r, c=c: b.tput_item(s, r, c)))
+            items.append((f"ours Exec throughput c={c}", lambda r, c=c: b.exec_tput_item(s, r, c)))
         if launcher is not None:
             cl = launcher
             items.append(("C client start, package mounted", lambda r: b.c_start_item(s, cl, r)))

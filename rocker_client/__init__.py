@@ -2,9 +2,10 @@
 
 from .enter import enter_rocker
 from .errors import RockerErr
+from .execapp import Exec
 from .guardname import get_guardname
 from .structs import RockerRequest, RockerResult, request_new
 from .wire import default_socket_path
 
-__all__ = ["RockerErr", "RockerRequest", "RockerResult", "default_socket_path", "enter_rocker", "get_guardname",
+__all__ = ["Exec", "RockerErr", "RockerRequest", "RockerResult", "default_socket_path", "enter_rocker", "get_guardname",
            "request_new"]

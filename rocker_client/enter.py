@@ -9,8 +9,9 @@ A root, single-threaded caller (an app store's launcher, a CI runner) takes one 
                                                              no_new_privs; run the app
 
 Everyone else (a non-root caller cannot join a PID namespace before it holds the
-rocker's user namespace; in a threaded caller another thread could fork while
-the caller's children go to the rocker) goes through an intermediate:
+rocker's user namespace; in a threaded caller a signal taken by another thread
+could run its Python handler in this one, and fork, while this thread's children
+go to the rocker) goes through an intermediate:
 
     caller ── fork ──> intermediate (single-threaded): setns user, mnt, pid, net,
                        uts, ipc; uid 0 inside; capabilities; no_new_privs
@@ -21,6 +22,9 @@ A threaded process cannot enter a user namespace and a PID-namespace setns
 only applies to children, hence the intermediate. Each fork of a Python
 caller copies its page tables (about 1 ms for 20 MB), so one fork instead of
 two is most of the difference.
+
+An app that is a program (`Exec`) needs no fork of the caller at all: a root
+caller, threaded or not, starts it with librocker-exec (see execapp.py).
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from . import wire
+from . import execapp, wire
 from ._sys import ns, proc
 from .caps import APP_CAP_MASK
 from .errors import RockerErr
+from .execapp import Exec
 from .structs import RockerRequest, RockerResult
 
 CREATE = "io.rocker.Rocker.Create"
@@ -82,6 +87,10 @@ def enter_rocker(req: RockerRequest, app: App, app_args: Any = None) -> RockerRe
 
 
 def _start_inside(ns_fds: list[int], app: App, app_args: Any) -> tuple[RockerErr, int, str]:
+    if isinstance(app, Exec):
+        started = execapp.start(ns_fds, app)  # no fork of ours at all
+        if started is not None:
+            return started
     try:
         proc.cap_last_cap()  # read here once, not in every fork of ours
     except OSError:

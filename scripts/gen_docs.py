@@ -282,7 +282,8 @@ def _dataclass(name: str, cls: type) -> list[str]:
             default = repr(f.default_factory())
         else:
             default = "required"
-        out.append(f"| `{f.name}` | `{_annotation(f.type)}` | `{default}` |")
+        cell = _annotation(f.type).replace("|", "\\|")  # a table cell: GFM reads \| as |
+        out.append(f"| `{f.name}` | `{cell}` | `{default}` |")
     props = [(n, v) for n, v in vars(cls).items() if isinstance(v, property)]
     for n, v in props:
         out += ["", f"`{name}.{n}` (property): {inspect.getdoc(v) or _PROPERTY_DOCS.get(n, '')}"]
@@ -374,7 +375,7 @@ def render_api() -> str:
            "the pieces fit, in docs/architecture.md.", "",
            "## The Python API", "", _module_doc(rocker_client), "",
            "```python", "from rocker_client import " + ", ".join(sorted(rocker_client.__all__)), "```", ""]
-    order = ["enter_rocker", "request_new", "RockerRequest", "RockerResult", "RockerErr", "get_guardname",
+    order = ["enter_rocker", "Exec", "request_new", "RockerRequest", "RockerResult", "RockerErr", "get_guardname",
              "default_socket_path"]
     missing = sorted(set(rocker_client.__all__) - set(order))
     if missing:

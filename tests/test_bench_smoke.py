@@ -1,7 +1,7 @@
 """A tiny run of the benchmark (`python3 -m bench`): every figure is there and sane.
 
-One round, a few cycles, concurrency 1 and 2 (through the Python and the C
-client), 10 idle rockers, no anchors: a few seconds. The real benchmark never
+One round, a few cycles, concurrency 1 and 2 (Python launchers with a callable
+app and with an Exec app, C launchers), 10 idle rockers, no anchors: a few seconds. The real benchmark never
 runs in the test suite (see docs/benchmarks.md).
 """
 
@@ -69,9 +69,11 @@ def test_throughput(result: dict[str, Any]) -> None:
         _sane(t["create_daemon_ms"], 4)
 
 
-def test_c_client_series(result: dict[str, Any]) -> None:
-    """The same cycles launched by bench/launcher.c through clients/c: each figure is there."""
-    cc = result["figures"]["c_client"]
+@pytest.mark.parametrize("key", ["c_client", "exec_app"])
+def test_other_launchers(result: dict[str, Any], key: str) -> None:
+    """The same cycles launched by bench/launcher.c through clients/c, and by the Python launcher
+    with an Exec app: each figure is there."""
+    cc = result["figures"][key]
     assert set(cc["throughput"]) == {"1", "2"}
     for t in cc["throughput"].values():
         assert t["errors"] == 0
@@ -102,7 +104,7 @@ def test_report_and_cleanliness(result: dict[str, Any]) -> None:
     assert result["leftovers"] == []
     assert not any(result["errors"]["counts"].values()), result["errors"]
     assert result["anchors"] == {}
-    assert len(result["targets"]) == 12
+    assert len(result["targets"]) == 15
     by = {t["target"]: t for t in result["targets"]}
     assert by["(c) teardown p50 <= 100 ms"]["value"] == result["figures"]["teardown_ms"]["p50"]
     assert all(t["met"] is None for t in result["targets"] if t["target"].startswith("(a)"))  # no anchors

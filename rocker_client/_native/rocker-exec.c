@@ -1,0 +1,138 @@
+/*
+ * librocker-exec: start a program as an app in a rocker without forking the
+ * caller, the way posix_spawn starts one: a CLONE_VM|CLONE_VFORK child that
+ * joins the rocker with a few raw syscalls and execs.
+ *
+ * Why: a launcher written in Python forks its whole interpreter to run an
+ * app callable, and the child then copy-on-write faults on every page Python
+ * touches and tears the copy down again at its exec: on a 19 MB launcher that
+ * is most of the time between rockerd's reply and the app's main(). When the
+ * app is just a program, none of that is needed.
+ *
+ * The calling thread joins the rocker's PID namespace for its children only
+ * (pid_for_children is per thread; other threads' children are unaffected),
+ * clones, and goes back. The child is the caller's child, so waitpid works.
+ * It shares the caller's memory until its exec, so it runs only raw syscalls:
+ * glibc's set*id would signal the caller's other threads, and no handler of
+ * the caller's may run in it (all signals stay blocked until just before the
+ * exec, with every handled signal reset to its default first).
+ *
+ * rocker_client loads this with ctypes; the one entry point is rocker_exec().
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/capability.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define MIN_STACK (16 * 1024)
+
+enum { NS_USER, NS_MNT, NS_PID, NS_NET, NS_UTS, NS_IPC, NNS };
+
+static const int NS_TYPE[NNS] = {CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUTS, CLONE_NEWIPC};
+static const char *const NS_STAGE[NNS] = {"setns(user)", "setns(mnt)", "setns(pid)", "setns(net)", "setns(uts)",
+                                          "setns(ipc)"};
+
+struct rocker_exec {
+    int ns_fds[NNS];        /* the rocker's, in NS_* order */
+    int own_pid_ns;         /* the caller's PID namespace, to go back to */
+    int report_fd;          /* write end of a CLOEXEC pipe: "<errno> <stage>" if the child fails */
+    int last_cap;           /* /proc/sys/kernel/cap_last_cap */
+    unsigned long long cap_keep; /* the app's capability set, a bit mask */
+    const char *path;       /* the program, resolved in the rocker's mount namespace */
+    char *const *argv;
+    char *const *envp;
+    void *stack;            /* the child's stack, at least MIN_STACK bytes; free once this returns */
+    size_t stack_size;
+};
+
+struct child_arg {
+    const struct rocker_exec *e;
+    sigset_t caller_mask; /* the app starts with the caller's mask, as a forked app would */
+};
+
+static void report(int fd, const char *stage, int err) {
+    char b[96];
+    int n = snprintf(b, sizeof b, "%d %s", err, stage);
+    if (n > 0 && syscall(SYS_write, fd, b, (size_t)n) < 0) {}
+}
+
+static int drop_caps(const struct rocker_exec *e) {
+    for (int cap = 0; cap <= e->last_cap; cap++)
+        if (!(e->cap_keep >> cap & 1) && syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) return -1;
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    unsigned lo = (unsigned)(e->cap_keep & 0xFFFFFFFFu), hi = (unsigned)(e->cap_keep >> 32);
+    struct __user_cap_data_struct data[2] = {{lo, lo, 0}, {hi, hi, 0}};
+    return (int)syscall(SYS_capset, &hdr, data);
+}
+
+static int child(void *p) {
+    const struct child_arg *a = p;
+    const struct rocker_exec *e = a->e;
+    /* Our own copy of the handler table (no CLONE_SIGHAND): the caller's handlers must not run here. */
+    for (int sig = 1; sig < _NSIG; sig++) {
+        struct sigaction sa;
+        if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL) {
+            sa.sa_handler = SIG_DFL;
+            sa.sa_flags = 0;
+            sigaction(sig, &sa, NULL);
+        }
+    }
+    /* Born in the rocker's PID namespace: any signal wakes the guard (PID 1 here; it ignores what
+     * it gets), which then finds us and watches our pidfd, so the rocker ends as soon as we exit,
+     * whether the exec below works or not. */
+    syscall(SYS_kill, 1, SIGCHLD);
+    const char *stage = "setgroups";
+    /* else the caller's groups would follow the app (they cannot be dropped later) */
+    if (syscall(SYS_geteuid) == 0 && syscall(SYS_setgroups, 0, NULL) < 0) goto fail;
+    for (int i = 0; i < NNS; i++) {
+        if (i == NS_PID) continue; /* the caller joined it for us */
+        stage = NS_STAGE[i];
+        if (syscall(SYS_setns, e->ns_fds[i], NS_TYPE[i]) < 0) goto fail;
+    }
+    stage = "setresuid";
+    if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0) goto fail;
+    stage = "limit capabilities";
+    if (drop_caps(e) < 0) goto fail;
+    stage = "prctl(PR_SET_NO_NEW_PRIVS)";
+    if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) goto fail;
+    stage = "exec";
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &a->caller_mask, NULL, _NSIG / 8);
+    syscall(SYS_execve, e->path, e->argv, e->envp);
+fail:
+    report(e->report_fd, stage, errno);
+    syscall(SYS_exit, 127);
+    return 127;
+}
+
+/* Returns the app's PID, or -errno if it could not be started; a child that
+ * failed after the clone has written its report and exited (the caller reaps
+ * it). Returns only when the child has exec'd or exited. A failure to go back
+ * to the caller's own PID namespace is returned as -EREMCHG after the child
+ * was started: the caller must not fork more children from this thread. */
+int rocker_exec(const struct rocker_exec *e, int *app_pid) {
+    if (!e->stack || e->stack_size < MIN_STACK) return -EINVAL;
+    struct child_arg a = {.e = e};
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &a.caller_mask);
+    int err = 0;
+    *app_pid = -1;
+    if (syscall(SYS_setns, e->ns_fds[NS_PID], CLONE_NEWPID) < 0) {
+        err = errno;
+    } else {
+        char *top = (char *)e->stack + e->stack_size;
+        top -= (unsigned long)top % 16;
+        pid_t pid = clone(child, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+        if (pid < 0) err = errno;
+        else *app_pid = pid;
+        if (syscall(SYS_setns, e->own_pid_ns, CLONE_NEWPID) < 0) err = EREMCHG;
+    }
+    pthread_sigmask(SIG_SETMASK, &a.caller_mask, NULL);
+    return -err;
+}

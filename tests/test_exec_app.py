@@ -1,0 +1,195 @@
+"""`Exec`: an app that is a program, started by a root caller without forking itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pkgbuild import HELLO_OUTPUT
+from rockers import make_req, wait_gone
+
+from rocker_client import Exec, RockerErr, enter, enter_rocker, execapp
+from rocker_client.caps import APP_CAP_MASK
+
+pytestmark = pytest.mark.usefixtures("rockerd")
+PYTHON = "/usr/bin/python3"  # the system's: the app's uid (1000 outside) can reach it, unlike a venv under /root
+
+# Runs inside the rocker as the app: reports what it is and where, exits 7.
+PROBE = r"""
+import json, os, socket, sys
+fd = int(os.environ["REPORT_FD"])
+status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+def link(n):
+    try:
+        return os.readlink(f"/proc/self/fd/{n}")
+    except OSError:  # the fd listdir used
+        return ""
+links = [link(n) for n in os.listdir("/proc/self/fd")]
+ns = {n: os.readlink(f"/proc/self/ns/{n}") for n in ("user", "mnt", "pid", "net", "uts", "ipc")}
+os.write(fd, json.dumps({
+    "argv": sys.argv[1:], "env": sorted(os.environ), "ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid()],
+    "groups": os.getgroups(), "pid": os.getpid(), "cap_eff": int(status["CapEff"], 16),
+    "cap_bnd": int(status["CapBnd"], 16), "cap_inh": int(status["CapInh"], 16),
+    "no_new_privs": status["NoNewPrivs"].strip(), "hostname": socket.gethostname(), "ns": ns,
+    "ns_fds": [l for l in links if l.split(":[")[0] in ns],
+}).encode())
+os.close(fd)
+os.read(int(os.environ["HOLD_FD"]), 1)  # until the test has looked at the rocker
+sys.exit(7)
+"""
+
+
+def _probe_app(w: int, hold: int, *extra: str) -> Exec:
+    return Exec(PYTHON, [PYTHON, "-c", PROBE, *extra], env={"REPORT_FD": str(w), "HOLD_FD": str(hold), "EXTRA": "x"})
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def _run_probe(base: Path, pkg: Path) -> tuple[Any, dict[str, Any], int, dict[str, str]]:
+    """The probe's result, its exit status, and the guard's namespaces (read while the app held on)."""
+    r, w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    os.set_inheritable(w, True)
+    os.set_inheritable(hold_r, True)
+    try:
+        res = enter_rocker(make_req(base, pkg, uid=1000, gid=1000), _probe_app(w, hold_r, "a b", "c"))
+    finally:
+        os.close(w)
+        os.close(hold_r)
+    try:
+        report = json.loads(_read_all(r) or b"{}")
+        guard_ns = {n: os.readlink(f"/proc/{res.guard_pid}/ns/{n}") for n in report.get("ns", {})}
+    finally:
+        os.close(hold_w)
+    status = -1
+    if res.ok:
+        _, status = os.waitpid(res.app_pid, 0)
+    return res, report, status, guard_ns
+
+
+def _children() -> set[int]:
+    kids: set[int] = set()
+    for t in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{t}/children") as f:
+            kids |= {int(x) for x in f.read().split()}
+    return kids
+
+
+@pytest.fixture
+def no_fork(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records any start through a fork of the caller."""
+    forked: list[str] = []
+    for fn in ("_start_direct", "_start_via_intermediate"):
+        real = getattr(enter, fn)
+        monkeypatch.setattr(enter, fn, lambda *a, _real=real, _fn=fn: (forked.append(_fn), _real(*a))[1])
+    return forked
+
+
+def test_exec_app_runs_inside_without_a_fork(base: Path, pkg: Path, no_fork: list[str]) -> None:
+    """The app is the caller's child, PID 2 in the rocker, root of the rocker's user namespace with
+    the app's capability set and no_new_privs, in all six of its namespaces, with the argv and
+    environment it was given and no namespace fd; the caller's children are its own again."""
+    assert execapp.available()
+    res, rep, status, guard_ns = _run_probe(base, pkg)
+    assert res.ok, res.detail
+    assert no_fork == [], "the caller was forked"
+    assert os.waitstatus_to_exitcode(status) == 7
+    assert rep["argv"] == ["a b", "c"]
+    assert set(rep["env"]) - {"LC_CTYPE"} == {"EXTRA", "HOLD_FD", "REPORT_FD"}  # Python may add LC_CTYPE
+    assert rep["ids"] == [0, 0, 0, 0] and rep["groups"] == []
+    assert rep["cap_eff"] == rep["cap_bnd"] == APP_CAP_MASK and rep["cap_inh"] == 0
+    assert rep["no_new_privs"] == "1"
+    assert rep["pid"] == 2
+    assert rep["hostname"] == res.guard_pname
+    assert rep["ns_fds"] == [], "the app kept namespace fds"
+    assert len(guard_ns) == 6 and rep["ns"] == guard_ns
+    assert os.readlink("/proc/self/ns/pid_for_children") == os.readlink("/proc/self/ns/pid")
+    assert wait_gone(res.guard_pid, 5) is not None  # the app exited: the rocker ends
+
+
+def test_exec_from_the_package(base: Path, pkg: Path, no_fork: list[str]) -> None:
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    req = make_req(base, pkg)
+    to_pipe = "import os, sys; os.dup2(int(sys.argv[2]), 1); os.execv(sys.argv[1], sys.argv[1:2])"
+    res = enter_rocker(req, Exec(PYTHON, [PYTHON, "-c", to_pipe, f"{req.app_exec_dir}/bin/hello", str(w)]))
+    os.close(w)
+    assert res.ok, res.detail
+    assert _read_all(r).decode().strip() == HELLO_OUTPUT
+    _, status = os.waitpid(res.app_pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert no_fork == []
+
+
+def test_exec_failure_is_reported_and_the_rocker_ends(base: Path, pkg: Path, no_fork: list[str]) -> None:
+    """A program that cannot be exec'd comes back as app_exec_failed with the reason, the child is
+    reaped, and the guard (woken by the child) ends the rocker at once, not at its entry timeout."""
+    req = make_req(base, pkg)
+    before = _children()
+    res = enter_rocker(req, Exec(f"{req.app_exec_dir}/share/data.txt"))  # not executable
+    assert res.err_no == RockerErr.app_exec_failed
+    assert res.detail == f"exec {req.app_exec_dir}/share/data.txt: Permission denied"
+    assert res.app_pid == 0
+    assert no_fork == []
+    gone = wait_gone(res.guard_pid, 5)
+    assert gone is not None and gone < 2, "the rocker waited for its first-entry timeout"
+    assert _children() == before, "the failed child was not reaped"
+    res = enter_rocker(req, Exec("/nonexistent/program"))
+    assert (res.err_no, res.detail) == (RockerErr.app_exec_failed,
+                                        "exec /nonexistent/program: No such file or directory")
+    assert wait_gone(res.guard_pid, 5) is not None
+
+
+def test_exec_from_a_threaded_caller(base: Path, pkg: Path, no_fork: list[str]) -> None:
+    """Joining the PID namespace for children is the calling thread's own: a caller with other
+    threads takes the same path, and its other threads' children stay in its namespace."""
+    stop = threading.Event()
+    seen: dict[str, str] = {}
+
+    def other() -> None:
+        stop.wait()
+        seen["other thread"] = os.readlink(f"/proc/self/task/{threading.get_native_id()}/ns/pid_for_children")
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        res, rep, status, _ = _run_probe(base, pkg)
+    finally:
+        stop.set()
+        t.join()
+    assert res.ok, res.detail
+    assert no_fork == []
+    assert rep["pid"] == 2 and os.waitstatus_to_exitcode(status) == 7
+    assert seen["other thread"] == os.readlink("/proc/self/ns/pid")
+
+
+def test_exec_takes_the_fork_path_without_the_library(base: Path, pkg: Path, no_fork: list[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the library is missing (or the caller is not root), an Exec is an ordinary app
+    callable: the forked child execs the program, with the same result inside."""
+    monkeypatch.setattr(execapp, "_rocker_exec", lambda: None)
+    assert not execapp.available()
+    res, rep, status, _ = _run_probe(base, pkg)
+    assert res.ok, res.detail
+    assert no_fork == ["_start_direct"]
+    assert os.waitstatus_to_exitcode(status) == 7
+    assert rep["argv"] == ["a b", "c"] and rep["ids"] == [0, 0, 0, 0] and rep["cap_eff"] == APP_CAP_MASK
+
+
+@pytest.mark.parametrize("args", [
+    ("",), ("/bin/x\0y",), ("/bin/true", "not a list"), ("/bin/true", ["ok", "b\0ad"]), ("/bin/true", [1]),
+    ("/bin/true", None, {"A=B": "x"}), ("/bin/true", None, {"": "x"}), ("/bin/true", None, {"A": "x\0"}),
+])
+def test_exec_refuses_bad_input(args: tuple[object, ...]) -> None:
+    with pytest.raises(ValueError, match=r"^Exec: "):
+        Exec(*args)  # type: ignore[arg-type]
