@@ -38,8 +38,10 @@ STACK_SIZE = 64 * 1024
 
 @dataclass(frozen=True)
 class Exec:
-    """The app is the program at `path` inside the rocker, run with `argv` (default: `[path]`) and
-    `env` (default: the caller's environment when it is started); `app_args` is not used.
+    """The app is the program at `path` inside the rocker (an absolute path, or relative to the
+    rocker's `/`; not looked up in `$PATH`), run with `argv` (default: `[path]`) and `env`
+    (default: the caller's environment when it is started); `app_args` is not used. It inherits
+    the caller's fds that are not close-on-exec, as a forked app would.
 
     With a root caller, `enter_rocker` starts it without forking the caller and reports a failed
     exec as `app_exec_failed` (with the reason) instead of an app that exits 1. Called as a
