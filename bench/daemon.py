@@ -1,5 +1,9 @@
 """The benchmark's own rockerd: a private socket, state dir and log file.
 
+The state dir goes on a tmpfs when there is one (/run, else /dev/shm), as rockerd's
+default /run/rocker/state is on a systemd machine: a record written to ext4 costs
+0.14 ms per create here, to tmpfs 0.02 ms.
+
 The daemon logs its own create time ("created NAME (guard pid P) ... in X ms",
 measured from the Create call's arrival at the service to its reply); the
 benchmark reads those lines back by guard name.
@@ -9,9 +13,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +37,7 @@ class BenchDaemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_pos = 0
         self.created_ms: dict[str, float] = {}
+        self.state_dir = tempfile.mkdtemp(prefix="rocker-bench-state-", dir=_tmpfs() or str(workdir))
 
     @property
     def pid(self) -> int:
@@ -38,7 +45,7 @@ class BenchDaemon:
         return self.proc.pid
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "rockerd", "--socket", self.socket, "--state-dir", str(self.workdir / "state"),
+        cmd = [sys.executable, "-m", "rockerd", "--socket", self.socket, "--state-dir", self.state_dir,
                "--log-level", "INFO", "--max-rockers", str(self.max_rockers),
                "--max-rockers-per-uid", str(self.max_rockers)]
         env = dict(os.environ)
@@ -57,8 +64,9 @@ class BenchDaemon:
             time.sleep(0.02)
 
     def stop(self) -> int | None:
-        """SIGTERM (rockers still alive keep running: end them first), then wait."""
+        """SIGTERM (rockers still alive keep running: end them first), then wait; drop the state dir."""
         if self.proc is None:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -67,6 +75,7 @@ class BenchDaemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
         return self.proc.returncode
 
     def log_text(self) -> str:
@@ -99,3 +108,13 @@ class BenchDaemon:
 
     def children(self) -> list[int]:
         return proc.children(self.pid)
+
+
+def _tmpfs() -> str | None:
+    """/run or /dev/shm if it is a tmpfs (where rockerd's state lives on a systemd machine)."""
+    try:
+        with open("/proc/self/mounts") as f:
+            types = {fields[1]: fields[2] for fields in (line.split() for line in f) if len(fields) > 2}
+    except OSError:
+        return None
+    return next((d for d in ("/run", "/dev/shm") if types.get(d) == "tmpfs" and os.access(d, os.W_OK)), None)
