@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -162,6 +163,24 @@ def test_guard_sigkill_kills_app_and_daemon_notices(base: Path, pkg: Path, rocke
         os.close(r)
 
 
+MNT_DETACH = 2
+
+
+def _umount_or_detach(target: str) -> None:
+    """Unmount what the test mounted; if something still holds it after 2 s, detach it anyway (so
+    no later run inherits it) and fail."""
+    deadline = time.monotonic() + 2
+    while True:
+        try:
+            m.umount(target)
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                m.umount(target, MNT_DETACH)
+                raise AssertionError(f"{target} was still busy 2 s after the test: {e}") from e
+        time.sleep(0.02)
+
+
 def test_full_data_dir_is_a_clear_error(base: Path, pkg: Path, rockerd) -> None:
     full = base / "full"
     full.mkdir()
@@ -181,7 +200,7 @@ def test_full_data_dir_is_a_clear_error(base: Path, pkg: Path, rockerd) -> None:
         assert res.err_no == RockerErr.build_rocker_failed
         assert "No space left on device" in res.detail, res.detail
     finally:
-        m.umount(str(full))
+        _umount_or_detach(str(full))
 
 
 def test_guard_exec_failure_in_the_spawned_child(tmp_path: Path, base: Path, pkg: Path,
