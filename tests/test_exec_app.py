@@ -193,3 +193,49 @@ def test_exec_takes_the_fork_path_without_the_library(base: Path, pkg: Path, no_
 def test_exec_refuses_bad_input(args: tuple[object, ...]) -> None:
     with pytest.raises(ValueError, match=r"^Exec: "):
         Exec(*args)  # type: ignore[arg-type]
+
+
+def test_exec_from_many_threads_at_once(base: Path, pkg: Path, no_fork: list[str]) -> None:
+    """Threads starting Exec apps at the same time each get their own app in their own rocker (the
+    PID-namespace switch is per thread), and a fork meanwhile in another thread stays with us."""
+    own_ns = os.readlink("/proc/self/ns/pid")
+    results: list[tuple[str, int, str]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    forked_ns: list[str] = []
+
+    def starter(k: int) -> None:
+        req = make_req(base / f"t{k}", pkg)
+        for _ in range(5):
+            res = enter_rocker(req, Exec("/bin/sh", ["sh", "-c", "exit 3"]))
+            status = os.waitpid(res.app_pid, 0)[1] if res.ok else -1
+            with lock:
+                results.append((res.err_no.name, os.waitstatus_to_exitcode(status) if res.ok else -1, res.detail))
+
+    def forker() -> None:
+        while not stop.is_set():
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.write(w, os.readlink("/proc/self/ns/pid").encode())
+                os._exit(0)
+            os.close(w)
+            forked_ns.append(os.read(r, 100).decode())
+            os.close(r)
+            os.waitpid(pid, 0)
+
+    for k in range(4):
+        (base / f"t{k}").mkdir()
+        (base / f"t{k}").chmod(0o755)
+    threads = [threading.Thread(target=starter, args=(k,)) for k in range(4)]
+    f = threading.Thread(target=forker)
+    f.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    f.join()
+    assert results == [("success", 3, "")] * 20
+    assert no_fork == []
+    assert forked_ns and set(forked_ns) == {own_ns}, "a fork in another thread landed in a rocker"
