@@ -23,8 +23,8 @@ only applies to children, hence the intermediate. Each fork of a Python
 caller copies its page tables (about 1 ms for 20 MB), so one fork instead of
 two is most of the difference.
 
-An app that is a program (`Exec`) needs no fork of the caller at all: a root
-caller, threaded or not, starts it with librocker-exec (see execapp.py).
+An app that is a program (`Exec`) needs no fork of the caller at all, root or
+not, threaded or not: librocker-exec starts it (see execapp.py).
 """
 
 from __future__ import annotations

@@ -1,16 +1,18 @@
 """An app that is a program: started in its rocker without a fork of the caller.
 
 `enter_rocker(req, app)` runs a callable in a fork of the caller. When the app
-is a program, `Exec(path, argv, env)` says so, and a root caller then starts it
-the way posix_spawn would (librocker-exec, see rocker_client/_native): the
-calling thread joins the rocker's PID namespace for its children only, a
+is a program, `Exec(path, argv, env)` says so, and the caller then starts it the
+way posix_spawn would (librocker-exec, see rocker_client/_native): a root
+caller's thread joins the rocker's PID namespace for its children only, a
 CLONE_VM child joins the other five namespaces, takes the app's credentials and
-execs; the calling thread goes back to its own PID namespace. A fork of a 20 MB
-Python launcher and the teardown of that copy at the exec are most of the time
-between rockerd's reply and the app's main(); this path has neither.
+execs, and the thread goes back to its own PID namespace; any other caller's
+CLONE_VM child is an intermediate that joins all six and clones the app as the
+caller's child. A fork of a 20 MB Python launcher and the teardown of that copy
+at the exec are most of the time between rockerd's reply and the app's main();
+this path has neither.
 
-Where that path is not open (a non-root caller, the library not built), an
-Exec is an ordinary app callable: the forked child execs the program.
+Where the library is not built, an Exec is an ordinary app callable: the forked
+child execs the program.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ class Exec:
     (default: the caller's environment when it is started); `app_args` is not used. It inherits
     the caller's fds that are not close-on-exec, as a forked app would.
 
-    With a root caller, `enter_rocker` starts it without forking the caller and reports a failed
-    exec as `app_exec_failed` (with the reason) instead of an app that exits 1. Called as a
-    function, it execs the program: that is what the fork path does with it.
+    `enter_rocker` starts it without forking the caller and reports a failed exec as
+    `app_exec_failed` (with the reason) instead of an app that exits 1. Called as a function,
+    it execs the program: that is what the fork path does with it (where librocker-exec is
+    not built).
     """
 
     path: str
@@ -109,7 +112,7 @@ def _rocker_exec() -> Any:
 
 def available() -> bool:
     """Whether this process can start an Exec app without forking itself."""
-    return os.geteuid() == 0 and _rocker_exec() is not None
+    return _rocker_exec() is not None
 
 
 def _strings(items: Sequence[bytes]) -> ctypes.Array[ctypes.c_char_p]:
@@ -121,11 +124,12 @@ def start(ns_fds: list[int], app: Exec) -> tuple[RockerErr, int, str] | None:
 
     (err, app_pid, detail), or None when this path is not open here and the caller should fork."""
     fn = _rocker_exec()
-    if fn is None or os.geteuid() != 0:
+    if fn is None:
         return None
     try:
         last_cap = proc.cap_last_cap()
-        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        # root joins the PID namespace itself and comes back; anyone else goes through an intermediate
+        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC) if os.geteuid() == 0 else -1
     except OSError:
         return None
     argv = _strings([os.fsencode(a) for a in app.args()])
@@ -139,7 +143,8 @@ def start(ns_fds: list[int], app: Exec) -> tuple[RockerErr, int, str] | None:
         rc = fn(ctypes.byref(spec), ctypes.byref(pid))  # returns once the child has exec'd or exited
     finally:
         os.close(w)
-        os.close(own)
+        if own >= 0:
+            os.close(own)
     try:
         os.set_blocking(r, False)  # a thread of ours that forked meanwhile may hold a copy of w
         report = os.read(r, 4096)
@@ -159,10 +164,11 @@ def _outcome(rc: int, pid: int, report: bytes, app: Exec) -> tuple[RockerErr, in
         err = -rc
         if err in _GONE:
             return RockerErr.enter_rocker_failed, 0, f"setns(pid): {os.strerror(err)}{_GONE_WHY}"
-        return None  # e.g. EPERM joining the PID namespace here: the fork path may still work
+        return None  # e.g. EPERM joining the PID namespace, EAGAIN cloning: the fork path says what it is
     if not report:
         return RockerErr.success, pid, ""
-    os.waitpid(pid, 0)  # it exited after its report
+    if pid > 0:
+        os.waitpid(pid, 0)  # the app exited after its report (-1: an intermediate failed, already reaped)
     head, _, stage = report.decode(errors="replace").partition(" ")
     err = int(head) if head.isdigit() else errno.EIO
     if stage == "exec":

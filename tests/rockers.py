@@ -98,7 +98,7 @@ def wait_gone(pid: int, timeout: float) -> float | None:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
                     return time.monotonic() - t0
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # ESRCH: it went between open and read
             return time.monotonic() - t0
         time.sleep(0.01)
     return None

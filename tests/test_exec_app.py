@@ -1,4 +1,4 @@
-"""`Exec`: an app that is a program, started by a root caller without forking itself."""
+"""`Exec`: an app that is a program, started without a fork of the caller."""
 
 from __future__ import annotations
 
@@ -175,8 +175,8 @@ def test_exec_from_a_threaded_caller(base: Path, pkg: Path, no_fork: list[str]) 
 
 def test_exec_takes_the_fork_path_without_the_library(base: Path, pkg: Path, no_fork: list[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the library is missing (or the caller is not root), an Exec is an ordinary app
-    callable: the forked child execs the program, with the same result inside."""
+    """Where the library is missing, an Exec is an ordinary app callable: the forked child execs
+    the program, with the same result inside. (A uid-1000 caller: tests/test_nonroot.py.)"""
     monkeypatch.setattr(execapp, "_rocker_exec", lambda: None)
     assert not execapp.available()
     res, rep, status, _ = _run_probe(base, pkg)

@@ -18,16 +18,28 @@ from rocker_client import RockerErr
 SYSTEM_PYTHON = "/usr/bin/python3"  # the test's own interpreter may live where uid 1000 cannot read
 UID = 1000
 
+APP = r"""
+import json, os, socket
+print("APP " + json.dumps({"uid": os.getuid(), "host": socket.gethostname(),
+                           "pid1": open("/proc/1/comm").read().strip()}), flush=True)
+"""
+
 CALLER = r"""
-import json, os, socket, sys
-from rocker_client import RockerRequest, enter_rocker
+import json, os, sys
+from rocker_client import Exec, RockerRequest, enter, enter_rocker
 params = json.loads(sys.argv[1])
+kind = sys.argv[2]
 
 def app(_):
-    print("APP " + json.dumps({"uid": os.getuid(), "host": socket.gethostname(),
-                               "pid1": open("/proc/1/comm").read().strip()}), flush=True)
+    exec(APP)
     return 5
 
+def no_fork(*a):
+    raise AssertionError("an Exec app was started by a fork of the caller")
+
+if kind == "exec":  # started by librocker-exec: a fork of ours would be the wrong path
+    enter._start_direct = enter._start_via_intermediate = no_fork
+    app = Exec(sys.executable, [sys.executable, "-c", APP + "\nraise SystemExit(5)"])
 res = enter_rocker(RockerRequest(**params), app)
 status = os.waitpid(res.app_pid, 0)[1] if res.app_pid else -1
 print("RES " + json.dumps({"err_no": int(res.err_no), "detail": res.detail, "name": res.guard_pname,
@@ -55,13 +67,18 @@ def world(base: Path, pkg: Path) -> Iterator[tuple[Path, Daemon]]:
     d.stop()
 
 
-def run_as(world: tuple[Path, Daemon], uid: int, gid: int, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+def _script(base: Path) -> str:
+    """CALLER, importing the copy of rocker_client uid 1000 can read."""
+    return f"import sys; sys.path.insert(0, {str(base / 'lib')!r})\nAPP = {APP!r}\n" + CALLER
+
+
+def run_as(world: tuple[Path, Daemon], uid: int, gid: int, changes: dict[str, Any] | None = None,
+           app: str = "callable") -> dict[str, Any]:
     base, d = world
     params = {"app_id": 1, "uid": uid, "gid": gid, "app_pkg_path": str(base / "app.squashfs"),
               "app_exec_dir": str(base / "u/exec"), "app_data_dir": str(base / "u/data"),
               "app_overlay_dirs": ["/usr"], **(changes or {})}
-    p = subprocess.run([SYSTEM_PYTHON, "-I", "-c", f"import sys; sys.path.insert(0, {str(base / 'lib')!r})\n"
-                        + CALLER, json.dumps(params)],
+    p = subprocess.run([SYSTEM_PYTHON, "-I", "-c", _script(base), json.dumps(params), app],
                        user=uid, group=gid, extra_groups=[], env={"ROCKER_SOCKET": d.socket},
                        capture_output=True, text=True, timeout=60)
     out: dict[str, Any] = {"stderr": p.stderr}
@@ -72,8 +89,11 @@ def run_as(world: tuple[Path, Daemon], uid: int, gid: int, changes: dict[str, An
     return out
 
 
-def test_own_rocker_works(world: tuple[Path, Daemon]) -> None:
-    out = run_as(world, UID, UID)
+@pytest.mark.parametrize("app", ["callable", "exec"])
+def test_own_rocker_works(world: tuple[Path, Daemon], app: str) -> None:
+    """A callable app (fork, then an intermediate) and an Exec app (librocker-exec's intermediate,
+    no fork of the caller) run the same way for a uid-1000 launcher."""
+    out = run_as(world, UID, UID, app=app)
     res = out["RES"]
     assert res["err_no"] == RockerErr.success, res["detail"]
     assert os.waitstatus_to_exitcode(res["status"]) == 5
@@ -120,12 +140,13 @@ def test_other_uid_cannot_open_a_guards_namespaces(world: tuple[Path, Daemon]) -
     """The guard is not dumpable: only root, through the daemon, hands out its namespaces."""
     base, d = world
     r, w = os.pipe()
-    holder = subprocess.Popen([SYSTEM_PYTHON, "-I", "-c", f"import sys; sys.path.insert(0, {str(base / 'lib')!r})\n"
-                               + CALLER.replace("return 5", "sys.stdin.read(); return 5"),
+    script = _script(base).replace("return 5", "sys.stdin.read(); return 5")  # holds its rocker until EOF
+    holder = subprocess.Popen([SYSTEM_PYTHON, "-I", "-c", script,
                                json.dumps({"app_id": 1, "uid": UID, "gid": UID,
                                            "app_pkg_path": str(base / "app.squashfs"),
                                            "app_exec_dir": str(base / "u/exec"),
-                                           "app_data_dir": str(base / "u/data"), "app_overlay_dirs": []})],
+                                           "app_data_dir": str(base / "u/data"), "app_overlay_dirs": []}),
+                               "callable"],
                               user=UID, group=UID, extra_groups=[], env={"ROCKER_SOCKET": d.socket},
                               stdin=r, stdout=subprocess.PIPE, text=True)
     os.close(r)

@@ -9,9 +9,13 @@
  * is most of the time between rockerd's reply and the app's main(). When the
  * app is just a program, none of that is needed.
  *
- * The calling thread joins the rocker's PID namespace for its children only
- * (pid_for_children is per thread; other threads' children are unaffected),
- * clones, and goes back. The child is the caller's child, so waitpid works.
+ * A root caller: the calling thread joins the rocker's PID namespace for its
+ * children only (pid_for_children is per thread; other threads' children are
+ * unaffected), clones the app, and goes back. Any other caller cannot join a
+ * PID namespace before it holds the rocker's user namespace, so the clone is
+ * an intermediate that joins all six and clones the app with CLONE_PARENT, as
+ * a forked intermediate would, still without a copy of the caller's memory.
+ * Either way the app is the caller's child, so waitpid works.
  * It shares the caller's memory until its exec, so it runs only raw syscalls:
  * glibc's set*id would signal the caller's other threads, and no handler of
  * the caller's may run in it (all signals stay blocked until just before the
@@ -28,6 +32,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MIN_STACK (16 * 1024)
@@ -40,20 +45,22 @@ static const char *const NS_STAGE[NNS] = {"setns(user)", "setns(mnt)", "setns(pi
 
 struct rocker_exec {
     int ns_fds[NNS];        /* the rocker's, in NS_* order */
-    int own_pid_ns;         /* the caller's PID namespace, to go back to */
+    int own_pid_ns;         /* the caller's PID namespace, to go back to; -1: through an intermediate */
     int report_fd;          /* write end of a CLOEXEC pipe: "<errno> <stage>" if the child fails */
     int last_cap;           /* /proc/sys/kernel/cap_last_cap */
     unsigned long long cap_keep; /* the app's capability set, a bit mask */
     const char *path;       /* the program, resolved in the rocker's mount namespace */
     char *const *argv;
     char *const *envp;
-    void *stack;            /* the child's stack, at least MIN_STACK bytes; free once this returns */
+    void *stack;            /* the children's stacks, at least 2 * MIN_STACK bytes; free once this returns */
     size_t stack_size;
 };
 
 struct child_arg {
     const struct rocker_exec *e;
     sigset_t caller_mask; /* the app starts with the caller's mask, as a forked app would */
+    char *app_stack;      /* top of the app's stack, when an intermediate clones it */
+    int app_pid;          /* set by the intermediate: the app it cloned (shared memory) */
 };
 
 static void report(int fd, const char *stage, int err) {
@@ -71,9 +78,7 @@ static int drop_caps(const struct rocker_exec *e) {
     return (int)syscall(SYS_capset, &hdr, data);
 }
 
-static int child(void *p) {
-    const struct child_arg *a = p;
-    const struct rocker_exec *e = a->e;
+static void reset_handlers(void) {
     /* Our own copy of the handler table (no CLONE_SIGHAND): the caller's handlers must not run here. */
     for (int sig = 1; sig < _NSIG; sig++) {
         struct sigaction sa;
@@ -83,51 +88,99 @@ static int child(void *p) {
             sigaction(sig, &sa, NULL);
         }
     }
-    /* Born in the rocker's PID namespace: any signal wakes the guard (PID 1 here; it ignores what
-     * it gets), which then finds us and watches our pidfd, so the rocker ends as soon as we exit,
-     * whether the exec below works or not. */
-    syscall(SYS_kill, 1, SIGCHLD);
-    const char *stage = "setgroups";
-    /* else the caller's groups would follow the app (they cannot be dropped later) */
-    if (syscall(SYS_geteuid) == 0 && syscall(SYS_setgroups, 0, NULL) < 0) goto fail;
-    for (int i = 0; i < NNS; i++) {
-        if (i == NS_PID) continue; /* the caller joined it for us */
-        stage = NS_STAGE[i];
-        if (syscall(SYS_setns, e->ns_fds[i], NS_TYPE[i]) < 0) goto fail;
-    }
-    stage = "setresuid";
-    if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0) goto fail;
-    stage = "limit capabilities";
-    if (drop_caps(e) < 0) goto fail;
-    stage = "prctl(PR_SET_NO_NEW_PRIVS)";
-    if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) goto fail;
-    stage = "exec";
-    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &a->caller_mask, NULL, _NSIG / 8);
-    syscall(SYS_execve, e->path, e->argv, e->envp);
-fail:
-    report(e->report_fd, stage, errno);
-    syscall(SYS_exit, 127);
-    return 127;
 }
 
-/* Returns the app's PID, or -errno if it could not be started; a child that
- * failed after the clone has written its report and exited (the caller reaps
- * it). Returns only when the child has exec'd or exited. A failure to go back
- * to the caller's own PID namespace is returned as -EREMCHG after the child
- * was started: the caller must not fork more children from this thread. */
+/* Join the rocker (the PID namespace too, for our children, if with_pid) and take the app's
+ * credentials there. Returns NULL, or the stage that failed (errno set). */
+static const char *join(const struct rocker_exec *e, int with_pid) {
+    /* else a root caller's groups would follow the app (they cannot be dropped later) */
+    if (syscall(SYS_geteuid) == 0 && syscall(SYS_setgroups, 0, NULL) < 0) return "setgroups";
+    for (int i = 0; i < NNS; i++) {
+        if (i == NS_PID && !with_pid) continue; /* the caller joined it for us */
+        if (syscall(SYS_setns, e->ns_fds[i], NS_TYPE[i]) < 0) return NS_STAGE[i];
+    }
+    if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0) return "setresuid";
+    if (drop_caps(e) < 0) return "limit capabilities";
+    if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return "prctl(PR_SET_NO_NEW_PRIVS)";
+    return NULL;
+}
+
+/* The app, born in the rocker's PID namespace: any signal wakes the guard (PID 1 here; it ignores
+ * what it gets), which then finds us and watches our pidfd, so the rocker ends as soon as we exit,
+ * whether the exec works or not. */
+static void wake_guard(void) {
+    syscall(SYS_kill, 1, SIGCHLD);
+}
+
+static __attribute__((noreturn)) void exec_app(const struct child_arg *a) {
+    const struct rocker_exec *e = a->e;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &a->caller_mask, NULL, _NSIG / 8);
+    syscall(SYS_execve, e->path, e->argv, e->envp);
+    report(e->report_fd, "exec", errno);
+    syscall(SYS_exit, 127);
+    __builtin_unreachable();
+}
+
+static __attribute__((noreturn)) void fail(const struct rocker_exec *e, const char *stage) {
+    report(e->report_fd, stage, errno);
+    syscall(SYS_exit, 127);
+    __builtin_unreachable();
+}
+
+/* Root caller: the app itself, already in the PID namespace. */
+static int child(void *p) {
+    const struct child_arg *a = p;
+    reset_handlers();
+    wake_guard();
+    const char *stage = join(a->e, 0);
+    if (stage) fail(a->e, stage);
+    exec_app(a);
+}
+
+static int app_of_intermediate(void *p) {
+    wake_guard();
+    exec_app(p);
+}
+
+/* Any other caller: joins all six, then clones the app as the caller's child. */
+static int intermediate(void *p) {
+    struct child_arg *a = p;
+    reset_handlers();
+    const char *stage = join(a->e, 1);
+    if (stage) fail(a->e, stage);
+    pid_t pid = clone(app_of_intermediate, a->app_stack, CLONE_VM | CLONE_VFORK | CLONE_PARENT | SIGCHLD, a);
+    if (pid < 0) fail(a->e, "clone app");
+    a->app_pid = pid; /* it has exec'd or exited: its report, if any, is in the pipe */
+    syscall(SYS_exit, 0);
+    return 0;
+}
+
+/* Starts the app; returns 0 with its PID in *app_pid, or -errno if nothing was started. A child
+ * that failed after the clone has written "<errno> <stage>" on report_fd; *app_pid is then the
+ * failed app to reap, or -1 if it never existed (an intermediate that failed is reaped here).
+ * Returns once the app has exec'd or exited. A root caller that cannot go back to its own PID
+ * namespace gets -EREMCHG with the app started: it must not fork from this thread again. */
 int rocker_exec(const struct rocker_exec *e, int *app_pid) {
-    if (!e->stack || e->stack_size < MIN_STACK) return -EINVAL;
-    struct child_arg a = {.e = e};
+    if (!e->stack || e->stack_size < 2 * MIN_STACK) return -EINVAL;
+    char *base = e->stack, *mid = base + e->stack_size / 2, *end = base + e->stack_size;
+    struct child_arg a = {.e = e, .app_stack = mid - (unsigned long)mid % 16, .app_pid = -1};
+    char *top = end - (unsigned long)end % 16;
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &a.caller_mask);
     int err = 0;
     *app_pid = -1;
-    if (syscall(SYS_setns, e->ns_fds[NS_PID], CLONE_NEWPID) < 0) {
+    if (e->own_pid_ns < 0) { /* through an intermediate */
+        pid_t pid = clone(intermediate, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+        if (pid < 0) {
+            err = errno;
+        } else {
+            while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+            *app_pid = a.app_pid;
+        }
+    } else if (syscall(SYS_setns, e->ns_fds[NS_PID], CLONE_NEWPID) < 0) {
         err = errno;
     } else {
-        char *top = (char *)e->stack + e->stack_size;
-        top -= (unsigned long)top % 16;
         pid_t pid = clone(child, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
         if (pid < 0) err = errno;
         else *app_pid = pid;
