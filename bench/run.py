@@ -28,16 +28,15 @@ from typing import Any
 from . import cclient, ours, proc
 from .anchors import Anchors, find_kit
 from .daemon import BenchDaemon
-from .report import compare, render
+from .report import OTHER_LAUNCHERS, compare, render
 from .stats import median_of, summary
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 DEFAULT_OVERLAYS = ["/usr", "/var", "/etc", "/home", "/root"]  # the anchors' 5 dirs
 
-C_START_SERIES = ("start_exec_ms", "enter_return_ms", "create_daemon_ms", "teardown_guard_ms")
-# The series beside the Python launcher's callable app: (prefix, key in the figures)
-OTHER_LAUNCHERS = (("cc:", "c_client"), ("px:", "exec_app"))
+START_SERIES = ("start_exec_ms", "enter_return_ms", "create_daemon_ms", "teardown_guard_ms")
+CC, PX = "c_client:", "exec_app:"  # series prefixes: a launcher's figure key and a colon (report.OTHER_LAUNCHERS)
 CYCLE_SERIES = ("start_first_line_ms", "start_exec_ms", "enter_return_ms", "create_client_ms", "create_daemon_ms",
                 "client_before_wire_ms", "reply_to_first_line_ms", "teardown_guard_ms", "teardown_ms",
                 "teardown_workdir_ms")
@@ -177,13 +176,13 @@ class Bench:
         self._add_tput("", s, rnd, conc, ours.throughput(s, conc, max(self.a.tput_cycles, 2 * conc)))
 
     def c_tput_item(self, s: ours.Setup, launcher: Path, rnd: int, conc: int) -> None:
-        self._add_tput("cc:", s, rnd, conc, cclient.throughput(s, launcher, conc, max(self.a.tput_cycles, 2 * conc)))
+        self._add_tput(CC, s, rnd, conc, cclient.throughput(s, launcher, conc, max(self.a.tput_cycles, 2 * conc)))
 
     def exec_tput_item(self, s: ours.Setup, rnd: int, conc: int) -> None:
-        self._add_tput("px:", s, rnd, conc, ours.throughput(s, conc, max(self.a.tput_cycles, 2 * conc), exec_app=True))
+        self._add_tput(PX, s, rnd, conc, ours.throughput(s, conc, max(self.a.tput_cycles, 2 * conc), exec_app=True))
 
     def _add_tput(self, prefix: str, s: ours.Setup, rnd: int, conc: int, res: dict[str, Any]) -> None:
-        """prefix "": Python launchers, callable app; "px:": the same with an Exec app; "cc:": C launchers."""
+        """prefix "": Python launchers, callable app; PX: the same with an Exec app; CC: C launchers."""
         created = s.daemon.read_log()
         rows = res["rows"]
         self.add(f"{prefix}cycle_c{conc}_ms", rnd, [r["cycle_ms"] for r in rows])
@@ -196,15 +195,15 @@ class Bench:
 
     def c_start_item(self, s: ours.Setup, launcher: Path, rnd: int) -> None:
         """C client start latency with the package kept mounted by another rocker (as bwrap's is)."""
-        self._add_start("cc:", rnd, self._rows_with_create(s, True, lambda: cclient.start_cycles(s, launcher,
+        self._add_start(CC, rnd, self._rows_with_create(s, True, lambda: cclient.start_cycles(s, launcher,
                                                                                                     self.a.cycles)))
 
     def exec_start_item(self, s: ours.Setup, rnd: int) -> None:
         """The same with a Python launcher and an Exec app (no fork of the launcher)."""
-        self._add_start("px:", rnd, self._rows_with_create(s, True, lambda: ours.exec_start_cycles(s, self.a.cycles)))
+        self._add_start(PX, rnd, self._rows_with_create(s, True, lambda: ours.exec_start_cycles(s, self.a.cycles)))
 
     def _add_start(self, prefix: str, rnd: int, rows: list[dict[str, Any]]) -> None:
-        for key in C_START_SERIES:
+        for key in START_SERIES:
             self.add(prefix + "warm:" + key, rnd, [r.get(key) for r in rows])
         self.errors[prefix + "start"] += self.a.cycles - len(rows)
 
@@ -232,7 +231,8 @@ class Bench:
                             "guard_after_exit_ms": self.summ(f"guard_after_exit_c{c}_ms"),
                             "errors": self.errors.get(f"throughput_c{c}", 0)}
         fig["throughput"] = tput
-        for p, key in OTHER_LAUNCHERS:
+        for key, _ in OTHER_LAUNCHERS:
+            p = key + ":"
             if not any(k.startswith(p) for k in self.series):
                 continue
             other = {str(c): {"cycles_per_s": median_of(self.rates.get(f"{p}c{c}", []), 2),
@@ -241,7 +241,7 @@ class Bench:
                               "create_daemon_ms": self.summ(f"{p}create_daemon_c{c}_ms"),
                               "guard_after_exit_ms": self.summ(f"{p}guard_after_exit_c{c}_ms"),
                               "errors": self.errors.get(f"{p}throughput_c{c}", 0)} for c in concs}
-            fig[key] = {"warm": {k: self.summ(f"{p}warm:" + k) for k in C_START_SERIES}, "throughput": other}
+            fig[key] = {"warm": {k: self.summ(f"{p}warm:" + k) for k in START_SERIES}, "throughput": other}
         if hold is not None:
             fig["memory"] = hold["levels"]
             fig["release_all"] = hold.get("release_all")

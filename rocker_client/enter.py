@@ -29,7 +29,6 @@ not, threaded or not: librocker-exec starts it (see execapp.py).
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
@@ -40,13 +39,12 @@ from typing import Any
 from . import execapp, wire
 from ._sys import ns, proc
 from .caps import APP_CAP_MASK
-from .errors import RockerErr
+from .errors import GONE_ERRNOS, GONE_WHY, RockerErr
 from .execapp import Exec
 from .structs import RockerRequest, RockerResult
 
 CREATE = "io.rocker.Rocker.Create"
 NS_ORDER = ("user", "mnt", "pid", "net", "uts", "ipc")  # user first: it owns the others
-_GONE = (errno.ESRCH, errno.ENOMEM, errno.ENOENT)  # what a rocker whose guard just died looks like
 
 App = Callable[[Any], "int | None"]
 
@@ -112,7 +110,6 @@ def _single_threaded() -> bool:
 
 
 _ALL_SIGNALS = signal.valid_signals()
-_GONE_WHY = " (the rocker is gone: its guard exited)"
 
 
 def _start_direct(ns_fds: list[int], app: App, app_args: Any) -> tuple[RockerErr, int, str] | None:
@@ -127,8 +124,8 @@ def _start_direct(ns_fds: list[int], app: App, app_args: Any) -> tuple[RockerErr
         try:
             ns.setns(ns_fds[NS_ORDER.index("pid")], ns.CLONE_NEWPID, "pid")
         except OSError as e:
-            if e.errno in _GONE:
-                return RockerErr.enter_rocker_failed, 0, f"setns(pid): {e.strerror}{_GONE_WHY}"
+            if e.errno in GONE_ERRNOS:
+                return RockerErr.enter_rocker_failed, 0, f"setns(pid): {e.strerror}{GONE_WHY}"
             return None  # e.g. EPERM without CAP_SYS_ADMIN here: take the intermediate
         r, w = os.pipe2(os.O_CLOEXEC)
         pid = -1
@@ -224,8 +221,8 @@ def _join(ns_fds: list[int], *, skip_pid: bool) -> None:
 
 
 def _failure(kind: str, stage: str, e: OSError) -> bytes:
-    gone = e.errno in _GONE
-    return f"{'enter' if gone else kind} {stage}: {e.strerror}{_GONE_WHY if gone else ''}".encode()
+    gone = e.errno in GONE_ERRNOS
+    return f"{'enter' if gone else kind} {stage}: {e.strerror}{GONE_WHY if gone else ''}".encode()
 
 
 def _become_app(ns_fds: list[int], w: int, app: App, app_args: Any, *, joined_pid: bool) -> None:

@@ -1,6 +1,11 @@
 """The seed's error numbers, unchanged, so C and Python callers read the same codes."""
 
+import errno
 from enum import IntEnum
+
+# What entering a rocker whose guard has just died looks like (setns, clone into its PID namespace)
+GONE_ERRNOS = (errno.ESRCH, errno.ENOMEM, errno.ENOENT)
+GONE_WHY = " (the rocker is gone: its guard exited)"
 
 
 class RockerErr(IntEnum):

@@ -29,12 +29,10 @@ from typing import Any
 from ._native import exec_library
 from ._sys import proc
 from .caps import APP_CAP_MASK
-from .errors import RockerErr
+from .errors import GONE_ERRNOS, GONE_WHY, RockerErr
 
 __all__ = ["Exec"]
 
-_GONE = (errno.ESRCH, errno.ENOMEM, errno.ENOENT)  # what a rocker whose guard just died looks like
-_GONE_WHY = " (the rocker is gone: its guard exited)"
 STACK_SIZE = 64 * 1024
 
 
@@ -162,8 +160,8 @@ def _outcome(rc: int, pid: int, report: bytes, app: Exec) -> tuple[RockerErr, in
         return RockerErr.enter_rocker_failed, 0, "setns(pid): cannot go back to the caller's PID namespace"
     if rc < 0:
         err = -rc
-        if err in _GONE:
-            return RockerErr.enter_rocker_failed, 0, f"setns(pid): {os.strerror(err)}{_GONE_WHY}"
+        if err in GONE_ERRNOS:
+            return RockerErr.enter_rocker_failed, 0, f"setns(pid): {os.strerror(err)}{GONE_WHY}"
         return None  # e.g. EPERM joining the PID namespace, EAGAIN cloning: the fork path says what it is
     if not report:
         return RockerErr.success, pid, ""
@@ -173,8 +171,8 @@ def _outcome(rc: int, pid: int, report: bytes, app: Exec) -> tuple[RockerErr, in
     err = int(head) if head.isdigit() else errno.EIO
     if stage == "exec":
         return RockerErr.app_exec_failed, 0, f"exec {app.path}: {os.strerror(err)}"
-    gone = err in _GONE
-    return RockerErr.enter_rocker_failed, 0, f"{stage}: {os.strerror(err)}{_GONE_WHY if gone else ''}"
+    gone = err in GONE_ERRNOS
+    return RockerErr.enter_rocker_failed, 0, f"{stage}: {os.strerror(err)}{GONE_WHY if gone else ''}"
 
 
 def _kill_and_reap(pid: int) -> None:
