@@ -15,6 +15,7 @@ import shutil
 from . import nr
 from .libc import SyscallError, syscall
 
+RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
@@ -24,9 +25,11 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-def open_nofollow(path: str, flags: int, dir_fd: int = -100) -> int:
-    """Open `path` refusing every symlink on the way (ELOOP if there is one)."""
-    how = _OpenHow(flags=flags | os.O_CLOEXEC, mode=0, resolve=RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+def open_nofollow(path: str, flags: int, dir_fd: int = -100, *, same_mount: bool = False) -> int:
+    """Open `path` refusing every symlink on the way (ELOOP if there is one) and,
+    with `same_mount`, every mount crossed from `dir_fd` (EXDEV)."""
+    resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | (RESOLVE_NO_XDEV if same_mount else 0)
+    how = _OpenHow(flags=flags | os.O_CLOEXEC, mode=0, resolve=resolve)
     return syscall(nr.OPENAT2, ctypes.c_int(dir_fd), path.encode(), ctypes.byref(how),
                    ctypes.c_size_t(ctypes.sizeof(how)), call="openat2", target=path)
 

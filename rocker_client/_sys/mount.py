@@ -7,8 +7,9 @@ privileges and the guard attaches them inside its own mount namespace.
 from __future__ import annotations
 
 import ctypes
+import os
 
-from . import nr
+from . import fs, nr
 from .libc import check, libc, syscall
 
 MS_REC = 0x4000
@@ -86,3 +87,15 @@ def _b(s: str | None) -> bytes | None:
 
 def umount(target: str, flags: int = 0) -> None:
     check(libc.umount2(_b(target), ctypes.c_int(flags)), "umount2", target)
+
+
+def clone_subdir(mfd: int, rel: str, what: str) -> int:
+    """A detached bind of `rel` below the detached mount `mfd`, reached with no symlink
+    and no mount on the way (so it cannot lead out of that mount)."""
+    sub = fs.open_nofollow(rel, fs.O_PATH_DIR, dir_fd=mfd, same_mount=True)
+    try:
+        return syscall(nr.OPEN_TREE, ctypes.c_int(sub), b"",
+                       ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH),
+                       call="open_tree", target=what)
+    finally:
+        os.close(sub)

@@ -65,7 +65,7 @@ async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages
     starting = loop.run_in_executor(_spawn_pool(), start_guard, name, req.uid, req.gid, guard_fd,
                                     first_entry_timeout)
     ctx = HostContext(req, name, caller, packages, slots)
-    steps = host_steps(req)
+    steps = host_steps()
     try:
         run_steps(steps, ctx)  # undoes itself when it fails
     except BaseException:

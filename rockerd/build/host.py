@@ -19,6 +19,7 @@ from rocker_client._sys.libc import SyscallError
 
 from .. import policy
 from . import layout
+from .overlay_plan import OverlayGroup, plan_overlays
 from .packages import PackageCache, PackageKey
 from .steps import BuildError, Step
 from .workslots import WorkSlots
@@ -46,6 +47,7 @@ class HostContext:
     created: list[str] = field(default_factory=list)
     mounts: list[tuple[str, int]] = field(default_factory=list)  # (target, detached mount fd), in attach order
     dir_fds: dict[str, int] = field(default_factory=dict)
+    overlays: list[OverlayGroup] = field(default_factory=list)
 
     def close_fds(self) -> None:
         for _, fd in self.mounts:
@@ -84,32 +86,43 @@ class EnsureExecAndDataDirs(Step[HostContext]):
 
 
 class PrepareOverlayLayers(Step[HostContext]):
-    """Open each host dir (no symlinks), make its upper and this rocker's work dir."""
+    """Plan the overlays (overlay_plan.py); open each one's lower dir (no symlinks), make its
+    upper and this rocker's work dir; every overlay dir's upper mirrors the host dir."""
 
     def describe(self) -> str:
         return "prepare overlay layers"
 
     def execute(self, ctx: HostContext) -> None:
         r = ctx.req
-        upper_root = layout.upper_root(r.app_data_dir)
         ctx.work_slot = ctx.slots.take(r.app_data_dir)
-        for i, d in enumerate(r.app_overlay_dirs):
-            try:
-                lower = fs.open_nofollow(d, fs.O_PATH_DIR)
-            except SyscallError as e:
-                if e.errno == errno.ELOOP:
-                    raise BuildError(self.describe(), e.errno,
-                                     f"overlay dir {d} is or passes through a symlink; name the real directory") from e
-                raise BuildError(self.describe(), e.errno or errno.EIO, f"overlay dir {d}: {e.strerror}") from e
-            ctx.dir_fds[f"lower{i}"] = lower
-            up, created = fs.ensure_dir(layout.upper_dir(r.app_data_dir, d), create=True,
-                                        parent_owner=(r.uid, r.gid), mirror=(upper_root, ""))
+        ctx.overlays = plan_overlays(r.app_overlay_dirs)
+        for k, group in enumerate(ctx.overlays):
+            if group.shared:
+                for i in group.members:
+                    os.close(self._upper(ctx, r.app_overlay_dirs[i]))
+            ctx.dir_fds[f"lower{k}"] = self._lower(group.lower)
+            ctx.dir_fds[f"upper{k}"] = self._upper(ctx, group.lower)
+            wk, created = fs.ensure_dir(layout.work_dir(r.app_data_dir, ctx.work_slot, group.members[0]),
+                                        create=True, final_mode=0o700)
             ctx.created += created
-            ctx.dir_fds[f"upper{i}"] = up
-            wk, created = fs.ensure_dir(layout.work_dir(r.app_data_dir, ctx.work_slot, i), create=True,
-                                        final_mode=0o700)
-            ctx.created += created
-            ctx.dir_fds[f"work{i}"] = wk
+            ctx.dir_fds[f"work{k}"] = wk
+
+    def _lower(self, d: str) -> int:
+        try:
+            return fs.open_nofollow(d, fs.O_PATH_DIR)
+        except SyscallError as e:
+            if e.errno == errno.ELOOP:
+                raise BuildError(self.describe(), e.errno,
+                                 f"overlay dir {d} is or passes through a symlink; name the real directory") from e
+            raise BuildError(self.describe(), e.errno or errno.EIO, f"overlay dir {d}: {e.strerror}") from e
+
+    @staticmethod
+    def _upper(ctx: HostContext, d: str) -> int:
+        r = ctx.req
+        fd, created = fs.ensure_dir(layout.upper_dir(r.app_data_dir, d), create=True,
+                                    parent_owner=(r.uid, r.gid), mirror=(layout.upper_root(r.app_data_dir), ""))
+        ctx.created += created
+        return fd
 
     def undo(self, ctx: HostContext) -> None:
         work_root = layout.work_root(ctx.req.app_data_dir) + "/"
@@ -122,28 +135,33 @@ class PrepareOverlayLayers(Step[HostContext]):
             ctx.work_slot = None
 
 
-class MountOverlay(Step[HostContext]):
-    """An overlay of host dir D with this rocker's upper/work, as a detached mount."""
-
-    def __init__(self, index: int, target: str) -> None:
-        self.index = index
-        self.target = target
+class MountOverlays(Step[HostContext]):
+    """Each planned overlay as a detached mount; a shared one gives each of its dirs a clone
+    of that subdir, reached without symlinks or mounts (the app owns the upper it merges)."""
 
     def describe(self) -> str:
-        return f"mount overlay over {self.target}"
+        return "mount overlays"
 
     def execute(self, ctx: HostContext) -> None:
-        i, what = self.index, f"overlay {self.target}"
-        fsfd = m.fsopen("overlay")
-        try:
-            m.fsconfig_fd(fsfd, "lowerdir+", ctx.dir_fds[f"lower{i}"], what)
-            m.fsconfig_fd(fsfd, "upperdir", ctx.dir_fds[f"upper{i}"], what)
-            m.fsconfig_fd(fsfd, "workdir", ctx.dir_fds[f"work{i}"], what)
-            m.fsconfig_create(fsfd, what)
-            mfd = m.fsmount(fsfd, m.MOUNT_ATTR_NOSUID | m.MOUNT_ATTR_NODEV, what)
-        finally:
-            os.close(fsfd)
-        ctx.mounts.append((self.target, mfd))
+        dirs = ctx.req.app_overlay_dirs
+        for k, group in enumerate(ctx.overlays):
+            what = f"overlay {group.lower}"
+            fsfd = m.fsopen("overlay")
+            try:
+                m.fsconfig_fd(fsfd, "lowerdir+", ctx.dir_fds[f"lower{k}"], what)
+                m.fsconfig_fd(fsfd, "upperdir", ctx.dir_fds[f"upper{k}"], what)
+                m.fsconfig_fd(fsfd, "workdir", ctx.dir_fds[f"work{k}"], what)
+                m.fsconfig_create(fsfd, what)
+                mfd = m.fsmount(fsfd, m.MOUNT_ATTR_NOSUID | m.MOUNT_ATTR_NODEV, what)
+            finally:
+                os.close(fsfd)
+            if not group.shared:
+                ctx.mounts.append((dirs[group.members[0]], mfd))
+                continue
+            ctx.dir_fds[f"overlay{k}"] = mfd  # the clones keep it mounted once this goes
+            for i in group.members:
+                ctx.mounts.append((dirs[i], m.clone_subdir(mfd, dirs[i][len(group.lower):].lstrip("/"),
+                                                           f"overlay {dirs[i]}")))
 
 
 class MountPackage(Step[HostContext]):
@@ -175,10 +193,10 @@ class MountPackage(Step[HostContext]):
             ctx.pkg_key = None
 
 
-def host_steps(req: Request) -> list[Step[HostContext]]:
+def host_steps() -> list[Step[HostContext]]:
     return [
         EnsureExecAndDataDirs(),
         PrepareOverlayLayers(),
-        *(MountOverlay(i, d) for i, d in enumerate(req.app_overlay_dirs)),
+        MountOverlays(),
         MountPackage(),
     ]
