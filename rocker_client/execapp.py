@@ -23,10 +23,9 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
-from ._native import exec_library
+from ._native import Spec, library
 from ._sys import proc
 from .caps import APP_CAP_MASK
 from .errors import GONE_ERRNOS, GONE_WHY, RockerErr
@@ -79,33 +78,9 @@ class Exec:
         os.execve(self.path, self.args(), self.environ())  # raises on failure: the app exits 1
 
 
-class _Spec(ctypes.Structure):
-    _fields_ = [
-        ("ns_fds", ctypes.c_int * 6),
-        ("own_pid_ns", ctypes.c_int),
-        ("report_fd", ctypes.c_int),
-        ("last_cap", ctypes.c_int),
-        ("cap_keep", ctypes.c_ulonglong),
-        ("path", ctypes.c_char_p),
-        ("argv", ctypes.POINTER(ctypes.c_char_p)),
-        ("envp", ctypes.POINTER(ctypes.c_char_p)),
-        ("stack", ctypes.c_void_p),
-        ("stack_size", ctypes.c_size_t),
-    ]
-
-
-@cache
 def _rocker_exec() -> Any:
-    path = exec_library()
-    if path is None:
-        return None
-    try:
-        fn = ctypes.CDLL(path, use_errno=True).rocker_exec
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.POINTER(_Spec), ctypes.POINTER(ctypes.c_int)]
-    fn.restype = ctypes.c_int
-    return fn
+    lib = library()
+    return None if lib is None else lib.rocker_exec
 
 
 def available() -> bool:
@@ -134,7 +109,7 @@ def start(ns_fds: list[int], app: Exec) -> tuple[RockerErr, int, str] | None:
     envp = _strings([os.fsencode(k) + b"=" + os.fsencode(v) for k, v in app.environ().items()])
     stack = ctypes.create_string_buffer(STACK_SIZE)
     r, w = os.pipe2(os.O_CLOEXEC)
-    spec = _Spec((ctypes.c_int * 6)(*ns_fds), own, w, last_cap, APP_CAP_MASK, os.fsencode(app.path), argv, envp,
+    spec = Spec((ctypes.c_int * 6)(*ns_fds), own, w, last_cap, APP_CAP_MASK, os.fsencode(app.path), argv, envp,
                  ctypes.addressof(stack), STACK_SIZE)
     pid = ctypes.c_int(-1)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -13,6 +14,7 @@ from pkgbuild import HELLO_OUTPUT
 from rockers import make_req, wait_gone
 
 from rocker_client import Exec, RockerErr, enter, enter_rocker, execapp
+from rocker_client._native import JoinFailed, prepare_join
 from rocker_client.caps import APP_CAP_MASK
 
 pytestmark = pytest.mark.usefixtures("rockerd")
@@ -173,17 +175,66 @@ def test_exec_from_a_threaded_caller(base: Path, pkg: Path, no_fork: list[str]) 
     assert seen["other thread"] == os.readlink("/proc/self/ns/pid")
 
 
+@pytest.mark.parametrize("path", ["_start_direct", "_start_via_intermediate"])
+@pytest.mark.parametrize("join", ["native", "python"])
 def test_exec_takes_the_fork_path_without_the_library(base: Path, pkg: Path, no_fork: list[str],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the library is missing, an Exec is an ordinary app callable: the forked child execs
-    the program, with the same result inside. (A uid-1000 caller: tests/test_nonroot.py.)"""
+                                                      monkeypatch: pytest.MonkeyPatch, join: str, path: str) -> None:
+    """Where the library's rocker_exec is missing, an Exec is an ordinary app callable: the forked
+    child execs the program. That child (or the intermediate of a threaded caller) joins with the
+    library's rocker_join in one call, or in Python where the library is missing too: the same
+    rocker, credentials and capabilities either way. (A uid-1000 caller: tests/test_nonroot.py.)"""
     monkeypatch.setattr(execapp, "_rocker_exec", lambda: None)
     assert not execapp.available()
-    res, rep, status, _ = _run_probe(base, pkg)
+    prepared: list[bool] = []
+    real_prepare = enter.prepare_join
+
+    def prepare(*a: Any) -> Any:
+        j = real_prepare(*a) if join == "native" else None
+        prepared.append(j is not None)
+        return j
+
+    monkeypatch.setattr(enter, "prepare_join", prepare)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)  # a threaded caller takes the intermediate
+    if path == "_start_via_intermediate":
+        other.start()
+    try:
+        res, rep, status, guard_ns = _run_probe(base, pkg)
+    finally:
+        stop.set()
+        if other.is_alive():
+            other.join()
     assert res.ok, res.detail
-    assert no_fork == ["_start_direct"]
+    assert no_fork == [path] and prepared == [join == "native"]
     assert os.waitstatus_to_exitcode(status) == 7
-    assert rep["argv"] == ["a b", "c"] and rep["ids"] == [0, 0, 0, 0] and rep["cap_eff"] == APP_CAP_MASK
+    assert rep["argv"] == ["a b", "c"] and rep["pid"] == 2 and rep["hostname"] == res.guard_pname
+    assert rep["ids"] == [0, 0, 0, 0] and rep["groups"] == []
+    assert rep["cap_eff"] == rep["cap_bnd"] == APP_CAP_MASK and rep["cap_inh"] == 0
+    assert rep["no_new_privs"] == "1"
+    assert rep["ns_fds"] == [] and len(guard_ns) == 6 and rep["ns"] == guard_ns
+
+
+def test_native_join_names_the_step_that_failed() -> None:
+    """rocker_join's failure comes back as JoinFailed with the step and the errno (run in a fork:
+    a join changes the process)."""
+    last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    null = os.open("/dev/null", os.O_RDONLY)
+    r, w = os.pipe()
+    join = prepare_join([null] * 6, last_cap, APP_CAP_MASK)
+    assert join is not None
+    pid = os.fork()
+    if pid == 0:
+        try:
+            join(True)
+            out = "joined"
+        except JoinFailed as e:
+            out = f"{e.stage} {e.err.errno}"
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    os.close(null)
+    assert _read_all(r).decode() == f"setns(user) {errno.EINVAL}"
+    assert os.waitpid(pid, 0)[1] == 0
 
 
 @pytest.mark.parametrize("args", [

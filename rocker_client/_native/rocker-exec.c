@@ -21,7 +21,9 @@
  * the caller's may run in it (all signals stay blocked until just before the
  * exec, with every handled signal reset to its default first).
  *
- * rocker_client loads this with ctypes; the one entry point is rocker_exec().
+ * rocker_client loads this with ctypes. rocker_exec() is the entry point for
+ * an Exec app; rocker_join() serves the forked child of a callable app, which
+ * joins the same way in one call instead of some forty through ctypes.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -153,6 +155,17 @@ static int intermediate(void *p) {
     a->app_pid = pid; /* it has exec'd or exited: its report, if any, is in the pipe */
     syscall(SYS_exit, 0);
     return 0;
+}
+
+/* For a forked, single-threaded child (a callable app, or its intermediate): join the rocker and
+ * take the app's credentials, as an Exec child does; only ns_fds, last_cap and cap_keep of *e are
+ * read. Returns 0, or -errno with *stage naming the step that failed. */
+int rocker_join(const struct rocker_exec *e, int with_pid, const char **stage) {
+    const char *failed = join(e, with_pid);
+    if (!failed) return 0;
+    int err = errno;
+    *stage = failed;
+    return -err;
 }
 
 /* Starts the app; returns 0 with its PID in *app_pid, or -errno if nothing was started. A child
