@@ -9,7 +9,9 @@ this process's rounds, interleaved with rocker's own.
             with raw syscalls; per-phase samples and cycles/s
     alt     bubblewrap on a package mounted beforehand, and crun (user ns,
             5 overlays, no cgroups), each run timed from spawn to exit, in a
-            private mount namespace holding the pre-mounted package
+            private mount namespace holding the pre-mounted package; beside
+            them (ours, not the kit's) bubblewrap running a fresh Python, the
+            comparison for an app that is Python code
 """
 
 from __future__ import annotations
@@ -128,11 +130,15 @@ class Anchors:
         b = self.base
         cmds: dict[str, list[str]] = {}
         if self.bwrap:
-            bw = [self.bwrap, "--unshare-user", "--uid", "0", "--gid", "0", "--unshare-pid", "--unshare-net",
-                  "--unshare-uts", "--unshare-ipc", "--ro-bind", "/", "/", "--proc", "/proc"]
+            sandbox = [self.bwrap, "--unshare-user", "--uid", "0", "--gid", "0", "--unshare-pid", "--unshare-net",
+                       "--unshare-uts", "--unshare-ipc", "--ro-bind", "/", "/", "--proc", "/proc"]
+            bw = [*sandbox]
             for d in DIRS:
                 bw += ["--bind", f"{b}/data/s8/.upper/{d}", f"/{d}"]
             cmds["bwrap_premounted"] = [*bw, "--ro-bind", f"{b}/mnt/shared", f"{b}/mnt/exec", f"{b}/mnt/exec/bin/app"]
+            # Not the kit's: what running Python code under bubblewrap takes (a fresh interpreter of the
+            # launcher's Python, nothing imported); the host's dirs stay visible, or it would find no stdlib.
+            cmds["bwrap_python"] = [*sandbox, os.path.realpath(sys.executable), "-I", "-S", "-c", "pass"]
         if self.crun and (b / "crun" / "config.json").exists():
             cmds["crun"] = [self.crun, "--root", f"{b}/crun-state", "--cgroup-manager=disabled", "run", "--bundle",
                             f"{b}/crun", f"rkbench{os.getpid()}"]

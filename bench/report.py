@@ -45,6 +45,9 @@ def compare(fig: dict[str, Any], anc: dict[str, Any], top: int) -> tuple[list[di
             anchor_p99=ap("crun", "p99"))
         row(label, get(key), "bwrap, package pre-mounted, whole run", bwrap, ours_p99=get(key, "p99"),
             anchor_p99=ap("bwrap_premounted", "p99"))
+        if key == "start_first_line_ms" and ap("bwrap_python", "p50") is not None:
+            row(label, get(key), "bwrap running python -I -S -c pass, whole run (not the kit's)",
+                ap("bwrap_python", "p50"), ours_p99=get(key, "p99"), anchor_p99=ap("bwrap_python", "p99"))
     for fkey, who in OTHER_LAUNCHERS:
         cw = _get(fig, fkey, "warm", "start_exec_ms") or {}
         for anchor_name, key in (("crun run, whole (userns, 5 overlays)", "crun"),
@@ -242,8 +245,8 @@ def render(result: dict[str, Any]) -> str:
         out.append("Anchors (same run): " + "; ".join(
             f"{k} p50 {_fmt(_get(anc, k, 'total', 'p50'))} ms, {_fmt(_get(anc, k, 'cycles_per_s'))} cycles/s"
             for k in ("floor_c1", "floor_c2", "floor_shared_c1") if k in anc)
-            + "; " + "; ".join(f"{k} p50 {_fmt(_get(anc, k, 'p50'))} ms" for k in ("bwrap_premounted", "crun")
-                               if k in anc))
+            + "; " + "; ".join(f"{k} p50 {_fmt(_get(anc, k, 'p50'))} ms"
+                               for k in ("bwrap_premounted", "bwrap_python", "crun") if k in anc))
         for s in anc.get("skipped", []):
             out.append(f"Anchor skipped: {s}")
     errs = result.get("errors", {})

@@ -265,7 +265,7 @@ class Bench:
                 out[key] = {ph: self.summ(f"{key}_{ph}") for ph in ("total", "create", "enter_run", "teardown")}
                 out[key]["cycles_per_s"] = median_of(self.rates[key], 2)
                 out[key]["round_rates"] = self.rates[key]
-        for key in ("bwrap_premounted", "crun"):
+        for key in ("bwrap_premounted", "bwrap_python", "crun"):
             if key in self.series:
                 out[key] = self.summ(key)
         if floor_pss:
