@@ -110,7 +110,7 @@ def start(ns_fds: list[int], app: Exec) -> tuple[RockerErr, int, str] | None:
     stack = ctypes.create_string_buffer(STACK_SIZE)
     r, w = os.pipe2(os.O_CLOEXEC)
     spec = Spec((ctypes.c_int * 6)(*ns_fds), own, w, last_cap, APP_CAP_MASK, os.fsencode(app.path), argv, envp,
-                 ctypes.addressof(stack), STACK_SIZE)
+                ctypes.addressof(stack), STACK_SIZE)
     pid = ctypes.c_int(-1)
     try:
         rc = fn(ctypes.byref(spec), ctypes.byref(pid))  # returns once the child has exec'd or exited

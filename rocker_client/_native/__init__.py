@@ -60,6 +60,8 @@ def library() -> Any:
 
 
 class JoinFailed(Exception):
+    """A step of joining the rocker failed: which one, and the error."""
+
     def __init__(self, stage: str, err: OSError) -> None:
         self.stage, self.err = stage, err
 
