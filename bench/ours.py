@@ -106,6 +106,19 @@ def _read_lines(fd: int, count: int, timeout: float) -> list[bytes]:
     return buf.split(b"\n")[:count]
 
 
+def _poll_each(conds: list[Callable[[], bool]], timeout: float) -> list[float | None]:
+    """When each condition first held (time.monotonic_ns()/1e6), polled together; None: not in time."""
+    when: list[float | None] = [None] * len(conds)
+    deadline = time.monotonic() + timeout
+    while True:
+        for i, cond in enumerate(conds):
+            if when[i] is None and cond():
+                when[i] = time.monotonic_ns() / 1e6
+        if all(w is not None for w in when) or time.monotonic() > deadline:
+            return when
+        time.sleep(0.0005)
+
+
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, 0)
@@ -176,9 +189,8 @@ def measured_cycle(s: Setup, label: str = "cycle", loop_goes: bool = True) -> di
                 return False
             return not any(s.nsw.alive(h) for h in handles)
 
-        t_rel = proc.poll_until(released, 10)
-        work = Path(s.data_dir(label)) / "work" / res.guard_pname
-        t_work = proc.poll_until(lambda: not work.exists(), 3, step=0.002)
+        record = Path(s.daemon.state_dir) / f"{res.guard_pname}.json"
+        t_rel, t_forgot = _poll_each([released, lambda: not record.exists()], 10)
         exit_ms = t_exit / 1e6
         return {
             "name": res.guard_pname,
@@ -190,7 +202,7 @@ def measured_cycle(s: Setup, label: str = "cycle", loop_goes: bool = True) -> di
             "reply_to_first_line_ms": ms(w1, first),
             "teardown_guard_ms": ms(t_exit, t_guard),
             "teardown_ms": round(t_rel - exit_ms, 4) if t_rel is not None else None,
-            "teardown_workdir_ms": round(t_work - exit_ms, 4) if t_work is not None else None,
+            "teardown_forgot_ms": round(t_forgot - exit_ms, 4) if t_forgot is not None else None,
             "loop_seen": loop is not None,
             "ns_watched": len(handles),
         }

@@ -69,8 +69,8 @@ def compare(fig: dict[str, Any], anc: dict[str, Any], top: int) -> tuple[list[di
         anchor_p99=ap("floor_c1", "teardown", "p99"))
     row("(c) teardown: app exits -> guard gone", p("teardown_guard_ms"), None, None,
         ours_p99=p("teardown_guard_ms", "p99"))
-    row("(c) teardown: app exits -> rockerd removed the work dir", p("teardown_workdir_ms"), None, None,
-        ours_p99=p("teardown_workdir_ms", "p99"))
+    row("(c) teardown: app exits -> rockerd has handled the end (state record gone)", p("teardown_forgot_ms"),
+        None, None, ours_p99=p("teardown_forgot_ms", "p99"))
     c1 = _get(fig, "throughput", "1", "cycle_ms")
     row("whole cycle latency at c=1", _get(c1, "p50"), "C floor: full cycle c=1", ap("floor_c1", "total", "p50"),
         ours_p99=_get(c1, "p99"), anchor_p99=ap("floor_c1", "total", "p99"))
@@ -178,7 +178,7 @@ def render(result: dict[str, Any]) -> str:
     out.append("")
     keys = ("client_before_wire_ms", "create_client_ms", "create_daemon_ms", "reply_to_first_line_ms",
             "start_first_line_ms", "start_exec_ms", "enter_return_ms", "teardown_guard_ms", "teardown_ms",
-            "teardown_workdir_ms")
+            "teardown_forgot_ms")
     out.append("| one rocker at a time, p50 ms | " + " | ".join(k.removesuffix("_ms") for k in keys) + " |")
     out.append("|---" * (len(keys) + 1) + "|")
     for label, d in (("first rocker of its package", fig), ("package already mounted", fig.get("warm") or {})):

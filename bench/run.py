@@ -39,7 +39,7 @@ START_SERIES = ("start_exec_ms", "enter_return_ms", "create_daemon_ms", "teardow
 CC, PX = "c_client:", "exec_app:"  # series prefixes: a launcher's figure key and a colon (report.OTHER_LAUNCHERS)
 CYCLE_SERIES = ("start_first_line_ms", "start_exec_ms", "enter_return_ms", "create_client_ms", "create_daemon_ms",
                 "client_before_wire_ms", "reply_to_first_line_ms", "teardown_guard_ms", "teardown_ms",
-                "teardown_workdir_ms")
+                "teardown_forgot_ms")
 
 
 def _ints(text: str) -> list[int]:

@@ -26,7 +26,7 @@ pytestmark = [
 ]
 
 CYCLE_FIGURES = ("start_first_line_ms", "start_exec_ms", "enter_return_ms", "create_client_ms", "create_daemon_ms",
-                 "teardown_guard_ms", "teardown_ms", "teardown_workdir_ms")
+                 "teardown_guard_ms", "teardown_ms", "teardown_forgot_ms")
 
 
 def _sane(s: Any, n: int) -> None:
