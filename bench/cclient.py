@@ -94,9 +94,21 @@ def throughput(s: ours.Setup, launcher: Path, conc: int, total: int) -> dict[str
             "cycles_per_s": round(len(rows) / wall, 2) if wall > 0 else 0.0, "rows": rows}
 
 
-def start_cycles(s: ours.Setup, launcher: Path, n: int) -> list[dict[str, Any]]:
-    """n cycles one at a time: ROCKER_enter_rocker() called -> the app's main() in the package."""
-    lines, _ = _run(s, launcher, "start", ["cstart"], n)
+def start_cycles(s: ours.Setup, launcher: Path, n: int, cold: bool = False) -> list[dict[str, Any]]:
+    """n cycles one at a time: ROCKER_enter_rocker() called -> the app's main() in the package.
+
+    cold: each the first rocker of its package: one launcher run per cycle, and before the next,
+    rockerd has handled the end (the launcher runs its cycles back to back otherwise)."""
+    if cold:
+        lines = []
+        for _ in range(n):
+            got, _ = _run(s, launcher, "start", ["cstart"], 1)
+            lines += got
+            for ln in got:
+                if ln[0] != "error":
+                    ours.wait_forgotten(s, ln[0])
+    else:
+        lines, _ = _run(s, launcher, "start", ["cstart"], n)
     rows = []
     for name, *ts in _errors(s, "C client start", lines):
         a, ret, main, exit_, end = (int(x) for x in ts)

@@ -119,6 +119,14 @@ def _poll_each(conds: list[Callable[[], bool]], timeout: float) -> list[float | 
         time.sleep(0.0005)
 
 
+def wait_forgotten(s: Setup, name: str) -> None:
+    """Until rockerd has handled the end of rocker `name` (its state record is gone): only then
+    is the next rocker of an otherwise unused package the first again."""
+    record = Path(s.daemon.state_dir) / f"{name}.json"
+    if proc.poll_until(lambda: not record.exists(), 10) is None:
+        s.error("cycle", f"rockerd still records {name} 10 s after its guard went")
+
+
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, 0)
@@ -370,8 +378,11 @@ def throughput(s: Setup, conc: int, total: int, exec_app: bool = False) -> dict[
             "cycles_per_s": round(len(good) / wall, 2) if wall > 0 else 0.0, "rows": good}
 
 
-def exec_start_cycles(s: Setup, n: int) -> list[dict[str, Any]]:
-    """n cycles one at a time, back to back: enter_rocker() with an `Exec` app -> its main()."""
+def exec_start_cycles(s: Setup, n: int, cold: bool = False) -> list[dict[str, Any]]:
+    """n cycles one at a time, back to back: enter_rocker() with an `Exec` app -> its main().
+
+    cold: each the first rocker of its package (nothing holds it, and each cycle waits until
+    rockerd has handled the last one's end, so the package is mounted afresh)."""
     rows = []
     for _ in range(n):
         r, w = os.pipe()
@@ -397,6 +408,8 @@ def exec_start_cycles(s: Setup, n: int) -> list[dict[str, Any]]:
                 proc.wait_pidfd(pidfd, 15)
                 os.close(pidfd)
             t_end = time.monotonic_ns()
+            if cold:
+                wait_forgotten(s, res.guard_pname)
         finally:
             os.close(r)
         if not lines:

@@ -8,6 +8,7 @@ from .stats import ratio
 
 # The launchers measured beside the Python launcher with a callable app: (key in the figures, label)
 OTHER_LAUNCHERS = (("c_client", "C launcher"), ("exec_app", "Python launcher, Exec app"))
+START_KINDS = (("warm", "package already mounted"), ("cold", "first rocker of its package"))
 
 
 def _get(d: Any, *path: str) -> Any:
@@ -49,12 +50,13 @@ def compare(fig: dict[str, Any], anc: dict[str, Any], top: int) -> tuple[list[di
             row(label, get(key), "bwrap running python -I -S -c pass, whole run (not the kit's)",
                 ap("bwrap_python", "p50"), ours_p99=get(key, "p99"), anchor_p99=ap("bwrap_python", "p99"))
     for fkey, who in OTHER_LAUNCHERS:
-        cw = _get(fig, fkey, "warm", "start_exec_ms") or {}
-        for anchor_name, key in (("crun run, whole (userns, 5 overlays)", "crun"),
-                                 ("bwrap, package pre-mounted, whole run", "bwrap_premounted")):
-            if cw:
-                row(f"(a) start, {who}, package already mounted: -> app's main()", cw.get("p50"), anchor_name,
-                    ap(key, "p50"), ours_p99=cw.get("p99"), anchor_p99=ap(key, "p99"))
+        for series, which in START_KINDS:
+            cw = _get(fig, fkey, series, "start_exec_ms") or {}
+            for anchor_name, key in (("crun run, whole (userns, 5 overlays)", "crun"),
+                                     ("bwrap, package pre-mounted, whole run", "bwrap_premounted")):
+                if cw:
+                    row(f"(a) start, {who}, {which}: -> app's main()", cw.get("p50"), anchor_name,
+                        ap(key, "p50"), ours_p99=cw.get("p99"), anchor_p99=ap(key, "p99"))
     fc = ("floor_c1", "create")
     row("(b) create: client round trip (Create call -> reply + fds)", p("create_client_ms"),
         "C floor: create phase", ap(*fc, "p50"), ours_p99=p("create_client_ms", "p99"), anchor_p99=ap(*fc, "p99"))
@@ -117,12 +119,13 @@ def compare(fig: dict[str, Any], anc: dict[str, Any], top: int) -> tuple[list[di
                    None if start is None or val is None else start < val,
                    "" if val is not None else "anchor not measured")
     for fkey, who in OTHER_LAUNCHERS:
-        start = _get(fig, fkey, "warm", "start_exec_ms", "p50")
-        if start is None:
-            continue
-        for name, val in (("crun's whole run", crun), ("bwrap on a pre-mounted package", bwrap)):
-            target(f"(a) start p50 ({who}, package already mounted) below {name}", start, val,
-                   None if val is None else start < val, "" if val is not None else "anchor not measured")
+        for series, which in START_KINDS:
+            start = _get(fig, fkey, series, "start_exec_ms", "p50")
+            if start is None:
+                continue
+            for name, val in (("crun's whole run", crun), ("bwrap on a pre-mounted package", bwrap)):
+                target(f"(a) start p50 ({who}, {which}) below {name}", start, val,
+                       None if val is None else start < val, "" if val is not None else "anchor not measured")
     f2 = ap("floor_c2", "cycles_per_s")
     for fkey, which in (("", "Python launcher, callable app"), *OTHER_LAUNCHERS):
         t2 = _get(fig, *((fkey,) if fkey else ()), "throughput", "2", "cycles_per_s")
@@ -184,11 +187,12 @@ def render(result: dict[str, Any]) -> str:
     for label, d in (("first rocker of its package", fig), ("package already mounted", fig.get("warm") or {})):
         out.append(f"| {label} | " + " | ".join(_fmt(_get(d, k, "p50")) for k in keys) + " |")
     for fkey, who in OTHER_LAUNCHERS:
-        cw = _get(fig, fkey, "warm") or {}
-        if cw:
-            out.append("")
-            out.append(f"{who}, one rocker at a time, package already mounted, p50 ms: "
-                       + ", ".join(f"{k.removesuffix('_ms')} {_fmt(_get(cw, k, 'p50'))}" for k in cw))
+        for series, which in START_KINDS:
+            cw = _get(fig, fkey, series) or {}
+            if any(cw.values()):
+                out.append("")
+                out.append(f"{who}, one rocker at a time, {which}, p50 ms: "
+                           + ", ".join(f"{k.removesuffix('_ms')} {_fmt(_get(cw, k, 'p50'))}" for k in cw))
     for label, tp in (("Python launcher, callable app", fig.get("throughput") or {}),
                       *((who, _get(fig, fkey, "throughput") or {}) for fkey, who in OTHER_LAUNCHERS)):
         if not tp:

@@ -193,19 +193,22 @@ class Bench:
             self.rates[f"{prefix}c{conc}"].append(res["cycles_per_s"])
         self.errors[f"{prefix}throughput_c{conc}"] += res["errors"]
 
-    def c_start_item(self, s: ours.Setup, launcher: Path, rnd: int) -> None:
-        """C client start latency with the package kept mounted by another rocker (as bwrap's is)."""
-        self._add_start(CC, rnd, self._rows_with_create(s, True, lambda: cclient.start_cycles(s, launcher,
-                                                                                                    self.a.cycles)))
+    def c_start_item(self, s: ours.Setup, launcher: Path, rnd: int, warm: bool) -> None:
+        """C client start latency, with the package kept mounted by another rocker (as bwrap's is)
+        or each the first rocker of its package."""
+        self._add_start(CC, rnd, warm, self._rows_with_create(
+            s, warm, lambda: cclient.start_cycles(s, launcher, self.a.cycles, cold=not warm)))
 
-    def exec_start_item(self, s: ours.Setup, rnd: int) -> None:
+    def exec_start_item(self, s: ours.Setup, rnd: int, warm: bool) -> None:
         """The same with a Python launcher and an Exec app (no fork of the launcher)."""
-        self._add_start(PX, rnd, self._rows_with_create(s, True, lambda: ours.exec_start_cycles(s, self.a.cycles)))
+        self._add_start(PX, rnd, warm, self._rows_with_create(
+            s, warm, lambda: ours.exec_start_cycles(s, self.a.cycles, cold=not warm)))
 
-    def _add_start(self, prefix: str, rnd: int, rows: list[dict[str, Any]]) -> None:
+    def _add_start(self, prefix: str, rnd: int, warm: bool, rows: list[dict[str, Any]]) -> None:
+        which = "warm:" if warm else "cold:"
         for key in START_SERIES:
-            self.add(prefix + "warm:" + key, rnd, [r.get(key) for r in rows])
-        self.errors[prefix + "start"] += self.a.cycles - len(rows)
+            self.add(prefix + which + key, rnd, [r.get(key) for r in rows])
+        self.errors[prefix + which + "start"] += self.a.cycles - len(rows)
 
     def floor_item(self, anchors: Anchors, rnd: int, key: str, conc: int, shared: bool) -> None:
         res = anchors.floor(self.a.floor_n, conc, shared)
@@ -241,7 +244,8 @@ class Bench:
                               "create_daemon_ms": self.summ(f"{p}create_daemon_c{c}_ms"),
                               "guard_after_exit_ms": self.summ(f"{p}guard_after_exit_c{c}_ms"),
                               "errors": self.errors.get(f"{p}throughput_c{c}", 0)} for c in concs}
-            fig[key] = {"warm": {k: self.summ(f"{p}warm:" + k) for k in START_SERIES}, "throughput": other}
+            fig[key] = {"warm": {k: self.summ(f"{p}warm:" + k) for k in START_SERIES},
+                        "cold": {k: self.summ(f"{p}cold:" + k) for k in START_SERIES}, "throughput": other}
         if hold is not None:
             fig["memory"] = hold["levels"]
             fig["release_all"] = hold.get("release_all")
@@ -342,13 +346,15 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 
         items: list[tuple[str, Any]] = [("ours cycle", lambda r: b.cycle_item(s, r)),
                                         ("ours cycle, package mounted", lambda r: b.cycle_item(s, r, warm=True))]
-        items.append(("ours Exec start, package mounted", lambda r: b.exec_start_item(s, r)))
+        items.append(("ours Exec start, package mounted", lambda r: b.exec_start_item(s, r, True)))
+        items.append(("ours Exec start, first rocker", lambda r: b.exec_start_item(s, r, False)))
         for c in concs:
             items.append((f"ours throughput c={c}", lambda r, c=c: b.tput_item(s, r, c)))
             items.append((f"ours Exec throughput c={c}", lambda r, c=c: b.exec_tput_item(s, r, c)))
         if launcher is not None:
             cl = launcher
-            items.append(("C client start, package mounted", lambda r: b.c_start_item(s, cl, r)))
+            items.append(("C client start, package mounted", lambda r: b.c_start_item(s, cl, r, True)))
+            items.append(("C client start, first rocker", lambda r: b.c_start_item(s, cl, r, False)))
             for c in concs:
                 items.append((f"C client throughput c={c}", lambda r, c=c: b.c_tput_item(s, cl, r, c)))
         if anchors:
