@@ -89,13 +89,17 @@ def umount(target: str, flags: int = 0) -> None:
     check(libc.umount2(_b(target), ctypes.c_int(flags)), "umount2", target)
 
 
+def clone_tree(fd: int, what: str) -> int:
+    """A detached bind of what `fd` (a mount, or a dir in one) points at."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH
+    return syscall(nr.OPEN_TREE, ctypes.c_int(fd), b"", ctypes.c_uint(flags), call="open_tree", target=what)
+
+
 def clone_subdir(mfd: int, rel: str, what: str) -> int:
     """A detached bind of `rel` below the detached mount `mfd`, reached with no symlink
     and no mount on the way (so it cannot lead out of that mount)."""
     sub = fs.open_nofollow(rel, fs.O_PATH_DIR, dir_fd=mfd, same_mount=True)
     try:
-        return syscall(nr.OPEN_TREE, ctypes.c_int(sub), b"",
-                       ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH),
-                       call="open_tree", target=what)
+        return clone_tree(sub, what)
     finally:
         os.close(sub)

@@ -111,17 +111,17 @@ async def _discard_guard(starting: asyncio.Future[tuple[Spawned, socket.socket]]
     """Reap a guard that will not be used before the caller hears of the failure: until it is
     gone, its mount namespace holds a copy of every host mount (an umount of one would say EBUSY)."""
     try:
-        spawned, status = await asyncio.shield(starting)
+        await asyncio.shield(starting)
     except asyncio.CancelledError:
         starting.add_done_callback(_reap_late)
         raise
     except Exception:
         return  # no guard was started
-    reap(spawned)
-    status.close()
+    _reap_late(starting)
 
 
 def _reap_late(f: asyncio.Future[tuple[Spawned, socket.socket]]) -> None:
+    """Reap the guard a finished start gave, if it gave one."""
     if not f.cancelled() and f.exception() is None:
         spawned, status = f.result()
         reap(spawned)

@@ -12,15 +12,13 @@ device (autoclear).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
 from dataclasses import dataclass
 
-from rocker_client._sys import loop, nr
+from rocker_client._sys import loop
 from rocker_client._sys import mount as m
-from rocker_client._sys.libc import syscall
 
 from .steps import BuildError
 from .warm import DEFAULT_BUDGET, Warmer
@@ -59,9 +57,7 @@ class PackageCache:
                 except (OSError, RuntimeError) as e:  # no fd or no thread: start cold
                     log.warning("cannot warm package %s: %s", path, e)
         try:
-            clone = syscall(nr.OPEN_TREE, ctypes.c_int(shared.mfd), b"",
-                            ctypes.c_uint(m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_EMPTY_PATH),
-                            call="open_tree", target=path)
+            clone = m.clone_tree(shared.mfd, path)
         except BaseException:
             if not shared.refs:  # a mount made just now for nobody
                 self._drop(key, shared)
