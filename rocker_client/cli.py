@@ -501,7 +501,13 @@ def default_dirs(pkg: str, uid: int | None = None) -> tuple[str, str]:
     if uid == 0:
         return f"/run/rocker/apps/{stem}", f"/var/lib/rocker/{stem}"
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{uid}"
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
+    data = os.environ.get("XDG_DATA_HOME")
+    if not data:
+        home = os.path.expanduser("~")  # $HOME, else the passwd entry; "~" itself when neither exists
+        if home == "~":
+            raise Failure("cannot pick a default data dir: HOME is unset and uid "
+                          f"{uid} has no home in the user database: pass --data-dir DIR (and --exec-dir DIR)")
+        data = f"{home}/.local/share"
     return f"{runtime}/rocker/apps/{stem}", f"{data}/rocker/{stem}"
 
 
@@ -561,9 +567,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if os.path.isdir(pkg):
         raise Failure(f"package {pkg} is a directory: pack it into an image first, e.g. "
                       f"`mksquashfs {pkg.rstrip('/')} {Path(pkg).name or 'app'}.squashfs -all-root`")
-    default_exec, default_data = default_dirs(pkg)
-    exec_dir = os.path.abspath(args.exec_dir or default_exec)
-    data_dir = os.path.abspath(args.data_dir or default_data)
+    if args.exec_dir and args.data_dir:
+        exec_dir, data_dir = os.path.abspath(args.exec_dir), os.path.abspath(args.data_dir)
+    else:
+        default_exec, default_data = default_dirs(pkg)
+        exec_dir = os.path.abspath(args.exec_dir or default_exec)
+        data_dir = os.path.abspath(args.data_dir or default_data)
     if os.geteuid() != 0:
         _prepare_own_dirs([(what, d) for what, d, given in (("exec", exec_dir, args.exec_dir),
                                                              ("data", data_dir, args.data_dir)) if not given])

@@ -136,6 +136,7 @@ def _start_direct(ns_fds: list[int], native: Join | None, app: App,
         r, w = os.pipe2(os.O_CLOEXEC)
         pid = -1
         try:
+            _flush_std_streams()
             pid = os.fork()
         except OSError as e:
             os.close(r)
@@ -163,6 +164,7 @@ def _start_direct(ns_fds: list[int], native: Join | None, app: App,
 def _start_via_intermediate(ns_fds: list[int], native: Join | None, app: App,
                             app_args: Any) -> tuple[RockerErr, int, str]:
     r, w = os.pipe2(os.O_CLOEXEC)
+    _flush_std_streams()
     pid = os.fork()
     if pid == 0:
         os.close(r)
@@ -226,6 +228,17 @@ def _join(ns_fds: list[int], native: Join | None, *, skip_pid: bool) -> None:
         proc.prctl(proc.PR_SET_NO_NEW_PRIVS, 1)
     except OSError as e:
         raise JoinFailed(stage, e) from None
+
+
+def _flush_std_streams() -> None:
+    """Empty the caller's stdio buffers before a fork (as multiprocessing does): the app flushes
+    its copies when it exits, and must not print what the caller had buffered a second time."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass  # closed or broken: nothing the child could print either
 
 
 def _failure(kind: str, stage: str, e: OSError) -> bytes:

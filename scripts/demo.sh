@@ -27,7 +27,7 @@ echo "  app: processes I can see: $(ls /proc | grep -c '^[0-9]'); network interf
 echo "written by the demo app" > /usr/share/rocker-demo-note.txt && echo "  app: wrote /usr/share/rocker-demo-note.txt"
 APP
 chmod 755 "$WORK/src/bin/demo"
-mksquashfs "$WORK/src" "$WORK/demo.squashfs" -comp zstd -all-root -noappend -quiet
+mksquashfs "$WORK/src" "$WORK/demo.squashfs" -comp zstd -all-root -noappend -quiet -no-progress
 
 step "2. Start rockerd on $WORK/rockerd.sock"
 rockerd --socket "$WORK/rockerd.sock" &

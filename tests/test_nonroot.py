@@ -169,3 +169,38 @@ def _comm(pid: int) -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+@pytest.mark.parametrize("uid", [0, UID])
+def test_buffered_output_of_the_caller_is_printed_once(world: tuple[Path, Daemon], uid: int) -> None:
+    """A caller's unflushed stdout (a pipe: block-buffered) is copied into every fork; the app's exit
+    flushes its copy. Root takes the one-fork path, uid 1000 the intermediate: neither may repeat it."""
+    base, d = world
+    params = {"app_id": 1, "uid": uid, "gid": uid, "app_pkg_path": str(base / "app.squashfs"),
+              "app_exec_dir": str(base / "u/exec"), "app_data_dir": str(base / "u/data"), "app_overlay_dirs": []}
+    script = _script(base).replace("res = enter_rocker(", "print('BUFFERED-BY-CALLER')\nres = enter_rocker(")
+    p = subprocess.run([SYSTEM_PYTHON, "-I", "-c", script, json.dumps(params), "callable"],
+                       user=uid, group=uid, extra_groups=[], env={"ROCKER_SOCKET": d.socket},
+                       capture_output=True, text=True, timeout=60)
+    assert '"err_no": 0' in p.stdout, p.stdout + p.stderr
+    assert p.stdout.count("BUFFERED-BY-CALLER") == 1, p.stdout
+    assert p.stdout.count("APP ") == 1, p.stdout
+
+
+@pytest.mark.parametrize("dirs", [["--exec-dir", "EXEC", "--data-dir", "DATA"], []])
+def test_run_without_home_says_what_to_pass(world: tuple[Path, Daemon], dirs: list[str]) -> None:
+    """A uid with no passwd entry and no HOME: with both dirs given the run needs no home; without,
+    the CLI names the options to pass. Never a traceback."""
+    base, d = world
+    uid = 4321  # no entry in the user database
+    argv = [a.replace("EXEC", str(base / "u/exec")).replace("DATA", str(base / "u/data")) for a in dirs]
+    code = (f"import sys; sys.path.insert(0, {str(base / 'lib')!r}); from rocker_client.cli import main; "
+            f"sys.exit(main(['run', '--pkg', {str(base / 'app.squashfs')!r}, *{argv!r}, '--', '/bin/true']))")
+    p = subprocess.run([SYSTEM_PYTHON, "-I", "-c", code], user=uid, group=uid, extra_groups=[],
+                       env={"ROCKER_SOCKET": d.socket}, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.returncode != 0
+    if dirs:  # reached rockerd, which refuses dirs uid 4321 does not own
+        assert "must be owned by uid 4321" in p.stderr, p.stderr
+    else:
+        assert "HOME is unset" in p.stderr and "--data-dir" in p.stderr, p.stderr
