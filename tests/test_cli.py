@@ -615,5 +615,7 @@ def test_quickstart_runs_verbatim(tmp_path: Path) -> None:
     assert p.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}\nrockerd:\n{log}"
     hellos = re.findall(r"^hello from (rk-[a-z0-9]{8}): uid 0, PID 2, and PID 1 is (rk-[a-z0-9]{8})$", out, re.M)
     assert len(hellos) == 2 and all(a == b for a, b in hellos) and hellos[0][0] != hellos[1][0], out
-    for line in ("written in a rocker", "the host's /etc is untouched", "the app exited with 7"):
+    for line in ("written in a rocker", "the host's /etc is untouched", "the app exited with 7",
+                 "no --overlay /etc: the host's /etc"):
         assert line in out.splitlines(), f"{line!r} missing from:\n{out}"
+    assert out.splitlines().count("written in a rocker") == 2, out  # the upper file, then the next rocker's /etc
