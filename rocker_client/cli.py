@@ -13,7 +13,6 @@ import errno
 import json
 import os
 import signal
-import socket
 import sys
 import textwrap
 import time
@@ -27,7 +26,7 @@ from ._job import Job, run_command
 from .enter import enter_rocker
 from .errors import RockerErr
 from .guardname import get_guardname
-from .structs import MAX_OVERLAY_DIRS, request_new
+from .structs import MAX_OVERLAY_DIRS, OPTION_OF_FIELD, Cause, request_new
 
 EXIT_OK = 0
 EXIT_NO_SUCH_ROCKER = 1
@@ -40,8 +39,6 @@ LIST = "io.rocker.Rocker.List"
 KILL = "io.rocker.Rocker.Kill"
 GET_INFO = "org.varlink.service.GetInfo"
 START_HINT = "start it with `systemctl start rockerd.socket` or `rockerd --socket {path}`"
-OPTION_OF_FIELD = {"app_pkg_path": "--pkg", "app_exec_dir": "--exec-dir", "app_data_dir": "--data-dir",
-                   "app_overlay_dirs": "--overlay", "uid": "--uid", "gid": "--gid", "app_id": "--app-id"}
 
 
 # -- the manual ---------------------------------------------------------------------------------
@@ -203,9 +200,9 @@ the guard first (both null where you may not look).""",
         synopsis="rocker kill [-s SIG] NAME...",
         description="""\
 Send the signal SIG (default KILL) to the guard of each rocker NAME, through
-rockerd (which holds a pidfd of the guard). Before that, rocker checks with
-get_guardname() that the guard's PID still carries the name NAME, so a PID
-reused after the rocker ended is never signalled.""",
+rockerd, which signals it through a pidfd it holds of the guard: a rocker that
+has ended is reported as such, and a PID reused after it ended is never
+signalled.""",
         sections=(
             ("what the guard does with the signal", """\
   KILL            the rocker ends at once: the kernel kills every process in it
@@ -376,7 +373,7 @@ def socket_path(args: argparse.Namespace) -> str:
     return getattr(args, "socket", None) or wire.default_socket_path()
 
 
-def unreachable(path: str, cause: BaseException | None) -> Failure:
+def unreachable(path: str, cause: BaseException | None, text: object = None) -> Failure:
     """Why connecting to rockerd failed, and what to do about it."""
     err = cause.errno if isinstance(cause, OSError) else None
     if err == errno.ENOENT:
@@ -386,18 +383,8 @@ def unreachable(path: str, cause: BaseException | None) -> Failure:
     if err in (errno.EACCES, errno.EPERM):
         return Failure(f"permission denied on rockerd's socket {path}: run as root, or ask for access to "
                        "the socket (docs/operations.md)")
-    why = os.strerror(err) if err else str(cause)
+    why = os.strerror(err) if err else str(text or cause)
     return Failure(f"cannot connect to rockerd at {path}: {why}: check --socket and $ROCKER_SOCKET")
-
-
-def probe(path: str) -> OSError | None:
-    """Connect once to see why a connection failed (enter_rocker only reports its text)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
-        try:
-            s.connect(path)
-        except OSError as e:
-            return e
-    return None
 
 
 class Daemon:
@@ -511,37 +498,35 @@ def default_dirs(pkg: str, uid: int | None = None) -> tuple[str, str]:
     return f"{runtime}/rocker/apps/{stem}", f"{data}/rocker/{stem}"
 
 
-def _refusal(detail: str, params: dict[str, Any]) -> str:
-    """'app_overlay_dirs[1]: reason' -> '--overlay /proc: reason', in the CLI's words."""
-    field, sep, reason = detail.partition(": ")
-    base, _, index = field.partition("[")
+def _refusal(cause: Cause, params: dict[str, Any]) -> str:
+    """A refusal about field 'app_overlay_dirs[1]' in the CLI's words: '--overlay /proc: reason'."""
+    base, _, index = cause.field.partition("[")
     option = OPTION_OF_FIELD.get(base)
-    if not sep or option is None:
-        return detail
+    if option is None:
+        return str(cause)
     value = params.get(base)
     if isinstance(value, list):
         i = index.rstrip("]")
         value = value[int(i)] if i.isdigit() and int(i) < len(value) else None
-    return f"{option} {value}: {reason}" if value is not None else f"{option}: {reason}"
+    return f"{option} {value}: {cause.reason}" if value is not None else f"{option}: {cause.reason}"
 
 
-def _run_failure(err: RockerErr, detail: str, path: str, params: dict[str, Any]) -> Failure:
+def _run_failure(err: RockerErr, cause: Cause, path: str, params: dict[str, Any]) -> Failure:
     if err == RockerErr.server_unaddr_invalid:
-        cause = probe(path)
-        return unreachable(path, cause) if cause else Failure(f"cannot reach rockerd: {detail}")
+        return unreachable(path, OSError(cause.errno, os.strerror(cause.errno)) if cause.errno else None, cause)
     if err == RockerErr.param_invalid:
-        return Failure(f"rockerd refused the request: {_refusal(detail, params)}: fix that option "
+        return Failure(f"rockerd refused the request: {_refusal(cause, params)}: fix that option "
                        "(see `rocker run --help`)")
     if err == RockerErr.build_rocker_failed:
-        return Failure(f"rockerd could not build the rocker: {detail}: see rockerd's log "
+        return Failure(f"rockerd could not build the rocker: {cause}: see rockerd's log "
                        "(`journalctl -u rockerd`) for more")
     if err in (RockerErr.send_req_failed, RockerErr.recv_resp_failed):
-        return Failure(f"lost rockerd at {path}: {detail}: check that it still runs (`rocker status`)")
+        return Failure(f"lost rockerd at {path}: {cause}: check that it still runs (`rocker status`)")
     if err == RockerErr.enter_rocker_failed:
-        return Failure(f"could not enter the new rocker: {detail}: see docs/operations.md")
+        return Failure(f"could not enter the new rocker: {cause}: see docs/operations.md")
     if err == RockerErr.app_exec_failed:
-        return Failure(f"could not start CMD in the rocker: {detail}")
-    return Failure(f"rockerd failed ({err.name}): {detail}: see rockerd's log")
+        return Failure(f"could not start CMD in the rocker: {cause}")
+    return Failure(f"rockerd failed ({err.name}): {cause}: see rockerd's log")
 
 
 def _prepare_own_dirs(dirs: list[tuple[str, str]]) -> None:
@@ -586,21 +571,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = dict(os.environ)  # CMD's environment: the caller's, with the package's bin/ first on PATH
     env["PATH"] = f"{exec_dir}/bin:{env.get('PATH') or os.defpath}"
     path = socket_path(args)
-    saved_socket = os.environ.get("ROCKER_SOCKET")
-    os.environ["ROCKER_SOCKET"] = path  # what enter_rocker connects to
     job = Job.prepare()
     try:
-        res = enter_rocker(req, run_command, job.launch(cmd, env, args.workdir))
-        if res.err_no != RockerErr.success:
-            raise _run_failure(res.err_no, res.detail, path, req.to_params())
+        res = enter_rocker(req, run_command, job.launch(cmd, env, args.workdir), socket=path)
+        if res.cause is not None:
+            raise _run_failure(res.err_no, res.cause, path, req.to_params())
         job.started(res.app_pid)
         return job.wait()
     finally:
         job.close()
-        if saved_socket is None:
-            del os.environ["ROCKER_SOCKET"]
-        else:
-            os.environ["ROCKER_SOCKET"] = saved_socket
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -647,29 +626,21 @@ def parse_signal(text: str) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
+    """One Kill call per name: rockerd signals the guard through its pidfd, so a PID reused
+    meanwhile is never hit, and a rocker that has ended is NoSuchRocker."""
     sig = parse_signal(args.signal)
     missing = []
     with Daemon(socket_path(args)) as d:
-        rockers = d.rockers()
         for name in args.names:
-            try:
-                info = find(rockers, name)
-            except Failure as e:
-                missing.append(e)
-                continue
-            check = get_guardname(int(info["guard_pid"]))
-            if not check.ok or check.guard_pname != name:
-                missing.append(Failure(f"rocker {name} has just ended: nothing to signal", EXIT_NO_SUCH_ROCKER))
-                continue
             try:
                 d.call(KILL, {"guard_pname": name, "signal": sig})
             except wire.RemoteError as e:
                 if e.name.endswith(".NoSuchRocker"):
-                    missing.append(Failure(f"rocker {name} has just ended: nothing to signal", EXIT_NO_SUCH_ROCKER))
+                    missing.append(f"no live rocker is called {name!r}: `rocker ps` lists the live ones")
                     continue
                 raise Failure(f"rockerd could not signal {name}: {e}: see rockerd's log") from None
-    for e in missing:
-        say(e.message)
+    for message in missing:
+        say(message)
     return EXIT_NO_SUCH_ROCKER if missing else EXIT_OK
 
 

@@ -44,7 +44,7 @@ from ._sys import ns, proc
 from .caps import APP_CAP_MASK
 from .errors import GONE_ERRNOS, GONE_WHY, RockerErr
 from .execapp import Exec
-from .structs import RockerRequest, RockerResult
+from .structs import Cause, RockerRequest, RockerResult
 
 CREATE = "io.rocker.Rocker.Create"
 NS_ORDER = ("user", "mnt", "pid", "net", "uts", "ipc")  # user first: it owns the others
@@ -53,39 +53,37 @@ App = Callable[[Any], "int | None"]
 Join = Callable[[bool], None]  # the native join, made before the fork; its argument: join the PID namespace too
 
 
-def enter_rocker(req: RockerRequest, app: App, app_args: Any = None) -> RockerResult:
+def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: str | None = None) -> RockerResult:
     """Ask rockerd for a rocker, enter it and run `app(app_args)` in a new process inside.
 
     That process is the caller's child: `os.waitpid(res.app_pid, 0)` returns its
     status, and `app`'s int return value is its exit code. Failures come back as
-    `res.err_no` (the seed's numbers) with a reason in `res.detail`; this never
-    raises. The socket is `$ROCKER_SOCKET`, else `/run/rocker/rockerd.sock`.
+    `res.err_no` (the seed's numbers) with the reason in `res.cause` (and as text in
+    `res.detail`); this never raises. The socket is `socket`, else `$ROCKER_SOCKET`,
+    else `/run/rocker/rockerd.sock`.
     """
     if not callable(app):
-        return RockerResult(RockerErr.param_invalid, detail="app must be callable")
+        return RockerResult.failed(RockerErr.param_invalid, Cause("app", "app must be callable"))
     try:
-        reply, fds = wire.call(wire.default_socket_path(), CREATE, req.to_params())
-    except wire.RemoteError as e:
-        return RockerResult(_remote_err(e.name), detail=_describe_remote(e))
-    except wire.ConnectFailed as e:
-        return RockerResult(RockerErr.server_unaddr_invalid, detail=str(e))
-    except wire.SendFailed as e:
-        return RockerResult(RockerErr.send_req_failed, detail=str(e))
+        reply, fds = wire.call(socket or wire.default_socket_path(), CREATE, req.to_params())
     except wire.WireError as e:
-        return RockerResult(RockerErr.recv_resp_failed, detail=str(e))
+        return RockerResult.failed(*wire_failure(e))
     try:
         guard_pid, name = int(reply["guard_pid"]), str(reply["guard_pname"])
         ns_fds = [fds[int(reply["namespaces"][n])] for n in NS_ORDER]
     except (KeyError, TypeError, ValueError, IndexError) as e:
         for fd in fds:
             os.close(fd)
-        return RockerResult(RockerErr.recv_resp_failed, detail=f"malformed Create reply: {e!r}")
+        return RockerResult.failed(RockerErr.recv_resp_failed, Cause("receive", f"malformed Create reply: {e!r}"))
     try:
         err, app_pid, detail = _start_inside(ns_fds, app, app_args)
     finally:
         for fd in fds:
             os.close(fd)
-    return RockerResult(err, app_pid, guard_pid, name, detail)
+    if err != RockerErr.success:
+        kind = "app" if err == RockerErr.app_exec_failed else "enter"
+        return RockerResult.failed(err, Cause(kind, detail), guard_pid, name)
+    return RockerResult(err, app_pid, guard_pid, name)
 
 
 def _start_inside(ns_fds: list[int], app: App, app_args: Any) -> tuple[RockerErr, int, str]:
@@ -324,19 +322,24 @@ def _run_app(app: App, app_args: Any) -> None:
         os._exit(code & 0xFF)
 
 
-def _remote_err(name: str) -> RockerErr:
-    short = name.rsplit(".", 1)[-1]
-    if short in ("InvalidRequest", "PermissionDenied", "InvalidParameter", "ProtocolViolation"):
-        return RockerErr.param_invalid
-    if short in ("BuildFailed", "LimitReached"):
-        return RockerErr.build_rocker_failed
-    return RockerErr.unknown
+_ERR_OF_REMOTE = {"InvalidRequest": RockerErr.param_invalid, "PermissionDenied": RockerErr.param_invalid,
+                  "InvalidParameter": RockerErr.param_invalid, "ProtocolViolation": RockerErr.param_invalid,
+                  "BuildFailed": RockerErr.build_rocker_failed, "LimitReached": RockerErr.build_rocker_failed}
 
 
-def _describe_remote(e: wire.RemoteError) -> str:
-    p = e.parameters or {}
-    if "field" in p:
-        return f"{p.get('field') or 'request'}: {p.get('reason', '')}"
-    if "step" in p:
-        return f"{p.get('step')}: {p.get('reason', '')}"
-    return str(p.get("reason") or p.get("parameter") or e.name)
+def wire_failure(e: wire.WireError) -> tuple[RockerErr, Cause]:
+    """The seed's number and the structured cause of a failed call."""
+    if isinstance(e, wire.RemoteError):
+        kind = e.name.rsplit(".", 1)[-1]
+        p = e.parameters or {}
+        reason = str(p.get("reason") or p.get("parameter") or p.get("guard_pname") or e.name)
+        code = p.get("errno")
+        cause = Cause(kind, reason, field=str(p.get("field") or ("request" if "field" in p else "")),
+                      step=str(p.get("step") or ""), errno=code if type(code) is int else 0)
+        return _ERR_OF_REMOTE.get(kind, RockerErr.unknown), cause
+    errnum = e.__cause__.errno if isinstance(e.__cause__, OSError) and e.__cause__.errno else 0
+    if isinstance(e, wire.ConnectFailed):
+        return RockerErr.server_unaddr_invalid, Cause("connect", str(e), errno=errnum)
+    if isinstance(e, wire.SendFailed):
+        return RockerErr.send_req_failed, Cause("send", str(e), errno=errnum)
+    return RockerErr.recv_resp_failed, Cause("receive", str(e), errno=errnum)

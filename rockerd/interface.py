@@ -1,8 +1,21 @@
-"""The io.rocker.Rocker varlink interface: the description every client can fetch."""
+"""The io.rocker.Rocker varlink interface: the description every client can fetch.
+
+Create's parameters and RockerInfo's request part are rendered from the request model, so a
+field declared there is in the interface too.
+"""
+
+from .idl import idl_fields
+from .request import RockerRequestModel
 
 NAME = "io.rocker.Rocker"
 
-DESCRIPTION = """\
+RUNTIME_FIELDS = """\
+  guard_pid: int,
+  guard_pname: string,
+  created: float,
+  caller_uid: int"""
+
+DESCRIPTION = f"""\
 # rocker: app sandboxes built from read-only squashfs packages.
 # A rocker is a guard process, PID 1 of new user, mount, PID, UTS, IPC and
 # network namespaces, with the package at the exec dir and copy-on-write
@@ -22,30 +35,15 @@ type Namespaces (
 
 # One live rocker.
 type RockerInfo (
-  guard_pid: int,
-  guard_pname: string,
-  app_id: int,
-  uid: int,
-  gid: int,
-  created: float,
-  caller_uid: int,
-  app_pkg_path: string,
-  app_exec_dir: string,
-  app_data_dir: string,
-  app_overlay_dirs: []string
+{RUNTIME_FIELDS},
+{idl_fields(RockerRequestModel, optional_if_defaulted=False)}
 )
 
 # Build a rocker. The parameters are the fields of the C RockerRequest.
 # The reply carries the RockerResult fields; app_pid is 0 (the client starts
 # the app) and the namespace fds travel beside the reply.
 method Create(
-  app_id: ?int,
-  uid: int,
-  gid: int,
-  app_pkg_path: string,
-  app_exec_dir: string,
-  app_data_dir: string,
-  app_overlay_dirs: ?[]string
+{idl_fields(RockerRequestModel, optional_if_defaulted=True)}
 ) -> (
   err_no: int,
   app_pid: int,

@@ -13,13 +13,14 @@ import stat
 import sys
 import time
 
+from rocker_client.wire import DEFAULT_SOCKET
+
 from . import __version__, journal, sd
 from .build import net, spawn
 from .guard import guard_binary
 from .service import RockerService, ServiceConfig
 from .varlink.server import Limits, VarlinkServer
 
-DEFAULT_SOCKET = "/run/rocker/rockerd.sock"
 log = logging.getLogger("rockerd")
 
 

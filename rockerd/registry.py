@@ -10,33 +10,37 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from . import names
+from .request import RockerRequestModel
+from .state import Record
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Rocker:
+    """A live rocker: the request it was built for, as one value, and what the daemon adds."""
+
     name: str
     pid: int
     pidfd: int
-    app_id: int
-    uid: int
-    gid: int
+    request: RockerRequestModel
     caller_uid: int
-    app_pkg_path: str
-    app_exec_dir: str
-    app_data_dir: str
-    app_overlay_dirs: tuple[str, ...]
     created: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)
     pkg_key: tuple[int, int, int, int] | None = None  # its share of the package mount (None when adopted)
     work_slot: int = 0  # its overlay work dirs under the data dir (workslots.py)
 
+    @property
+    def uid(self) -> int:
+        return self.request.uid
+
     def info(self) -> dict[str, object]:
-        return {
-            "guard_pid": self.pid, "guard_pname": self.name, "app_id": self.app_id, "uid": self.uid,
-            "gid": self.gid, "created": self.created, "caller_uid": self.caller_uid,
-            "app_pkg_path": self.app_pkg_path, "app_exec_dir": self.app_exec_dir,
-            "app_data_dir": self.app_data_dir, "app_overlay_dirs": list(self.app_overlay_dirs),
-        }
+        """A RockerInfo of the interface: the runtime fields and the request's."""
+        return {"guard_pid": self.pid, "guard_pname": self.name, "created": self.created,
+                "caller_uid": self.caller_uid, **self.request.model_dump()}
+
+    def record(self, starttime: int) -> Record:
+        """What a restarted rockerd needs to adopt it; `starttime` tells a reused PID apart."""
+        return Record(name=self.name, pid=self.pid, starttime=starttime, caller_uid=self.caller_uid,
+                      created=self.created, work_slot=self.work_slot, request=self.request.model_dump())
 
 
 ExitCallback = Callable[[Rocker, int], None]

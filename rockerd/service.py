@@ -19,7 +19,7 @@ from .build import NS_NAMES, BuildError, PackageCache, WorkSlots, build_rocker
 from .build.warm import DEFAULT_BUDGET
 from .registry import Registry, Rocker
 from .request import RequestInvalid, parse_request
-from .state import Record, StateDir, matches, proc_starttime
+from .state import StateDir, matches, proc_starttime
 from .varlink.server import Call, Interface, Reply, VarlinkError
 
 ERR = interface.NAME + "."
@@ -80,14 +80,11 @@ class RockerService:
             raise VarlinkError(ERR + "BuildFailed", {"step": e.step, "errno": e.errno, "reason": e.reason}) from None
         finally:
             self.registry.release_name(name)
-        rocker = Rocker(name, built.pid, built.pidfd, req.app_id, req.uid, req.gid, peer.uid, req.app_pkg_path,
-                        req.app_exec_dir, req.app_data_dir, tuple(req.app_overlay_dirs), pkg_key=built.pkg_key,
-                        work_slot=built.work_slot)
+        rocker = Rocker(name=name, pid=built.pid, pidfd=built.pidfd, request=req, caller_uid=peer.uid,
+                        pkg_key=built.pkg_key, work_slot=built.work_slot)
         self.registry.add(rocker)
         try:
-            self.state.save(Record(name, built.pid, proc_starttime(built.pid), req.app_id, req.uid, req.gid,
-                                   peer.uid, rocker.created, req.app_pkg_path, req.app_exec_dir, req.app_data_dir,
-                                   tuple(req.app_overlay_dirs), built.work_slot))
+            self.state.save(rocker.record(proc_starttime(built.pid)))
         except OSError as e:  # the rocker works; only a restarted rockerd could not re-adopt it
             log.warning("could not record %s in %s: %s", name, self.state.path, e)
         ms = (time.perf_counter() - t0) * 1000
@@ -136,11 +133,11 @@ class RockerService:
     def _ended(self, rocker: Rocker, status: int) -> None:
         lifetime = time.monotonic() - rocker.started
         journal.event(journal.ENDED, f"ended {rocker.name} (guard pid {rocker.pid}) after {lifetime:.2f} s",
-                      guard_name=rocker.name, guard_pid=rocker.pid, app_id=rocker.app_id, uid=rocker.uid,
+                      guard_name=rocker.name, guard_pid=rocker.pid, app_id=rocker.request.app_id, uid=rocker.uid,
                       caller_uid=rocker.caller_uid, lifetime_sec=round(lifetime, 3), status=status)
         if rocker.pkg_key is not None:
             self.packages.release(rocker.pkg_key)
-        self.slots.give_back(rocker.app_data_dir, rocker.work_slot)
+        self.slots.give_back(rocker.request.app_data_dir, rocker.work_slot)
         self.state.remove(rocker.name)
 
     def _adopt(self) -> None:
@@ -156,12 +153,18 @@ class RockerService:
                 log.info("dropping the record of %s (guard pid %d): it is gone", rec.name, rec.pid)
                 self.state.remove(rec.name)
                 continue
+            try:
+                req = parse_request(rec.request)
+            except RequestInvalid as e:  # written by us: only a damaged file or a rule made stricter
+                os.close(pidfd)
+                log.warning("not adopting %s (guard pid %d): its recorded request is refused now: %s; it runs "
+                            "on until its apps end", rec.name, rec.pid, e)
+                self.state.remove(rec.name)
+                continue
             age = max(0.0, time.time() - rec.created)
-            self.registry.add(Rocker(rec.name, rec.pid, pidfd, rec.app_id, rec.uid, rec.gid, rec.caller_uid,
-                                     rec.app_pkg_path, rec.app_exec_dir, rec.app_data_dir, rec.app_overlay_dirs,
-                                     created=rec.created, started=time.monotonic() - age,
-                                     work_slot=rec.work_slot))
-            self.slots.hold(rec.app_data_dir, rec.work_slot)
+            self.registry.add(Rocker(name=rec.name, pid=rec.pid, pidfd=pidfd, request=req, caller_uid=rec.caller_uid,
+                                     created=rec.created, started=time.monotonic() - age, work_slot=rec.work_slot))
+            self.slots.hold(req.app_data_dir, rec.work_slot)
             journal.event(journal.ADOPTED, f"adopted {rec.name} (guard pid {rec.pid}) left by an earlier rockerd",
-                          guard_name=rec.name, guard_pid=rec.pid, app_id=rec.app_id, uid=rec.uid,
+                          guard_name=rec.name, guard_pid=rec.pid, app_id=req.app_id, uid=req.uid,
                           caller_uid=rec.caller_uid)

@@ -22,29 +22,35 @@ log = logging.getLogger("rockerd.state")
 
 @dataclass(frozen=True)
 class Record:
+    """The runtime fields of a live rocker, and its request as one value (checked again at adoption)."""
+
     name: str
     pid: int
     starttime: int  # field 22 of /proc/PID/stat: tells a reused PID apart
-    app_id: int
-    uid: int
-    gid: int
     caller_uid: int
     created: float
-    app_pkg_path: str
-    app_exec_dir: str
-    app_data_dir: str
-    app_overlay_dirs: tuple[str, ...]
     work_slot: int
+    request: dict[str, Any]
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        if "request" not in data:  # rockerd 0.1 wrote the request's fields beside the others
+            data = {k: v for k, v in data.items() if k in _RUNTIME} | {
+                "request": {k: v for k, v in data.items() if k not in _RUNTIME}}
         known = {f.name for f in fields(cls)}
         if set(data) != known:
             raise ValueError(f"fields {sorted(set(data) ^ known)} do not match")
-        rec = cls(**{**data, "app_overlay_dirs": tuple(data["app_overlay_dirs"])})
+        rec = cls(**data)
         if not rec.name.startswith("rk-") or "/" in rec.name or type(rec.pid) is not int or rec.pid <= 1:
             raise ValueError("not a rocker record")
+        if not isinstance(rec.request, dict):
+            raise ValueError("its request is not an object")
         return rec
+
+
+_RUNTIME = frozenset(f.name for f in fields(Record)) - {"request"}
 
 
 def proc_starttime(pid: int) -> int:

@@ -29,8 +29,8 @@ import pytest
 from rockers import wait_gone
 
 import rockerd as rockerd_pkg
-from rocker_client import RockerResult, wire
 from rocker_client import cli as cli_module
+from rocker_client import wire
 
 ROOT = Path(__file__).resolve().parent.parent
 ROCKER = [sys.executable, "-m", "rocker_client.cli"]
@@ -468,17 +468,21 @@ def test_kill_ends_the_rocker(busy_rocker: tuple[subprocess.Popen[str], str], ar
     assert f"no live rocker is called '{name}'" in one_line(res.stderr)
 
 
-def test_kill_checks_the_guards_name_before_signalling(busy_rocker: tuple[subprocess.Popen[str], str],
-                                                       rockerd: Any, app_id: int, monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    """If the guard's PID no longer carries the name (the rocker ended, the PID was reused), nothing is sent."""
+def test_kill_is_one_call(busy_rocker: tuple[subprocess.Popen[str], str], rockerd: Any,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """rockerd signals through the guard's pidfd, which cannot hit a reused PID: no List, no /proc check."""
     p, name = busy_rocker
-    monkeypatch.setattr(cli_module, "get_guardname", lambda pid: RockerResult(guard_pid=pid, guard_pname="bash"))
-    assert cli_module.main(["--socket", rockerd.socket, "kill", name]) == 1
-    assert f"rocker {name} has just ended" in capsys.readouterr().err
-    time.sleep(0.3)
-    assert p.poll() is None, "the rocker was signalled anyway"
-    assert [r["guard_pname"] for r in live(rockerd.socket, app_id)] == [name]
+    calls: list[str] = []
+    real = cli_module.Daemon.call
+
+    def counted(self: Any, method: str, parameters: Any = None) -> Any:
+        calls.append(method)
+        return real(self, method, parameters)
+
+    monkeypatch.setattr(cli_module.Daemon, "call", counted)
+    assert cli_module.main(["--socket", rockerd.socket, "kill", name]) == 0
+    assert calls == ["io.rocker.Rocker.Kill"]
+    p.wait(20)
 
 
 def test_status(rockerd: Any) -> None:

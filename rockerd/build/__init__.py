@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from rocker_client._sys.libc import SyscallError
 
 from ..policy import Peer
-from .host import HostContext, Request, host_steps
+from ..request import RockerRequestModel
+from .host import HostContext, host_steps
 from .net import loopback_up
 from .packages import PackageCache, PackageKey
 from .spawn import Spawned, reap, send_mounts, start_guard, wait_ready
@@ -52,8 +53,9 @@ def _spawn_pool() -> ThreadPoolExecutor:
     return _spawner
 
 
-async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages: PackageCache, slots: WorkSlots,
-                       guard_fd: int, first_entry_timeout: float = 10.0, ready_timeout: float = 5.0) -> Built:
+async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | None, packages: PackageCache,
+                       slots: WorkSlots, guard_fd: int, first_entry_timeout: float = 10.0,
+                       ready_timeout: float = 5.0) -> Built:
     """Build one rocker or undo everything and raise BuildError naming the failed step.
 
     The guard is started on a worker thread while this one builds the mounts: the clone into

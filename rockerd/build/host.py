@@ -11,13 +11,13 @@ import errno
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from rocker_client._sys import fs
 from rocker_client._sys import mount as m
 from rocker_client._sys.libc import SyscallError
 
 from .. import policy
+from ..request import RockerRequestModel
 from . import layout
 from .overlay_plan import OverlayGroup, plan_overlays
 from .packages import PackageCache, PackageKey
@@ -25,19 +25,9 @@ from .steps import BuildError, Step
 from .workslots import WorkSlots
 
 
-class Request(Protocol):
-    app_id: int
-    uid: int
-    gid: int
-    app_pkg_path: str
-    app_exec_dir: str
-    app_data_dir: str
-    app_overlay_dirs: tuple[str, ...] | list[str]
-
-
 @dataclass
 class HostContext:
-    req: Request
+    req: RockerRequestModel
     name: str
     caller: policy.Peer | None  # None: the daemon itself; root may have dirs created
     packages: PackageCache
