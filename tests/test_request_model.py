@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from pathlib import Path
 
 import pytest
 import varlink  # the reference implementation's scanner: an independent reading of the interface
+from daemon import Daemon
+from rockers import make_req
 
-from rocker_client import RockerRequest, cli
+from rocker_client import RockerErr, RockerRequest, cli, enter_rocker
 from rocker_client.structs import OPTION_OF_FIELD, REQUEST_FIELDS
 from rockerd import interface
 from rockerd.registry import Rocker
@@ -89,3 +92,20 @@ def test_a_record_of_the_flat_format_still_loads() -> None:
         parse_request(Record.from_json({**flat, "surprise": 1}).request)
     with pytest.raises(ValueError):
         Record.from_json({**flat, "request": {}, "surprise": 1})
+
+
+def test_failures_come_back_as_structured_causes(rockerd: Daemon, base: Path, pkg: Path) -> None:
+    """The cause says what failed and where, as data: a client never parses the text of `detail`."""
+    req = make_req(base, pkg, overlays=("/usr", "/proc/sys"))
+    res = enter_rocker(req, lambda _: 0, socket=rockerd.socket)
+    assert res.err_no == RockerErr.param_invalid and res.cause is not None
+    assert (res.cause.kind, res.cause.field) == ("InvalidRequest", "app_overlay_dirs[1]")
+    assert "/proc" in res.cause.reason and res.detail == str(res.cause)
+    req = make_req(base, pkg)
+    req.app_pkg_path = str(base / "missing.squashfs")
+    res = enter_rocker(req, lambda _: 0, socket=rockerd.socket)
+    assert res.err_no == RockerErr.build_rocker_failed and res.cause is not None
+    assert (res.cause.kind, res.cause.step, res.cause.errno) == ("BuildFailed", "mount package", errno.ENOENT)
+    res = enter_rocker(req, lambda _: 0, socket=str(base / "no-daemon.sock"))
+    assert res.err_no == RockerErr.server_unaddr_invalid and res.cause is not None
+    assert (res.cause.kind, res.cause.errno) == ("connect", errno.ENOENT)
