@@ -5,8 +5,8 @@ A root, single-threaded caller (an app store's launcher, a CI runner) takes one 
     caller: setns pid (applies to its children only) ── fork ──> app: PID n in the rocker
     caller: setns back to its own PID namespace              setns user, mnt, net, uts, ipc;
                                                              become uid 0 inside; app
-                                                             capability set (caps.py);
-                                                             no_new_privs; run the app
+                                                             capability set; no_new_privs;
+                                                             run the app
 
 Everyone else (a non-root caller cannot join a PID namespace before it holds the
 rocker's user namespace; in a threaded caller a signal taken by another thread
@@ -25,8 +25,10 @@ two is most of the difference.
 
 An app that is a program (`Exec`) needs no fork of the caller at all, root or
 not, threaded or not: librocker-exec starts it (see execapp.py). A callable's
-forked child makes its joins and drops in one call of that library's
-rocker_join, or in Python where the library is missing.
+forked child joins in one call of that library's rocker_join. The join itself
+(setgroups, setns, ids, capabilities, no_new_privs) is rocker-join.c's, the
+same code the C client runs; every process that joins reports a failure as
+"E<errno> <step>" (errors.parse_report), an intermediate its app as "P<pid>".
 """
 
 from __future__ import annotations
@@ -39,11 +41,11 @@ from collections.abc import Callable
 from typing import Any
 
 from . import execapp, wire
-from ._native import JoinFailed, prepare_join
-from ._sys import ns, proc
-from .caps import APP_CAP_MASK
-from .errors import GONE_ERRNOS, GONE_WHY, RockerErr
+from ._native import JoinFailed, NativeMissing, prepare_join
+from ._sys import ns
+from .errors import RockerErr
 from .execapp import Exec
+from .reports import cause_of_report, failure_report
 from .structs import Cause, RockerRequest, RockerResult
 
 CREATE = "io.rocker.Rocker.Create"
@@ -51,6 +53,7 @@ NS_ORDER = ("user", "mnt", "pid", "net", "uts", "ipc")  # user first: it owns th
 
 App = Callable[[Any], "int | None"]
 Join = Callable[[bool], None]  # the native join, made before the fork; its argument: join the PID namespace too
+Started = tuple[RockerErr, int, "Cause | None"]
 
 
 def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: str | None = None) -> RockerResult:
@@ -76,31 +79,26 @@ def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: 
             os.close(fd)
         return RockerResult.failed(RockerErr.recv_resp_failed, Cause("receive", f"malformed Create reply: {e!r}"))
     try:
-        err, app_pid, detail = _start_inside(ns_fds, app, app_args)
+        err, app_pid, cause = _start_inside(ns_fds, app, app_args)
+    except NativeMissing as e:
+        err, app_pid, cause = RockerErr.sys, 0, Cause("enter", str(e))
     finally:
         for fd in fds:
             os.close(fd)
-    if err != RockerErr.success:
-        kind = "app" if err == RockerErr.app_exec_failed else "enter"
-        return RockerResult.failed(err, Cause(kind, detail), guard_pid, name)
+    if cause is not None:
+        return RockerResult.failed(err, cause, guard_pid, name)
     return RockerResult(err, app_pid, guard_pid, name)
 
 
-def _start_inside(ns_fds: list[int], app: App, app_args: Any) -> tuple[RockerErr, int, str]:
+def _start_inside(ns_fds: list[int], app: App, app_args: Any) -> Started:
     if isinstance(app, Exec):
-        started = execapp.start(ns_fds, app)  # no fork of ours at all
-        if started is not None:
-            return started
-    native: Join | None = None
-    try:
-        native = prepare_join(ns_fds, proc.cap_last_cap(), APP_CAP_MASK)  # here once, not in every fork of ours
-    except OSError:
-        pass  # the child tries cap_last_cap again and reports it
+        return execapp.start(ns_fds, app)  # no fork of ours at all
+    join = prepare_join(ns_fds)  # here once, not in every fork of ours
     if os.geteuid() == 0 and _single_threaded():
-        started = _start_direct(ns_fds, native, app, app_args)
+        started = _start_direct(ns_fds, join, app, app_args)
         if started is not None:
             return started
-    return _start_via_intermediate(ns_fds, native, app, app_args)
+    return _start_via_intermediate(ns_fds, join, app, app_args)
 
 
 def _single_threaded() -> bool:
@@ -115,8 +113,7 @@ def _single_threaded() -> bool:
 _ALL_SIGNALS = signal.valid_signals()
 
 
-def _start_direct(ns_fds: list[int], native: Join | None, app: App,
-                  app_args: Any) -> tuple[RockerErr, int, str] | None:
+def _start_direct(ns_fds: list[int], join: Join, app: App, app_args: Any) -> Started | None:
     """The one-fork path; None when this caller cannot join the PID namespace itself."""
     try:
         own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -128,8 +125,9 @@ def _start_direct(ns_fds: list[int], native: Join | None, app: App,
         try:
             ns.setns(ns_fds[NS_ORDER.index("pid")], ns.CLONE_NEWPID, "pid")
         except OSError as e:
-            if e.errno in GONE_ERRNOS:
-                return RockerErr.enter_rocker_failed, 0, f"setns(pid): {e.strerror}{GONE_WHY}"
+            cause = cause_of_report(failure_report(e.errno or 0, "setns(pid)"))
+            if cause.kind == "gone":
+                return RockerErr.enter_rocker_failed, 0, cause
             return None  # e.g. EPERM without CAP_SYS_ADMIN here: take the intermediate
         r, w = os.pipe2(os.O_CLOEXEC)
         pid = -1
@@ -139,7 +137,7 @@ def _start_direct(ns_fds: list[int], native: Join | None, app: App,
         except OSError as e:
             os.close(r)
             os.close(w)
-            return RockerErr.app_exec_failed, 0, f"fork app: {e.strerror}"
+            return _outcome(failure_report(e.errno or 0, "fork app"))
         finally:
             if pid != 0:  # not in the child: it could not go back, and need not
                 ns.setns(own, ns.CLONE_NEWPID, "pid (back to our own)")
@@ -147,26 +145,25 @@ def _start_direct(ns_fds: list[int], native: Join | None, app: App,
             os.close(r)
             os.close(own)
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            _become_app(ns_fds, native, w, app, app_args)
+            _become_app(ns_fds, join, w, app, app_args)
         os.close(w)
     finally:
         os.close(own)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     report = _read_to_eof(r)  # the app closes its end right before it runs
     if not report:
-        return RockerErr.success, pid, ""
+        return RockerErr.success, pid, None
     os.waitpid(pid, 0)
-    return _parse_report(report)
+    return _outcome(report)
 
 
-def _start_via_intermediate(ns_fds: list[int], native: Join | None, app: App,
-                            app_args: Any) -> tuple[RockerErr, int, str]:
+def _start_via_intermediate(ns_fds: list[int], join: Join, app: App, app_args: Any) -> Started:
     r, w = os.pipe2(os.O_CLOEXEC)
     _flush_std_streams()
     pid = os.fork()
     if pid == 0:
         os.close(r)
-        _intermediate(ns_fds, native, w, app, app_args)
+        _intermediate(ns_fds, join, w, app, app_args)
     os.close(w)
     # Not read-to-EOF: in a threaded caller, apps forked meanwhile by other threads hold
     # copies of `w`. The intermediate writes its one report (< PIPE_BUF) before it exits.
@@ -178,7 +175,15 @@ def _start_via_intermediate(ns_fds: list[int], native: Join | None, app: App,
         report = b""
     finally:
         os.close(r)
-    return _parse_report(report)
+    if report[:1] == b"P" and report[1:].isdigit():
+        return RockerErr.success, int(report[1:]), None
+    return _outcome(report)
+
+
+def _outcome(report: bytes) -> Started:
+    """A child's "E<errno> <step>" (or nothing: it died) as the seed's number and a cause."""
+    cause = cause_of_report(report)
+    return (RockerErr.app_exec_failed if cause.kind == "app" else RockerErr.enter_rocker_failed), 0, cause
 
 
 def _read_to_eof(fd: int) -> bytes:
@@ -189,43 +194,6 @@ def _read_to_eof(fd: int) -> bytes:
     finally:
         os.close(fd)
     return b"".join(chunks)
-
-
-def _parse_report(report: bytes) -> tuple[RockerErr, int, str]:
-    kind, _, rest = report.decode(errors="replace").partition(" ")
-    if kind == "ok":
-        return RockerErr.success, int(rest), ""
-    if kind == "app":
-        return RockerErr.app_exec_failed, 0, rest
-    return RockerErr.enter_rocker_failed, 0, rest or "the process entering the rocker died"
-
-
-def _join(ns_fds: list[int], native: Join | None, *, skip_pid: bool) -> None:
-    """Join the rocker and take the app's credentials there; raises JoinFailed naming the stage.
-
-    In C when the library is there: one call instead of some forty ctypes calls, each of which
-    also copy-on-write faults pages of the fork (0.6 ms against about 0.2 ms)."""
-    if native is not None:
-        native(not skip_pid)
-        return
-    stage = "setgroups"
-    try:
-        last_cap = proc.cap_last_cap()
-        if os.geteuid() == 0:
-            os.setgroups([])  # else the caller's groups would follow the app (they cannot be dropped later)
-        for name, fd in zip(NS_ORDER, ns_fds, strict=True):
-            if skip_pid and name == "pid":
-                continue
-            stage = f"setns({name})"
-            ns.setns(fd, 0, name)
-        stage = "setresuid"
-        os.setresgid(0, 0, 0)
-        os.setresuid(0, 0, 0)
-        stage = "limit capabilities"
-        proc.limit_caps(APP_CAP_MASK, last_cap)
-        proc.prctl(proc.PR_SET_NO_NEW_PRIVS, 1)
-    except OSError as e:
-        raise JoinFailed(stage, e) from None
 
 
 def _flush_std_streams() -> None:
@@ -239,43 +207,38 @@ def _flush_std_streams() -> None:
             pass  # closed or broken: nothing the child could print either
 
 
-def _failure(kind: str, stage: str, e: OSError) -> bytes:
-    gone = e.errno in GONE_ERRNOS
-    return f"{'enter' if gone else kind} {stage}: {e.strerror}{GONE_WHY if gone else ''}".encode()
-
-
-def _become_app(ns_fds: list[int], native: Join | None, w: int, app: App, app_args: Any) -> None:
+def _become_app(ns_fds: list[int], join: Join, w: int, app: App, app_args: Any) -> None:
     """The one-fork path's child (the caller joined the PID namespace for it): join the rest,
     then run the app; never returns."""
     try:
-        _join_or_exit(ns_fds, native, w, skip_pid=True)
+        _join_or_exit(join, w, with_pid=False)
         _app_main(ns_fds, w, app, app_args)
     finally:
         os._exit(1)
 
 
-def _intermediate(ns_fds: list[int], native: Join | None, w: int, app: App, app_args: Any) -> None:
+def _intermediate(ns_fds: list[int], join: Join, w: int, app: App, app_args: Any) -> None:
     """Runs in the forked child; never returns."""
     try:
-        _join_or_exit(ns_fds, native, w, skip_pid=False)
+        _join_or_exit(join, w, with_pid=True)
         try:
             app_pid = ns.clone(ns.CLONE_PARENT)
         except OSError as e:
-            os.write(w, _failure("app", "clone app", e))
+            os.write(w, failure_report(e.errno or 0, "clone app"))
             os._exit(1)
         if app_pid == 0:
             _app_main(ns_fds, w, app, app_args)
-        os.write(w, f"ok {app_pid}".encode())
+        os.write(w, b"P%d" % app_pid)
         os._exit(0)
     finally:
         os._exit(1)
 
 
-def _join_or_exit(ns_fds: list[int], native: Join | None, w: int, *, skip_pid: bool) -> None:
+def _join_or_exit(join: Join, w: int, *, with_pid: bool) -> None:
     try:
-        _join(ns_fds, native, skip_pid=skip_pid)
+        join(with_pid)
     except JoinFailed as f:
-        os.write(w, _failure("enter", f.stage, f.err))
+        os.write(w, failure_report(f.errno, f.step))
         os._exit(1)
 
 

@@ -11,8 +11,8 @@ caller's child. A fork of a 20 MB Python launcher and the teardown of that copy
 at the exec are most of the time between rockerd's reply and the app's main();
 this path has neither.
 
-Where the library is not built, an Exec is an ordinary app callable: the forked
-child execs the program.
+Called as a function, an Exec execs the program: a caller may also run it as an
+ordinary app callable.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._native import Spec, library
-from ._sys import proc
-from .caps import APP_CAP_MASK
-from .errors import GONE_ERRNOS, GONE_WHY, RockerErr
+from .errors import GONE_ERRNOS, RockerErr
+from .reports import cause_of_report, failure_report
+from .structs import Cause
 
 __all__ = ["Exec"]
 
@@ -44,8 +44,7 @@ class Exec:
 
     `enter_rocker` starts it without forking the caller and reports a failed exec as
     `app_exec_failed` (with the reason) instead of an app that exits 1. Called as a function,
-    it execs the program: that is what the fork path does with it (where librocker-exec is
-    not built).
+    it execs the program.
     """
 
     path: str
@@ -78,39 +77,40 @@ class Exec:
         os.execve(self.path, self.args(), self.environ())  # raises on failure: the app exits 1
 
 
-def _rocker_exec() -> Any:
-    lib = library()
-    return None if lib is None else lib.rocker_exec
-
-
-def available() -> bool:
-    """Whether this process can start an Exec app without forking itself."""
-    return _rocker_exec() is not None
-
-
 def _strings(items: Sequence[bytes]) -> ctypes.Array[ctypes.c_char_p]:
     return (ctypes.c_char_p * (len(items) + 1))(*items, None)
 
 
-def start(ns_fds: list[int], app: Exec) -> tuple[RockerErr, int, str] | None:
-    """Start `app` in the rocker whose namespace fds (user, mnt, pid, net, uts, ipc) are given.
+def start(ns_fds: list[int], app: Exec) -> tuple[RockerErr, int, Cause | None]:
+    """Start `app` in the rocker whose namespace fds (user, mnt, pid, net, uts, ipc) are given:
+    (err, app_pid, cause); NativeMissing without librocker-exec.
 
-    (err, app_pid, detail), or None when this path is not open here and the caller should fork."""
-    fn = _rocker_exec()
-    if fn is None:
-        return None
-    try:
-        last_cap = proc.cap_last_cap()
-        # root joins the PID namespace itself and comes back; anyone else goes through an intermediate
-        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC) if os.geteuid() == 0 else -1
-    except OSError:
-        return None
+    Root joins the PID namespace itself and comes back; anyone else, or root where that join is
+    not allowed here (e.g. EPERM in a container), goes through an intermediate."""
+    fn = library().rocker_exec  # first: NativeMissing before anything is opened
+    if os.geteuid() == 0:
+        try:
+            own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            own = -1
+        if own >= 0:
+            started = _start(fn, ns_fds, app, own)
+            if started is not None:
+                return started
+    started = _start(fn, ns_fds, app, -1)
+    assert started is not None
+    return started
+
+
+def _start(fn: Any, ns_fds: list[int], app: Exec, own: int) -> tuple[RockerErr, int, Cause | None] | None:
+    """One try; None when a root caller could not join the PID namespace and should use an intermediate.
+    Closes `own`."""
     argv = _strings([os.fsencode(a) for a in app.args()])
     envp = _strings([os.fsencode(k) + b"=" + os.fsencode(v) for k, v in app.environ().items()])
     stack = ctypes.create_string_buffer(STACK_SIZE)
     r, w = os.pipe2(os.O_CLOEXEC)
-    spec = Spec((ctypes.c_int * 6)(*ns_fds), own, w, last_cap, APP_CAP_MASK, os.fsencode(app.path), argv, envp,
-                ctypes.addressof(stack), STACK_SIZE)
+    spec = Spec((ctypes.c_int * 6)(*ns_fds), own, w, os.fsencode(app.path), argv, envp, ctypes.addressof(stack),
+                STACK_SIZE)
     pid = ctypes.c_int(-1)
     try:
         rc = fn(ctypes.byref(spec), ctypes.byref(pid))  # returns once the child has exec'd or exited
@@ -125,29 +125,27 @@ def start(ns_fds: list[int], app: Exec) -> tuple[RockerErr, int, str] | None:
         report = b""
     finally:
         os.close(r)
-    return _outcome(rc, pid.value, report, app)
+    return _outcome(rc, pid.value, report, app, own)
 
 
-def _outcome(rc: int, pid: int, report: bytes, app: Exec) -> tuple[RockerErr, int, str] | None:
+def _outcome(rc: int, pid: int, report: bytes, app: Exec, own: int) -> tuple[RockerErr, int, Cause | None] | None:
     if rc == -errno.EREMCHG:  # started, but this thread's children would go to the rocker: stop it
         if pid > 0:
             _kill_and_reap(pid)
-        return RockerErr.enter_rocker_failed, 0, "setns(pid): cannot go back to the caller's PID namespace"
-    if rc < 0:
-        err = -rc
-        if err in GONE_ERRNOS:
-            return RockerErr.enter_rocker_failed, 0, f"setns(pid): {os.strerror(err)}{GONE_WHY}"
-        return None  # e.g. EPERM joining the PID namespace, EAGAIN cloning: the fork path says what it is
-    if not report:
-        return RockerErr.success, pid, ""
-    if pid > 0:
+        return RockerErr.enter_rocker_failed, 0, Cause("enter", "cannot go back to the caller's PID namespace",
+                                                       step="setns(pid)", errno=errno.EREMCHG)
+    if rc < 0:  # nothing was started: joining the PID namespace or the clone failed here
+        report = failure_report(-rc, "setns(pid)" if own >= 0 else "clone")
+        if own >= 0 and -rc not in GONE_ERRNOS:
+            return None
+    elif not report:
+        return RockerErr.success, pid, None
+    elif pid > 0:
         os.waitpid(pid, 0)  # the app exited after its report (-1: an intermediate failed, already reaped)
-    head, _, stage = report.decode(errors="replace").partition(" ")
-    err = int(head) if head.isdigit() else errno.EIO
-    if stage == "exec":
-        return RockerErr.app_exec_failed, 0, f"exec {app.path}: {os.strerror(err)}"
-    gone = err in GONE_ERRNOS
-    return RockerErr.enter_rocker_failed, 0, f"{stage}: {os.strerror(err)}{GONE_WHY if gone else ''}"
+    cause = cause_of_report(report)
+    if cause.step == "exec":
+        cause = Cause("app", cause.reason, step=f"exec {app.path}", errno=cause.errno)
+    return (RockerErr.app_exec_failed if cause.kind == "app" else RockerErr.enter_rocker_failed), 0, cause
 
 
 def _kill_and_reap(pid: int) -> None:

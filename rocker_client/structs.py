@@ -42,7 +42,8 @@ class Cause:
 
     `kind` is the short name of rockerd's varlink error (InvalidRequest, PermissionDenied,
     BuildFailed, LimitReached, ...) or where the client itself failed: connect, send, receive,
-    enter, app. `field` names the request field a refusal is about (e.g. app_overlay_dirs[2]),
+    enter (joining the rocker), gone (its guard exited meanwhile), app (starting the app).
+    `field` names the request field a refusal is about (e.g. app_overlay_dirs[2]),
     `step` the step that failed, `errno` the error number when there is one.
     """
 

@@ -28,6 +28,14 @@ def base() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
+# The app's capability set as docs/security.md states it: Docker's default less CAP_MKNOD and CAP_NET_RAW
+# (numbers from linux/capability.h). Written out here, not imported: the tests check the code against it.
+APP_CAPS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5, "CAP_SETGID": 6,
+            "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_NET_BIND_SERVICE": 10, "CAP_SYS_CHROOT": 18,
+            "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31}
+APP_CAP_MASK = sum(1 << c for c in APP_CAPS.values())
+
+
 def make_req(base: Path, pkg: Path, *, uid: int = 0, gid: int = 0, overlays: tuple[str, ...] = ("/usr",),
              app_id: int = 7) -> RockerRequest:
     req = request_new()

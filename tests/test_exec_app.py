@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 from pkgbuild import HELLO_OUTPUT
-from rockers import make_req, wait_gone
+from rockers import APP_CAP_MASK, make_req, wait_gone
 
-from rocker_client import Exec, RockerErr, enter, enter_rocker, execapp
-from rocker_client._native import JoinFailed, prepare_join
-from rocker_client.caps import APP_CAP_MASK
+from rocker_client import Exec, RockerErr, _native, enter, enter_rocker
+from rocker_client._native import JoinFailed, app_cap_mask, prepare_join
 
 pytestmark = pytest.mark.usefixtures("rockerd")
 PYTHON = "/usr/bin/python3"  # the system's: the app's uid (1000 outside) can reach it, unlike a venv under /root
@@ -57,14 +56,16 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _run_probe(base: Path, pkg: Path) -> tuple[Any, dict[str, Any], int, dict[str, str]]:
-    """The probe's result, its exit status, and the guard's namespaces (read while the app held on)."""
+def _run_probe(base: Path, pkg: Path, *, as_callable: bool = False) -> tuple[Any, dict[str, Any], int, dict[str, str]]:
+    """The probe's result, its exit status, and the guard's namespaces (read while the app held on).
+    `as_callable`: the same Exec wrapped in a plain callable, so it takes the fork path."""
     r, w = os.pipe()
     hold_r, hold_w = os.pipe()
     os.set_inheritable(w, True)
     os.set_inheritable(hold_r, True)
     try:
-        res = enter_rocker(make_req(base, pkg, uid=1000, gid=1000), _probe_app(w, hold_r, "a b", "c"))
+        app = _probe_app(w, hold_r, "a b", "c")
+        res = enter_rocker(make_req(base, pkg, uid=1000, gid=1000), (lambda a: app(a)) if as_callable else app)
     finally:
         os.close(w)
         os.close(hold_r)
@@ -101,7 +102,6 @@ def test_exec_app_runs_inside_without_a_fork(base: Path, pkg: Path, no_fork: lis
     """The app is the caller's child, PID 2 in the rocker, root of the rocker's user namespace with
     the app's capability set and no_new_privs, in all six of its namespaces, with the argv and
     environment it was given and no namespace fd; the caller's children are its own again."""
-    assert execapp.available()
     res, rep, status, guard_ns = _run_probe(base, pkg)
     assert res.ok, res.detail
     assert no_fork == [], "the caller was forked"
@@ -176,22 +176,18 @@ def test_exec_from_a_threaded_caller(base: Path, pkg: Path, no_fork: list[str]) 
 
 
 @pytest.mark.parametrize("path", ["_start_direct", "_start_via_intermediate"])
-@pytest.mark.parametrize("join", ["native", "python"])
-def test_exec_takes_the_fork_path_without_the_library(base: Path, pkg: Path, no_fork: list[str],
-                                                      monkeypatch: pytest.MonkeyPatch, join: str, path: str) -> None:
-    """Where the library's rocker_exec is missing, an Exec is an ordinary app callable: the forked
-    child execs the program. That child (or the intermediate of a threaded caller) joins with the
-    library's rocker_join in one call, or in Python where the library is missing too: the same
-    rocker, credentials and capabilities either way. (A uid-1000 caller: tests/test_nonroot.py.)"""
-    monkeypatch.setattr(execapp, "_rocker_exec", lambda: None)
-    assert not execapp.available()
+def test_a_callable_app_joins_the_same_way(base: Path, pkg: Path, no_fork: list[str],
+                                           monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """A callable app (here one that execs the probe) runs in a fork of the caller, whose child (or
+    the intermediate of a threaded caller) joins with the library's rocker_join, the join an Exec
+    child and the C client run: the same rocker, credentials and capabilities. (A uid-1000 caller:
+    tests/test_nonroot.py.)"""
     prepared: list[bool] = []
     real_prepare = enter.prepare_join
 
     def prepare(*a: Any) -> Any:
-        j = real_prepare(*a) if join == "native" else None
-        prepared.append(j is not None)
-        return j
+        prepared.append(True)
+        return real_prepare(*a)
 
     monkeypatch.setattr(enter, "prepare_join", prepare)
     stop = threading.Event()
@@ -199,13 +195,13 @@ def test_exec_takes_the_fork_path_without_the_library(base: Path, pkg: Path, no_
     if path == "_start_via_intermediate":
         other.start()
     try:
-        res, rep, status, guard_ns = _run_probe(base, pkg)
+        res, rep, status, guard_ns = _run_probe(base, pkg, as_callable=True)
     finally:
         stop.set()
         if other.is_alive():
             other.join()
     assert res.ok, res.detail
-    assert no_fork == [path] and prepared == [join == "native"]
+    assert no_fork == [path] and prepared == [True]
     assert os.waitstatus_to_exitcode(status) == 7
     assert rep["argv"] == ["a b", "c"] and rep["pid"] == 2 and rep["hostname"] == res.guard_pname
     assert rep["ids"] == [0, 0, 0, 0] and rep["groups"] == []
@@ -214,21 +210,39 @@ def test_exec_takes_the_fork_path_without_the_library(base: Path, pkg: Path, no_
     assert rep["ns_fds"] == [] and len(guard_ns) == 6 and rep["ns"] == guard_ns
 
 
+def test_the_library_keeps_the_documented_capabilities() -> None:
+    assert app_cap_mask() == APP_CAP_MASK
+
+
+def test_without_the_library_entering_fails_with_the_fix(base: Path, pkg: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native library is required: a client without it is told how to get it, for any app."""
+    monkeypatch.setenv("ROCKER_EXEC_LIB", str(base / "missing.so"))
+    _native.library.cache_clear()
+    try:
+        for app in (Exec("/bin/true"), lambda _: 0):
+            res = enter_rocker(make_req(base, pkg), app)
+            assert res.err_no == RockerErr.sys and res.cause is not None, res
+            assert "missing.so" in res.cause.reason and "reinstall" in res.cause.reason
+            assert wait_gone(res.guard_pid, 15) is not None  # the unentered rocker goes
+    finally:
+        monkeypatch.delenv("ROCKER_EXEC_LIB")
+        _native.library.cache_clear()
+
+
 def test_native_join_names_the_step_that_failed() -> None:
     """rocker_join's failure comes back as JoinFailed with the step and the errno (run in a fork:
     a join changes the process)."""
-    last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
     null = os.open("/dev/null", os.O_RDONLY)
     r, w = os.pipe()
-    join = prepare_join([null] * 6, last_cap, APP_CAP_MASK)
-    assert join is not None
+    join = prepare_join([null] * 6)
     pid = os.fork()
     if pid == 0:
         try:
             join(True)
             out = "joined"
         except JoinFailed as e:
-            out = f"{e.stage} {e.err.errno}"
+            out = f"{e.step} {e.errno}"
         os.write(w, out.encode())
         os._exit(0)
     os.close(w)

@@ -113,15 +113,13 @@ CLIENT = textwrap.dedent("""
     if stage == "replied":
         wire.call(sock_path, "io.rocker.Rocker.Create", params)
         die()
-    if stage == "entering":  # in the Python join, whose setns we can wrap
+    if stage == "entering":  # the caller dies as its child joins
         import rocker_client.enter
-        rocker_client.enter.prepare_join = lambda *a: None
-        parent, real = os.getpid(), ns.setns
-        def setns(fd, flags, what=""):
-            real(fd, flags, what)
-            if what == "user":
-                os.kill(parent, signal.SIGKILL)  # the caller dies while its child is half in
-        ns.setns = setns
+        parent, real = os.getpid(), rocker_client.enter._join_or_exit
+        def join(*a, **kw):
+            os.kill(parent, signal.SIGKILL)
+            real(*a, **kw)
+        rocker_client.enter._join_or_exit = join
         from rocker_client import RockerRequest
         enter_rocker(RockerRequest(**params), lambda _: 0)
         die()

@@ -3,10 +3,11 @@
  * The same steps as rocker_client/enter.py, in C:
  *
  *   caller: connect, send io.rocker.Rocker.Create, receive the reply and the namespace fds
- *   └─ fork ──> intermediate (single-threaded): setgroups, setns user (first: it owns the
- *               others), mnt, pid, net, uts, ipc; uid/gid 0 inside; the app capability set;
- *               no_new_privs
+ *   └─ fork ──> intermediate (single-threaded): joins the rocker with rocker-join.c's
+ *               rocker_join_ns, the same code the Python client runs (setgroups, setns user
+ *               first, uid/gid 0 inside, the app capability set, no_new_privs)
  *               └─ clone(CLONE_PARENT) ──> app: runs app(app_args) as the caller's child
+ *   The intermediate reports "P<pid>" or "E<errno> <step>" (rocker-join.h).
  *
  * Only the three ROCKER_* functions are exported (built with -fvisibility=hidden).
  * SPDX-License-Identifier: MIT
@@ -14,11 +15,10 @@
 #define _GNU_SOURCE
 #include "lib.h"
 #include "rkjson.h"
+#include "rocker-join.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
-#include <linux/capability.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -27,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -41,34 +40,10 @@
 #define MAX_REPLY (16u * 1024 * 1024) /* a larger reply means a broken server */
 #define MAX_FDS 253                   /* SCM_MAX_FD */
 #define CHUNK 65536
-#define NNS 6
+#define NNS ROCKER_NNS
 
-/* Entered in this order: user first, it owns the others (the order of the interface). */
-static const struct {
-    const char *name;
-    int type;
-} NS[NNS] = {
-    {"user", CLONE_NEWUSER}, {"mnt", CLONE_NEWNS}, {"pid", CLONE_NEWPID},
-    {"net", CLONE_NEWNET},   {"uts", CLONE_NEWUTS}, {"ipc", CLONE_NEWIPC},
-};
-
-/* The capabilities an app keeps inside its rocker: rocker_client/caps.py (a test compares them). */
-static const uint64_t APP_CAP_MASK =
-    1ULL << CAP_CHOWN | 1ULL << CAP_DAC_OVERRIDE | 1ULL << CAP_FOWNER | 1ULL << CAP_FSETID |
-    1ULL << CAP_KILL | 1ULL << CAP_SETGID | 1ULL << CAP_SETUID | 1ULL << CAP_SETPCAP |
-    1ULL << CAP_NET_BIND_SERVICE | 1ULL << CAP_SYS_CHROOT | 1ULL << CAP_AUDIT_WRITE | 1ULL << CAP_SETFCAP;
-
-/* What the intermediate reports through its pipe: one write, well under PIPE_BUF. */
-enum { REP_OK = 1, REP_ENTER, REP_APP };
-enum { ST_SETGROUPS, ST_SETNS /* + index into NS */, ST_SETRESGID = ST_SETNS + NNS, ST_SETRESUID,
-       ST_CAPBSET, ST_CAPSET, ST_NO_NEW_PRIVS, ST_CLONE, ST_COUNT };
-static const char *const STAGE[ST_COUNT] = {
-    "setgroups", "setns(user)", "setns(mnt)", "setns(pid)", "setns(net)", "setns(uts)", "setns(ipc)",
-    "setresgid", "setresuid", "prctl(PR_CAPBSET_DROP)", "capset", "prctl(PR_SET_NO_NEW_PRIVS)", "clone app",
-};
-struct report {
-    int kind, stage, err, pid;
-};
+/* The namespaces' names in the Create reply, in the order they are entered (rocker-join.h). */
+static const char *const NS_NAME[NNS] = {"user", "mnt", "pid", "net", "uts", "ipc"};
 
 struct fds {
     int fd[MAX_FDS];
@@ -345,7 +320,7 @@ static int parse_parameters(struct rkj_in *in, struct reply *r)
             rkj_obj_begin(in);
             while ((kk = rkj_obj_key(in, &n, name, sizeof name)) == 1) {
                 int i = 0;
-                while (i < NNS && strcmp(name, NS[i].name) != 0)
+                while (i < NNS && strcmp(name, NS_NAME[i]) != 0)
                     i++;
                 if ((i < NNS ? read_int(in, &r->ns[i], &r->have_ns[i]) : rkj_skip(in)) < 0)
                     return -1;
@@ -399,57 +374,17 @@ static ROCKER_ERR remote_err(const char *name)
 
 /* ---- entering ---- */
 
-/* Drop every capability not in APP_CAP_MASK: bounding set first, then permitted, effective
- * and inheritable (which also empties the ambient set). */
-static int drop_bounding(int last_cap)
-{
-    for (int cap = 0; cap <= last_cap; cap++)
-        if (!(cap < 64 && (APP_CAP_MASK >> cap & 1)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
-            return -1;
-    return 0;
-}
-
-static int set_caps(void)
-{
-    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
-    struct __user_cap_data_struct data[2];
-    memset(data, 0, sizeof data);
-    data[0].effective = data[0].permitted = (uint32_t)APP_CAP_MASK;
-    data[1].effective = data[1].permitted = (uint32_t)(APP_CAP_MASK >> 32);
-    return (int)syscall(SYS_capset, &hdr, data);
-}
-
 /* The forked intermediate: plain syscalls only, no locks, no malloc (the caller may have threads).
  * Never returns. */
-__attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], struct fds *all, int w, int last_cap,
+__attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], struct fds *all, int w,
                                                    int (*app)(void *), void *app_args)
 {
-    struct report rep = {.kind = REP_ENTER};
-    int stage = ST_SETGROUPS;
-    if (geteuid() == 0 && setgroups(0, NULL) < 0) /* else the caller's groups would follow the app */
-        goto fail;
-    for (int i = 0; i < NNS; i++) {
-        stage = ST_SETNS + i;
-        if (setns(ns_fd[i], NS[i].type) < 0)
-            goto fail;
+    const char *step = rocker_join_ns(ns_fd, 1);
+    if (step) {
+        rocker_report(w, step, errno);
+        _exit(1);
     }
     close_fds(all); /* the app gets no handle on the namespaces */
-    stage = ST_SETRESGID;
-    if (setresgid(0, 0, 0) < 0)
-        goto fail;
-    stage = ST_SETRESUID;
-    if (setresuid(0, 0, 0) < 0)
-        goto fail;
-    stage = ST_CAPBSET;
-    if (drop_bounding(last_cap) < 0)
-        goto fail;
-    stage = ST_CAPSET;
-    if (set_caps() < 0)
-        goto fail;
-    stage = ST_NO_NEW_PRIVS;
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        goto fail;
-    stage = ST_CLONE;
     /* Raw clone, no new stack: fork semantics, but the app is the caller's child. */
     long pid = syscall(SYS_clone, (unsigned long)(CLONE_PARENT | SIGCHLD), 0, 0, 0, 0);
     if (pid == 0) {
@@ -462,43 +397,21 @@ __attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], struct 
         fflush(stderr);
         _exit(code);
     }
-    if (pid < 0)
-        goto fail;
-    rep.kind = REP_OK;
-    rep.pid = (int)pid;
-    (void)!write(w, &rep, sizeof rep);
+    if (pid < 0) {
+        rocker_report(w, "clone app", errno);
+        _exit(1);
+    }
+    char ok[24];
+    int n = snprintf(ok, sizeof ok, "P%ld", pid);
+    (void)!write(w, ok, (size_t)n);
     _exit(0);
-fail:
-    rep.err = errno;
-    rep.stage = stage;
-    /* ESRCH/ENOMEM/ENOENT at clone: the guard died, the rocker is gone; not the app's fault */
-    if (stage == ST_CLONE && rep.err != ESRCH && rep.err != ENOMEM && rep.err != ENOENT)
-        rep.kind = REP_APP;
-    (void)!write(w, &rep, sizeof rep);
-    _exit(1);
-}
-
-static int read_last_cap(void)
-{
-    char buf[16] = {0};
-    int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    return n > 0 ? atoi(buf) : -1;
 }
 
 /* Fork the intermediate, collect its report. Closes every fd in `all`. */
 static ROCKER_ERR start_inside(const int ns_fd[NNS], struct fds *all, int (*app)(void *), void *app_args,
                                int *app_pid)
 {
-    int last_cap = read_last_cap(), p[2];
-    if (last_cap < 0) {
-        debug("cannot read /proc/sys/kernel/cap_last_cap: %s", strerror(errno));
-        close_fds(all);
-        return ROCKER_ERR_sys;
-    }
+    int p[2];
     if (pipe2(p, O_CLOEXEC) < 0) {
         debug("pipe2: %s", strerror(errno));
         close_fds(all);
@@ -507,7 +420,7 @@ static ROCKER_ERR start_inside(const int ns_fd[NNS], struct fds *all, int (*app)
     pid_t pid = fork();
     if (pid == 0) {
         close(p[0]);
-        intermediate(ns_fd, all, p[1], last_cap, app, app_args);
+        intermediate(ns_fd, all, p[1], app, app_args);
     }
     int fork_errno = errno;
     close_fds(all);
@@ -522,25 +435,30 @@ static ROCKER_ERR start_inside(const int ns_fd[NNS], struct fds *all, int (*app)
      * before the intermediate exits. */
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
         ;
-    struct report rep;
+    char rep[160];
     ssize_t n;
     fcntl(p[0], F_SETFL, O_NONBLOCK);
     do
-        n = read(p[0], &rep, sizeof rep);
+        n = read(p[0], rep, sizeof rep - 1);
     while (n < 0 && errno == EINTR);
     close(p[0]);
-    if (n != (ssize_t)sizeof rep) {
+    if (n <= 0) {
         debug("the process entering the rocker died");
         return ROCKER_ERR_enter_rocker_failed;
     }
-    if (rep.kind == REP_OK) {
-        *app_pid = rep.pid;
+    rep[n] = 0;
+    if (rep[0] == 'P') {
+        *app_pid = atoi(rep + 1);
         return ROCKER_ERR_success;
     }
-    const char *stage = rep.stage >= 0 && rep.stage < ST_COUNT ? STAGE[rep.stage] : "?";
-    int gone = rep.err == ESRCH || rep.err == ENOMEM || rep.err == ENOENT;
-    debug("%s: %s%s", stage, strerror(rep.err), gone ? " (the rocker is gone: its guard exited)" : "");
-    return rep.kind == REP_APP ? ROCKER_ERR_app_exec_failed : ROCKER_ERR_enter_rocker_failed;
+    /* "E<errno> <step>": the one report format (rocker-join.h) */
+    char *step = strchr(rep, ' ');
+    int err = atoi(rep + 1);
+    step = step ? step + 1 : rep;
+    /* ESRCH/ENOMEM/ENOENT: the guard died, the rocker is gone; not the app's fault */
+    int gone = err == ESRCH || err == ENOMEM || err == ENOENT;
+    debug("%s: %s%s", step, strerror(err), gone ? " (the rocker is gone: its guard exited)" : "");
+    return !gone && !strcmp(step, "clone app") ? ROCKER_ERR_app_exec_failed : ROCKER_ERR_enter_rocker_failed;
 }
 
 /* ---- the API ---- */

@@ -1,10 +1,10 @@
 """The client's native helper, compiled by setup.py when the package is installed.
 
-``librocker-exec.so`` (rocker-exec.c) starts a program as an app in a rocker
-without forking the caller (``rocker_exec``, see rocker_client/execapp.py), and
-joins a rocker in one call from a forked child (``rocker_join``). It is
-optional: where it is missing, an ``Exec`` app takes the fork path like any
-other callable, and the forked child joins through ctypes calls of its own.
+``librocker-exec.so`` (rocker-exec.c with rocker-join.c) starts a program as an app
+in a rocker without forking the caller (``rocker_exec``, see rocker_client/execapp.py),
+and joins a rocker in one call from a forked child (``rocker_join``). The join is
+rocker-join.c's, the same code the C client (clients/c) runs. It is required: a
+client without it cannot enter a rocker (NativeMissing says how to get it).
 """
 
 from __future__ import annotations
@@ -15,25 +15,26 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-__all__ = ["JoinFailed", "Spec", "exec_library", "library", "prepare_join"]
+__all__ = ["JoinFailed", "NativeMissing", "Spec", "app_cap_mask", "exec_library", "library", "prepare_join"]
 
 
-def exec_library() -> str | None:
-    """Path of librocker-exec.so; ``$ROCKER_EXEC_LIB`` overrides the installed one. None if absent."""
-    path = os.environ.get("ROCKER_EXEC_LIB") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+class NativeMissing(OSError):
+    """librocker-exec.so is not there or does not load: the package was not built."""
+
+
+def exec_library() -> str:
+    """Path of librocker-exec.so; ``$ROCKER_EXEC_LIB`` overrides the installed one."""
+    return os.environ.get("ROCKER_EXEC_LIB") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                              "librocker-exec.so")
-    return path if os.path.isfile(path) else None
 
 
 class Spec(ctypes.Structure):
-    """struct rocker_exec."""
+    """struct rocker_exec (rocker-exec.c; tests/test_native_layout.py checks the layout)."""
 
     _fields_ = [
         ("ns_fds", ctypes.c_int * 6),
         ("own_pid_ns", ctypes.c_int),
         ("report_fd", ctypes.c_int),
-        ("last_cap", ctypes.c_int),
-        ("cap_keep", ctypes.c_ulonglong),
         ("path", ctypes.c_char_p),
         ("argv", ctypes.POINTER(ctypes.c_char_p)),
         ("envp", ctypes.POINTER(ctypes.c_char_p)),
@@ -44,42 +45,45 @@ class Spec(ctypes.Structure):
 
 @cache
 def library() -> Any:
-    """The loaded library with its entry points typed, or None."""
+    """The loaded library with its entry points typed; NativeMissing if it cannot be had."""
     path = exec_library()
-    if path is None:
-        return None
     try:
         lib = ctypes.CDLL(path)
         lib.rocker_exec.argtypes = [ctypes.POINTER(Spec), ctypes.POINTER(ctypes.c_int)]
         lib.rocker_exec.restype = ctypes.c_int
         lib.rocker_join.argtypes = [ctypes.POINTER(Spec), ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
         lib.rocker_join.restype = ctypes.c_int
-    except (OSError, AttributeError):
-        return None
+        lib.rocker_app_cap_mask.argtypes = []
+        lib.rocker_app_cap_mask.restype = ctypes.c_ulonglong
+    except (OSError, AttributeError) as e:
+        raise NativeMissing(f"cannot load {path}: {e}: rocker_client's native part was not built; reinstall "
+                            "the package (`pip install` compiles it; it needs a C compiler)") from None
     return lib
 
 
+def app_cap_mask() -> int:
+    """The capabilities an app keeps in its rocker, as a bit mask (rocker-join.h)."""
+    return int(library().rocker_app_cap_mask())
+
+
 class JoinFailed(Exception):
-    """A step of joining the rocker failed: which one, and the error."""
+    """A step of joining the rocker failed: which one, and the errno."""
 
-    def __init__(self, stage: str, err: OSError) -> None:
-        self.stage, self.err = stage, err
+    def __init__(self, step: str, err: int) -> None:
+        super().__init__(step, err)
+        self.step, self.errno = step, err
 
 
-def prepare_join(ns_fds: list[int], last_cap: int, cap_keep: int) -> Callable[[bool], None] | None:
-    """A join for a forked child, built before the fork so that the child only makes the call:
-    setgroups, setns (the PID namespace too if asked), uid/gid 0, the capabilities, no_new_privs.
-    None without the library. The call raises JoinFailed naming the step."""
-    lib = library()
-    if lib is None:
-        return None
-    spec = Spec((ctypes.c_int * 6)(*ns_fds), -1, -1, last_cap, cap_keep, None, None, None, None, 0)
-    stage = ctypes.c_char_p()
-    fn, ref_spec, ref_stage = lib.rocker_join, ctypes.byref(spec), ctypes.byref(stage)
+def prepare_join(ns_fds: list[int]) -> Callable[[bool], None]:
+    """A join for a forked child, built before the fork so that the child only makes the call
+    (rocker-join.h says what it does). The call raises JoinFailed naming the step."""
+    spec = Spec((ctypes.c_int * 6)(*ns_fds), -1, -1, None, None, None, None, 0)
+    step = ctypes.c_char_p()
+    fn, ref_spec, ref_step = library().rocker_join, ctypes.byref(spec), ctypes.byref(step)
 
     def join(with_pid: bool) -> None:
-        rc = fn(ref_spec, 1 if with_pid else 0, ref_stage)
+        rc = fn(ref_spec, 1 if with_pid else 0, ref_step)
         if rc < 0:
-            raise JoinFailed((stage.value or b"join").decode(), OSError(-rc, os.strerror(-rc)))
+            raise JoinFailed((step.value or b"join").decode(), -rc)
 
     return join

@@ -23,34 +23,26 @@
  *
  * rocker_client loads this with ctypes. rocker_exec() is the entry point for
  * an Exec app; rocker_join() serves the forked child of a callable app, which
- * joins the same way in one call instead of some forty through ctypes.
+ * joins the same way in one call. The join itself is rocker-join.c's, shared
+ * with the C client.
  */
 #define _GNU_SOURCE
+#include "rocker-join.h"
+
 #include <errno.h>
-#include <linux/capability.h>
 #include <sched.h>
 #include <signal.h>
-#include <stdio.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #define MIN_STACK (16 * 1024)
 
-enum { NS_USER, NS_MNT, NS_PID, NS_NET, NS_UTS, NS_IPC, NNS };
-
-static const int NS_TYPE[NNS] = {CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUTS, CLONE_NEWIPC};
-static const char *const NS_STAGE[NNS] = {"setns(user)", "setns(mnt)", "setns(pid)", "setns(net)", "setns(uts)",
-                                          "setns(ipc)"};
-
 struct rocker_exec {
-    int ns_fds[NNS];        /* the rocker's, in NS_* order */
+    int ns_fds[ROCKER_NNS]; /* the rocker's, in ROCKER_NS_* order */
     int own_pid_ns;         /* the caller's PID namespace, to go back to; -1: through an intermediate */
-    int report_fd;          /* write end of a CLOEXEC pipe: "<errno> <stage>" if the child fails */
-    int last_cap;           /* /proc/sys/kernel/cap_last_cap */
-    unsigned long long cap_keep; /* the app's capability set, a bit mask */
+    int report_fd;          /* write end of a CLOEXEC pipe: "E<errno> <step>" if the child fails */
     const char *path;       /* the program, resolved in the rocker's mount namespace */
     char *const *argv;
     char *const *envp;
@@ -65,21 +57,6 @@ struct child_arg {
     int app_pid;          /* set by the intermediate: the app it cloned (shared memory) */
 };
 
-static void report(int fd, const char *stage, int err) {
-    char b[96];
-    int n = snprintf(b, sizeof b, "%d %s", err, stage);
-    if (n > 0 && syscall(SYS_write, fd, b, (size_t)n) < 0) {}
-}
-
-static int drop_caps(const struct rocker_exec *e) {
-    for (int cap = 0; cap <= e->last_cap; cap++)
-        if (!(e->cap_keep >> cap & 1) && syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) return -1;
-    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
-    unsigned lo = (unsigned)(e->cap_keep & 0xFFFFFFFFu), hi = (unsigned)(e->cap_keep >> 32);
-    struct __user_cap_data_struct data[2] = {{lo, lo, 0}, {hi, hi, 0}};
-    return (int)syscall(SYS_capset, &hdr, data);
-}
-
 static void reset_handlers(void) {
     /* Our own copy of the handler table (no CLONE_SIGHAND): the caller's handlers must not run here. */
     for (int sig = 1; sig < _NSIG; sig++) {
@@ -90,21 +67,6 @@ static void reset_handlers(void) {
             sigaction(sig, &sa, NULL);
         }
     }
-}
-
-/* Join the rocker (the PID namespace too, for our children, if with_pid) and take the app's
- * credentials there. Returns NULL, or the stage that failed (errno set). */
-static const char *join(const struct rocker_exec *e, int with_pid) {
-    /* else a root caller's groups would follow the app (they cannot be dropped later) */
-    if (syscall(SYS_geteuid) == 0 && syscall(SYS_setgroups, 0, NULL) < 0) return "setgroups";
-    for (int i = 0; i < NNS; i++) {
-        if (i == NS_PID && !with_pid) continue; /* the caller joined it for us */
-        if (syscall(SYS_setns, e->ns_fds[i], NS_TYPE[i]) < 0) return NS_STAGE[i];
-    }
-    if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0) return "setresuid";
-    if (drop_caps(e) < 0) return "limit capabilities";
-    if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return "prctl(PR_SET_NO_NEW_PRIVS)";
-    return NULL;
 }
 
 /* The app, born in the rocker's PID namespace: any signal wakes the guard (PID 1 here; it ignores
@@ -118,13 +80,13 @@ static __attribute__((noreturn)) void exec_app(const struct child_arg *a) {
     const struct rocker_exec *e = a->e;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &a->caller_mask, NULL, _NSIG / 8);
     syscall(SYS_execve, e->path, e->argv, e->envp);
-    report(e->report_fd, "exec", errno);
+    rocker_report(e->report_fd, "exec", errno);
     syscall(SYS_exit, 127);
     __builtin_unreachable();
 }
 
 static __attribute__((noreturn)) void fail(const struct rocker_exec *e, const char *stage) {
-    report(e->report_fd, stage, errno);
+    rocker_report(e->report_fd, stage, errno);
     syscall(SYS_exit, 127);
     __builtin_unreachable();
 }
@@ -134,7 +96,7 @@ static int child(void *p) {
     const struct child_arg *a = p;
     reset_handlers();
     wake_guard();
-    const char *stage = join(a->e, 0);
+    const char *stage = rocker_join_ns(a->e->ns_fds, 0);
     if (stage) fail(a->e, stage);
     exec_app(a);
 }
@@ -148,7 +110,7 @@ static int app_of_intermediate(void *p) {
 static int intermediate(void *p) {
     struct child_arg *a = p;
     reset_handlers();
-    const char *stage = join(a->e, 1);
+    const char *stage = rocker_join_ns(a->e->ns_fds, 1);
     if (stage) fail(a->e, stage);
     pid_t pid = clone(app_of_intermediate, a->app_stack, CLONE_VM | CLONE_VFORK | CLONE_PARENT | SIGCHLD, a);
     if (pid < 0) fail(a->e, "clone app");
@@ -158,10 +120,10 @@ static int intermediate(void *p) {
 }
 
 /* For a forked, single-threaded child (a callable app, or its intermediate): join the rocker and
- * take the app's credentials, as an Exec child does; only ns_fds, last_cap and cap_keep of *e are
- * read. Returns 0, or -errno with *stage naming the step that failed. */
+ * take the app's credentials, as an Exec child does; only ns_fds of *e is read. Returns 0, or
+ * -errno with *stage naming the step that failed. */
 int rocker_join(const struct rocker_exec *e, int with_pid, const char **stage) {
-    const char *failed = join(e, with_pid);
+    const char *failed = rocker_join_ns(e->ns_fds, with_pid);
     if (!failed) return 0;
     int err = errno;
     *stage = failed;
@@ -169,10 +131,15 @@ int rocker_join(const struct rocker_exec *e, int with_pid, const char **stage) {
 }
 
 /* Starts the app; returns 0 with its PID in *app_pid, or -errno if nothing was started. A child
- * that failed after the clone has written "<errno> <stage>" on report_fd; *app_pid is then the
+ * that failed after the clone has written "E<errno> <step>" on report_fd; *app_pid is then the
  * failed app to reap, or -1 if it never existed (an intermediate that failed is reaped here).
  * Returns once the app has exec'd or exited. A root caller that cannot go back to its own PID
  * namespace gets -EREMCHG with the app started: it must not fork from this thread again. */
+/* The capability set an app keeps (for the clients' tests and docs: one definition, here). */
+unsigned long long rocker_app_cap_mask(void) {
+    return ROCKER_APP_CAP_MASK;
+}
+
 int rocker_exec(const struct rocker_exec *e, int *app_pid) {
     if (!e->stack || e->stack_size < 2 * MIN_STACK) return -EINVAL;
     char *base = e->stack, *mid = base + e->stack_size / 2, *end = base + e->stack_size;
@@ -191,7 +158,7 @@ int rocker_exec(const struct rocker_exec *e, int *app_pid) {
             while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
             *app_pid = a.app_pid;
         }
-    } else if (syscall(SYS_setns, e->ns_fds[NS_PID], CLONE_NEWPID) < 0) {
+    } else if (syscall(SYS_setns, e->ns_fds[ROCKER_NS_PID], CLONE_NEWPID) < 0) {
         err = errno;
     } else {
         pid_t pid = clone(child, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
