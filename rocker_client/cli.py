@@ -219,6 +219,27 @@ signalled.""",
                      EXIT_STATUS_USAGE, EXIT_STATUS_ROCKER),
     ),
     Page(
+        name="pack",
+        summary="pack a directory into an app package (a squashfs image)",
+        synopsis="rocker pack DIR -o APP.squashfs [--comp ALGO]",
+        description="""\
+Make the read-only package rocker mounts at an app's exec dir from the tree
+DIR, with mksquashfs (Debian: squashfs-tools). The image is what a package
+should be: every file owned by root:root (the package is mounted nosuid and
+nodev, and a uid-1000 app must not own its own code), and reproducible: the
+same DIR gives the same bytes on any machine (file times and the image's own
+time set to 0, entries in sorted order, no extended attributes). An existing
+APP.squashfs is replaced only when the new image is complete.""",
+        sections=(("options", """\
+  -o, --output FILE   the package to write (required)
+  --comp ALGO         compression: gzip (default; every kernel reads it),
+                      zstd, xz, lz4, lzo"""),),
+        examples=(("pack an app and run it", "rocker pack ./hello -o hello.squashfs\n"
+                                             "rocker run --pkg hello.squashfs -- hello"),),
+        exit_status=(("0", "the package was written"), EXIT_STATUS_USAGE,
+                     ("125", "mksquashfs is missing or failed; DIR is not a directory")),
+    ),
+    Page(
         name="status",
         summary="show whether rockerd is up, its version and how many rockers live",
         synopsis="rocker status [--json]",
@@ -336,6 +357,12 @@ def build_parser() -> Parser:
     inspect = page("inspect")
     inspect.add_argument("name", metavar="NAME", help="the rocker's name, as `rocker ps` shows it")
     _socket_option(inspect)
+
+    pack = page("pack")
+    pack.add_argument("dir", metavar="DIR", help="the app's files")
+    pack.add_argument("-o", "--output", required=True, metavar="FILE", help="the package to write")
+    pack.add_argument("--comp", default="gzip", choices=PACK_COMPRESSORS, metavar="ALGO",
+                      help="compression: " + ", ".join(PACK_COMPRESSORS) + " (default gzip)")
 
     kill = page("kill")
     kill.add_argument("-s", "--signal", default="KILL", metavar="SIG",
@@ -546,12 +573,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not cmd:
         raise UsageError("rocker run", "no CMD given: put it after the options, e.g. `rocker run --pkg PKG -- sh`")
     pkg = args.pkg
-    if not os.path.exists(pkg):
-        raise Failure(f"package {pkg} not found: pass the path of a squashfs image to --pkg (make one with "
-                      "`mksquashfs DIR APP.squashfs -all-root`, see docs/quickstart.md)")
-    if os.path.isdir(pkg):
-        raise Failure(f"package {pkg} is a directory: pack it into an image first, e.g. "
-                      f"`mksquashfs {pkg.rstrip('/')} {Path(pkg).name or 'app'}.squashfs -all-root`")
+    check_package(pkg)
     if args.exec_dir and args.data_dir:
         exec_dir, data_dir = os.path.abspath(args.exec_dir), os.path.abspath(args.data_dir)
     else:
@@ -644,6 +666,57 @@ def cmd_kill(args: argparse.Namespace) -> int:
     return EXIT_NO_SUCH_ROCKER if missing else EXIT_OK
 
 
+PACK_COMPRESSORS = ("gzip", "zstd", "xz", "lz4", "lzo")
+SQUASHFS_MAGIC = b"hsqs"
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    """mksquashfs with the options a package needs; written to a temporary name, then renamed."""
+    import shutil
+    import subprocess
+
+    src, out = args.dir, args.output
+    if not os.path.isdir(src):
+        raise Failure(f"{src} is not a directory: pass the directory of the app's files")
+    mksquashfs = shutil.which("mksquashfs") or next(
+        (p for p in ("/usr/sbin/mksquashfs", "/sbin/mksquashfs") if os.access(p, os.X_OK)), None)
+    if mksquashfs is None:
+        raise Failure("mksquashfs not found: install it (Debian: apt-get install squashfs-tools)")
+    tmp = f"{out}.tmp{os.getpid()}"
+    cmd = [mksquashfs, src, tmp, "-noappend", "-quiet", "-no-progress", "-comp", args.comp, "-all-root",
+           "-no-xattrs", "-all-time", "0", "-mkfs-time", "0", "-reproducible"]
+    try:
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, check=False)
+        if p.returncode != 0:
+            last = (p.stdout.strip().splitlines() or ["(no output)"])[-1]
+            raise Failure(f"mksquashfs failed ({p.returncode}) packing {src}: {last}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return EXIT_OK
+
+
+def check_package(pkg: str) -> None:
+    """What can be told without rockerd: the package exists, is a file, is a squashfs image."""
+    if os.path.isdir(pkg):
+        raise Failure(f"package {pkg} is a directory: pack it into an image first, e.g. "
+                      f"`rocker pack {pkg.rstrip('/')} -o {Path(pkg).name or 'app'}.squashfs`")
+    try:
+        with open(pkg, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise Failure(f"package {pkg} not found: pass the path of a squashfs image to --pkg (make one with "
+                      "`rocker pack DIR -o APP.squashfs`, see docs/quickstart.md)") from None
+    except PermissionError:
+        return  # rockerd opens it as us and says the same, with the reason
+    except OSError as e:
+        raise Failure(f"package {pkg}: {e.strerror}") from None
+    if magic != SQUASHFS_MAGIC:
+        raise Failure(f"package {pkg} is not a squashfs image: make one with `rocker pack DIR -o APP.squashfs`")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     path = socket_path(args)
     with Daemon(path) as d:
@@ -667,7 +740,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": cmd_run, "ps": cmd_ps, "inspect": cmd_inspect, "kill": cmd_kill, "status": cmd_status,
+    "run": cmd_run, "ps": cmd_ps, "inspect": cmd_inspect, "kill": cmd_kill, "pack": cmd_pack, "status": cmd_status,
 }
 
 

@@ -6,6 +6,7 @@ Also checks that the generated docs are current and that docs/quickstart.md's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -525,10 +526,51 @@ def test_error_for_a_missing_package(base: Path) -> None:
     res = rocker("run", "--pkg", str(base / "nope.squashfs"), "--", "true")
     assert res.returncode == 125
     line = one_line(res.stderr)
-    assert f"package {base / 'nope.squashfs'} not found" in line and "mksquashfs" in line, line
+    assert f"package {base / 'nope.squashfs'} not found" in line and "rocker pack" in line, line
     res = rocker("run", "--pkg", str(base), "--", "true")
     assert res.returncode == 125
     assert "is a directory: pack it into an image first" in one_line(res.stderr)
+
+
+def test_a_package_that_is_no_squashfs_is_refused_before_rockerd_is_asked(base: Path) -> None:
+    """No daemon listens on this socket: the answer comes from the client's own look at the file."""
+    (base / "app.squashfs").write_bytes(b"#!/bin/sh\necho not an image\n")
+    res = rocker("--socket", str(base / "nobody.sock"), "run", "--pkg", str(base / "app.squashfs"), "--", "true")
+    assert res.returncode == 125
+    assert "is not a squashfs image: make one with `rocker pack DIR -o APP.squashfs`" in one_line(res.stderr)
+
+
+def _tree(root: Path, mtime: int) -> None:
+    (root / "bin").mkdir(parents=True)
+    (root / "bin/hello").write_text("#!/bin/sh\necho hello\n")
+    (root / "bin/hello").chmod(0o755)
+    (root / "share").mkdir()
+    for i in range(20):
+        (root / f"share/f{i:02d}").write_text(str(i) * i)
+    os.chown(root / "share/f03", 1000, 1000)
+    for p in [root, *root.rglob("*")]:
+        os.utime(p, (mtime, mtime), follow_symlinks=False)
+
+
+def test_pack_makes_a_reproducible_root_owned_package(base: Path) -> None:
+    """Two trees that differ in times only pack to the same bytes; every file is root's in the image."""
+    _tree(base / "a", 1_000_000)
+    _tree(base / "b", 2_000_000)
+    digests = []
+    for name in ("a", "b"):
+        res = rocker("pack", str(base / name), "-o", str(base / f"{name}.squashfs"))
+        assert res.returncode == 0 and res.stderr == "", res
+        digests.append(hashlib.sha256((base / f"{name}.squashfs").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    assert (base / "a.squashfs").read_bytes()[:4] == b"hsqs"
+    listing = subprocess.run(["unsquashfs", "-lln", str(base / "a.squashfs")], capture_output=True, text=True,
+                             check=True).stdout
+    owners = {line.split()[1] for line in listing.splitlines() if line[:1] in "-dl" and len(line.split()) > 5}
+    assert owners == {"0/0"}, listing
+    assert "squashfs-root/share/f03" in listing and not list(base.glob("*.tmp*"))
+    res = rocker("pack", str(base / "a" / "bin/hello"), "-o", str(base / "x.squashfs"))
+    assert res.returncode == 125 and "is not a directory" in one_line(res.stderr)
+    assert not (base / "x.squashfs").exists()
 
 
 @pytest.mark.parametrize(("args", "says"), [
@@ -537,7 +579,7 @@ def test_error_for_a_missing_package(base: Path) -> None:
     (["run", "--pkg", "x.squashfs"], "rocker run: no CMD given"),
     (["run", "--", "true"], "rocker run: the following arguments are required: --pkg"),
     (["run", "--pkg", "x.squashfs", "--uid", "me", "--", "true"], "rocker run: argument --uid: not a number"),
-    (["frob"], "rocker: unknown command 'frob': the commands are run, ps, inspect, kill, status"),
+    (["frob"], "rocker: unknown command 'frob': the commands are run, ps, inspect, kill, pack, status"),
     (["kill", "-s", "NOPE", "rk-x"], "rocker kill: unknown signal 'NOPE'"),
     (["inspect"], "rocker inspect: the following arguments are required: NAME"),
     ([], "rocker: no command given"),
@@ -594,7 +636,7 @@ def test_quickstart_runs_verbatim(tmp_path: Path) -> None:
     are used for real without touching the host's.
     """
     script = quickstart_section("Package and run your own app")
-    assert "mksquashfs" in script and "rocker run" in script
+    assert "rocker pack" in script and "rocker run" in script
     (tmp_path / "quickstart.sh").write_text(script)
     note = Path("/etc/rocker-quickstart.txt")
     assert not note.exists(), f"{note} exists before the test"
