@@ -43,12 +43,10 @@ def _as_uid(base: Path, d: Daemon, code: str, *args: str, timeout: float = 60) -
 def _run_app(base: Path, d: Daemon, params: Params, app: str) -> dict[str, Any]:
     """A real rocker for uid 1000 whose callable app runs `app` (it prints 'APP <json>')."""
     p = _as_uid(base, d, f"APP = {app!r}\n" + CALLER, json.dumps(params), "callable")
-    out: dict[str, Any] = {"stderr": p.stderr}
-    for line in p.stdout.splitlines():
-        kind, _, rest = line.partition(" ")
-        out[kind] = json.loads(rest)
+    lines = (line.partition(" ") for line in p.stdout.splitlines())
+    out: dict[str, Any] = {kind: json.loads(rest) for kind, _, rest in lines}
     assert "RES" in out, p.stdout + p.stderr
-    return out
+    return {"stderr": p.stderr, **out}
 
 
 def _mkdirs_as_uid(*paths: Path) -> None:
