@@ -70,6 +70,8 @@ def start_open(path: str, caller: policy.Peer | None) -> Future[int]:
 async def opened(cf: Future[int], path: str, deadline: float = DEADLINE) -> int:
     """The fd `cf` gives, or BuildError(ETIMEDOUT) once `deadline` has passed (the fd it may still
     give is closed when it does)."""
+    if cf.done():  # the usual case by the time the dirs are ready: no round trip through the loop
+        return cf.result()
     try:
         return await asyncio.wait_for(asyncio.wrap_future(cf), deadline)
     except (TimeoutError, asyncio.CancelledError) as e:
