@@ -119,26 +119,26 @@ class PrepareOverlayLayers(Step[HostContext]):
                 for i in group.members:
                     d = r.app_overlay_dirs[i]
                     host[d] = self._member_stat(ctx, lower, group.lower, d) if group.shared else os.fstat(lower)
-        parents: dict[str, int] = {}
+        own: dict[str, int] = {}  # dirs of the data dir owner, by path below the data dir (one open each)
         try:
             with policy.acting_as(ctx.data_owner):  # the data dir owner's own dirs
                 for d in host:
-                    parents[d] = self._own_dir(ctx, layout.upper_rel(d).rpartition("/")[0], 0o755)
+                    self._own_dir(ctx, own, layout.upper_rel(d).rpartition("/")[0], 0o755)
                 for k, group in enumerate(ctx.overlays):
                     if group.shared:
-                        ctx.dir_fds[f"upper{k}"] = self._own_dir(ctx, layout.upper_rel(group.lower), 0o755)
-                    ctx.dir_fds[f"work{k}"] = self._own_dir(ctx, layout.work_rel(ctx.work_slot, group.members[0]),
-                                                            0o700)
+                        ctx.dir_fds[f"upper{k}"] = os.dup(self._own_dir(ctx, own, layout.upper_rel(group.lower), 0o755))
+                    ctx.dir_fds[f"work{k}"] = os.dup(self._own_dir(
+                        ctx, own, layout.work_rel(ctx.work_slot, group.members[0]), 0o700))
             for k, group in enumerate(ctx.overlays):  # each upper/<D>, as root
                 for i in group.members:
                     d = r.app_overlay_dirs[i]
-                    fd = self._upper(ctx, d, host[d], parents[d])
+                    fd = self._upper(ctx, d, host[d], own[layout.upper_rel(d).rpartition("/")[0]])
                     if group.shared:
                         os.close(fd)
                     else:
                         ctx.dir_fds[f"upper{k}"] = fd
         finally:
-            for fd in parents.values():
+            for fd in own.values():
                 os.close(fd)
 
     def _fail(self, ctx: HostContext, d: str, e: OSError) -> Exception:
@@ -168,11 +168,12 @@ class PrepareOverlayLayers(Step[HostContext]):
             os.close(fd)
 
     @staticmethod
-    def _own_dir(ctx: HostContext, rel: str, mode: int) -> int:
+    def _own_dir(ctx: HostContext, own: dict[str, int], rel: str, mode: int) -> int:
         """A dir below the data dir, relative to its fd; made with the credentials in force."""
-        fd, created = fs.ensure_dir(rel, create=True, spec=fs.DirSpec(mode), dir_fd=ctx.dir_fds["data"])
-        ctx.made_in_data += created
-        return fd
+        if rel not in own:
+            own[rel], created = fs.ensure_dir(rel, create=True, spec=fs.DirSpec(mode), dir_fd=ctx.dir_fds["data"])
+            ctx.made_in_data += created
+        return own[rel]
 
     def _upper(self, ctx: HostContext, d: str, host: os.stat_result, parent: int) -> int:
         """upper/<d> in its parent's fd, mirroring host dir `d` (`host`: its stat as the lower shows it)."""
