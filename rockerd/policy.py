@@ -92,7 +92,9 @@ def acting_as(peer: Peer | None) -> Iterator[None]:
         return
     assert peer is not None
     old_groups = os.getgroups()  # getgroups(2) reads the calling thread's credentials
-    proc.set_thread_groups(peer.groups)
+    same = sorted(old_groups) == sorted(peer.groups)  # (rockerd keeps none: a caller without any)
+    if not same:
+        proc.set_thread_groups(peer.groups)
     try:
         old_gid = proc.setfsgid(peer.gid)
         old_uid = proc.setfsuid(peer.uid)
@@ -102,4 +104,5 @@ def acting_as(peer: Peer | None) -> Iterator[None]:
             proc.setfsuid(old_uid)
             proc.setfsgid(old_gid)
     finally:
-        proc.set_thread_groups(old_groups)
+        if not same:
+            proc.set_thread_groups(old_groups)

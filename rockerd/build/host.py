@@ -119,16 +119,17 @@ class PrepareOverlayLayers(Step[HostContext]):
                 for i in group.members:
                     d = r.app_overlay_dirs[i]
                     host[d] = self._member_stat(ctx, lower, group.lower, d) if group.shared else os.fstat(lower)
-        own: dict[str, int] = {}  # dirs of the data dir owner, by path below the data dir (one open each)
+        wanted = {layout.upper_rel(d).rpartition("/")[0]: 0o755 for d in host}  # the data dir owner's dirs
+        for group in ctx.overlays:
+            if group.shared:
+                wanted[layout.upper_rel(group.lower)] = 0o755
+            wanted[layout.work_rel(ctx.work_slot, group.members[0])] = 0o700
+        own = self._own_dirs(ctx, wanted)
         try:
-            with policy.acting_as(ctx.data_owner):  # the data dir owner's own dirs
-                for d in host:
-                    self._own_dir(ctx, own, layout.upper_rel(d).rpartition("/")[0], 0o755)
-                for k, group in enumerate(ctx.overlays):
-                    if group.shared:
-                        ctx.dir_fds[f"upper{k}"] = os.dup(self._own_dir(ctx, own, layout.upper_rel(group.lower), 0o755))
-                    ctx.dir_fds[f"work{k}"] = os.dup(self._own_dir(
-                        ctx, own, layout.work_rel(ctx.work_slot, group.members[0]), 0o700))
+            for k, group in enumerate(ctx.overlays):
+                if group.shared:
+                    ctx.dir_fds[f"upper{k}"] = os.dup(own[layout.upper_rel(group.lower)])
+                ctx.dir_fds[f"work{k}"] = os.dup(own[layout.work_rel(ctx.work_slot, group.members[0])])
             for k, group in enumerate(ctx.overlays):  # each upper/<D>, as root
                 for i in group.members:
                     d = r.app_overlay_dirs[i]
@@ -168,12 +169,29 @@ class PrepareOverlayLayers(Step[HostContext]):
             os.close(fd)
 
     @staticmethod
-    def _own_dir(ctx: HostContext, own: dict[str, int], rel: str, mode: int) -> int:
-        """A dir below the data dir, relative to its fd; made with the credentials in force."""
-        if rel not in own:
-            own[rel], created = fs.ensure_dir(rel, create=True, spec=fs.DirSpec(mode), dir_fd=ctx.dir_fds["data"])
-            ctx.made_in_data += created
-        return own[rel]
+    def _own_dirs(ctx: HostContext, wanted: dict[str, int]) -> dict[str, int]:
+        """Dirs below the data dir (path relative to it -> mode), each opened beneath its fd; the
+        missing ones made as the data dir's owner (opening needs no credentials: the usual case
+        of a data dir used before takes none)."""
+        data = ctx.dir_fds["data"]
+        own: dict[str, int] = {}
+        try:
+            for rel in wanted:
+                try:
+                    own[rel] = fs.open_nofollow(rel, fs.O_PATH_DIR, data, beneath=True)
+                except OSError:
+                    pass
+            if len(own) < len(wanted):
+                with policy.acting_as(ctx.data_owner):
+                    for rel, mode in wanted.items():
+                        if rel not in own:
+                            own[rel], created = fs.ensure_dir(rel, create=True, spec=fs.DirSpec(mode), dir_fd=data)
+                            ctx.made_in_data += created
+        except BaseException:
+            for fd in own.values():
+                os.close(fd)
+            raise
+        return own
 
     def _upper(self, ctx: HostContext, d: str, host: os.stat_result, parent: int) -> int:
         """upper/<d> in its parent's fd, mirroring host dir `d` (`host`: its stat as the lower shows it)."""
