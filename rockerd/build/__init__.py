@@ -66,11 +66,11 @@ async def build_rocker(req: Request, name: str, *, caller: Peer | None, packages
     loop = asyncio.get_running_loop()
     starting = loop.run_in_executor(_spawn_pool(), start_guard, name, req.uid, req.gid, guard_fd,
                                     first_entry_timeout)
-    opening = pkgopen.start_open(req.app_pkg_path, caller)  # a lookup may hang: off the loop, meanwhile
     ctx = HostContext(req, name, caller, packages, slots)
     dirs, package = host_steps(), package_steps()
     steps = [*dirs, *package]
     try:
+        opening = pkgopen.start_open(req.app_pkg_path, caller)  # a lookup may hang: off the loop, meanwhile
         try:
             run_steps(dirs, ctx)  # undoes itself when it fails
         except BaseException:
