@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 from rocker_client._sys import proc
@@ -58,21 +59,50 @@ def require_owned_dir(peer: Peer | None, fd: int, what: str, path: str) -> None:
         raise Denied(f"{what} {path} must be owned by uid {peer.uid}")
 
 
+@dataclass(frozen=True)
+class Ids:
+    """Credentials to act with that are not a socket peer's (a data dir's owner)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    pid: int = 0
+
+
+def data_dir_owner(peer: Peer | None, data_fd: int) -> Peer | None:
+    """Whom the dirs rockerd makes inside a data dir are made as, so that its owner can remove
+    them: the caller (who must own it), or for root callers the data dir's owner."""
+    if not is_root(peer):
+        return peer
+    st = os.fstat(data_fd)
+    return None if st.st_uid == 0 else Ids(st.st_uid, st.st_gid)
+
+
 @contextmanager
 def acting_as(peer: Peer | None) -> Iterator[None]:
-    """Open files with the caller's fsuid/fsgid, so the kernel checks every step of the walk for them.
+    """Act on files with the caller's fsuid, fsgid and supplementary groups, so the kernel checks
+    every step of a walk, and owns every dir made, as for the caller itself.
 
-    The daemon keeps no supplementary groups, so a file the caller can reach
-    only through one is refused: conservative, never more than the caller has.
+    All three are this thread's only (raw setgroups, setfsuid/setfsgid): the other threads of
+    the daemon, and the guards cloned from them, keep none of the caller's. They are put back
+    exactly, exceptions included.
     """
     if is_root(peer):
         yield
         return
     assert peer is not None
-    old_gid = proc.setfsgid(peer.gid)
-    old_uid = proc.setfsuid(peer.uid)
+    old_groups = os.getgroups()  # getgroups(2) reads the calling thread's credentials
+    same = sorted(old_groups) == sorted(peer.groups)  # (rockerd keeps none: a caller without any)
+    if not same:
+        proc.set_thread_groups(peer.groups)
     try:
-        yield
+        old_gid = proc.setfsgid(peer.gid)
+        old_uid = proc.setfsuid(peer.uid)
+        try:
+            yield
+        finally:
+            proc.setfsuid(old_uid)
+            proc.setfsgid(old_gid)
     finally:
-        proc.setfsuid(old_uid)
-        proc.setfsgid(old_gid)
+        if not same:
+            proc.set_thread_groups(old_groups)

@@ -196,6 +196,17 @@ class RockerRequestModel(BaseModel):
                     ("app_overlay_dirs", i),
                     f"must not equal app_data_dir ({data}): the overlay's writes are stored there",
                 )
+            if _inside(data, ov):
+                raise _RuleError(
+                    ("app_overlay_dirs", i),
+                    f"must not contain app_data_dir ({data}): the overlay's upper dir would lie inside its "
+                    "own lower dir",
+                )
+            if _inside(exe, ov):
+                raise _RuleError(
+                    ("app_overlay_dirs", i),
+                    f"must not contain app_exec_dir ({exe}): the package would be mounted inside an overlay",
+                )
         return self
 
 

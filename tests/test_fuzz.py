@@ -491,7 +491,7 @@ def ref_request_errors(p: dict[str, Any]) -> list[str]:
     if exe == data or _strictly_under(data, exe) or _strictly_under(exe, data):
         return ["app_data_dir"]
     for i, ov in enumerate(p.get("app_overlay_dirs", [])):
-        if ov in (exe, data):
+        if ov in (exe, data) or _strictly_under(exe, ov) or _strictly_under(data, ov):
             return [f"app_overlay_dirs[{i}]"]
     return []
 

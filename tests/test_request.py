@@ -26,8 +26,8 @@ SEED: dict[str, Any] = {
     "uid": 1000,
     "gid": 1000,
     "app_pkg_path": "/tmp/your_APP.squashfs",
-    "app_exec_dir": "/var/your_APP/execdir",
-    "app_data_dir": "/var/your_APP/datadir",
+    "app_exec_dir": "/srv/your_APP/execdir",  # not below an overlay dir: see test_*_inside_overlay_refused
+    "app_data_dir": "/srv/your_APP/datadir",
     "app_overlay_dirs": ["/usr", "/var", "/etc", "/home", "/root"],
 }
 PATH_FIELDS = ("app_pkg_path", "app_exec_dir", "app_data_dir")
@@ -319,9 +319,9 @@ def test_exec_not_inside_data() -> None:
 
 
 def test_exec_and_data_siblings_with_common_prefix_ok() -> None:
-    m = parse_request(req(app_exec_dir="/var/app", app_data_dir="/var/app2"))
+    m = parse_request(req(app_exec_dir="/var/app", app_data_dir="/var/app2", app_overlay_dirs=["/usr"]))
     assert (m.app_exec_dir, m.app_data_dir) == ("/var/app", "/var/app2")
-    m = parse_request(req(app_exec_dir="/var/app2", app_data_dir="/var/app"))
+    m = parse_request(req(app_exec_dir="/var/app2", app_data_dir="/var/app", app_overlay_dirs=["/usr"]))
     assert (m.app_exec_dir, m.app_data_dir) == ("/var/app2", "/var/app")
 
 
@@ -363,9 +363,11 @@ def test_exec_dir_must_not_equal_overlay() -> None:
     )
 
 
-def test_exec_dir_inside_overlay_ok() -> None:
-    # the seed itself: exec dir /var/your_APP/execdir under overlay /var
-    assert parse_request(req(app_exec_dir="/opt/app/exe", app_overlay_dirs=["/opt"])).app_exec_dir == "/opt/app/exe"
+def test_exec_dir_inside_overlay_refused() -> None:
+    """The package would be mounted inside an overlay (the original seed had exec dir /var/your_APP/execdir
+    under overlay /var)."""
+    assert_refused(req(app_exec_dir="/opt/app/exe", app_overlay_dirs=["/usr", "/opt"]),
+                   "app_overlay_dirs[1]", "must not contain app_exec_dir (/opt/app/exe)", "package")
 
 
 def test_data_dir_must_not_equal_overlay() -> None:
@@ -374,9 +376,16 @@ def test_data_dir_must_not_equal_overlay() -> None:
     )
 
 
-def test_data_dir_inside_overlay_ok() -> None:
-    m = parse_request(req(app_data_dir="/var/app/data", app_overlay_dirs=["/var"]))
-    assert m.app_data_dir == "/var/app/data"
+def test_data_dir_inside_overlay_refused() -> None:
+    """The overlay's upper dir would sit inside its own lower dir."""
+    assert_refused(req(app_data_dir="/var/app/data", app_overlay_dirs=["/var"]),
+                   "app_overlay_dirs[0]", "must not contain app_data_dir (/var/app/data)", "lower")
+
+
+def test_dirs_beside_overlays_ok() -> None:
+    """Only containment counts: a sibling or a prefix that is not a parent is fine."""
+    m = parse_request(req(app_data_dir="/varx/data", app_exec_dir="/srv/exe", app_overlay_dirs=["/var", "/srv/ex"]))
+    assert m.app_data_dir == "/varx/data"
 
 
 # --- robustness -------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_host_view_of_unprivileged_app(base: Path, pkg: Path) -> None:
     def probe() -> dict[str, object]:
         return {"usr_lib": errno_of(lambda: open("/usr/lib/rocker-e2e-x", "w")),
                 "usr": errno_of(lambda: open("/usr/rocker-e2e-x", "w")),
-                "own": errno_of(lambda: open("/tmp/rocker-e2e-own", "w"))}
+                "own": errno_of(lambda: open("/var/tmp/rocker-e2e-own", "w"))}
 
     def host_side(res: object) -> None:
         with open(f"/proc/{res.app_pid}/status") as f:  # type: ignore[attr-defined]
@@ -144,7 +144,8 @@ def test_host_view_of_unprivileged_app(base: Path, pkg: Path) -> None:
         with open(f"/proc/{res.guard_pid}/status") as f:  # type: ignore[attr-defined]
             seen["guard_uid"] = next(ln for ln in f if ln.startswith("Uid:")).split()[1]
 
-    run = run_app(make_req(base, pkg, uid=1000, gid=1000, overlays=("/usr", "/tmp")), probe, host_side)
+    # not /tmp: it holds the data dir, and an overlay may not contain its own upper dir
+    run = run_app(make_req(base, pkg, uid=1000, gid=1000, overlays=("/usr", "/var/tmp")), probe, host_side)
     assert run.res.ok, run.res.detail
     assert seen["Uid"] == "1000" and seen["Gid"] == "1000"
     assert seen["Groups"] == "", "supplementary groups leaked into the app"
@@ -152,7 +153,7 @@ def test_host_view_of_unprivileged_app(base: Path, pkg: Path) -> None:
     assert seen["NoNewPrivs"] == "1"
     assert int(seen["CapEff"], 16) == APP_CAP_MASK and int(seen["CapBnd"], 16) == APP_CAP_MASK
     assert run.report == {"usr_lib": errno.EACCES, "usr": errno.EACCES, "own": 0}
-    assert not os.path.exists("/tmp/rocker-e2e-own")
+    assert not os.path.exists("/var/tmp/rocker-e2e-own")
 
 
 def test_guard_gone_soon_after_app_and_nothing_left(base: Path, pkg: Path, rockerd) -> None:

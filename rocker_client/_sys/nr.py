@@ -1,6 +1,7 @@
 """x86_64 syscall numbers of the calls Python's os module does not offer."""
 
 CLONE = 56
+SETGROUPS = 116
 SETRESUID = 117
 SETNS = 308
 UNSHARE = 272

@@ -75,3 +75,10 @@ def setfsuid(uid: int) -> int:
 
 def setfsgid(gid: int) -> int:
     return int(libc.setfsgid(ctypes.c_uint(gid)))
+
+
+def set_thread_groups(groups: tuple[int, ...] | list[int]) -> None:
+    """setgroups(2) for the calling thread only: glibc's setgroups makes every thread of the
+    process do the same (it signals them), the raw syscall changes this thread's credentials."""
+    arr = (ctypes.c_uint * max(1, len(groups)))(*groups)
+    syscall(nr.SETGROUPS, ctypes.c_size_t(len(groups)), arr, call="setgroups", target=f"{len(groups)} groups")

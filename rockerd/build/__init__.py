@@ -2,6 +2,7 @@
 
     spawn thread:  rocker_spawn: CLONE_VM child under the app's uid; we write its uid/gid
                    maps; it execs the C guard (--setup: / rprivate, /proc, hostname)
+    open thread:   the package, opened as the caller (pkgopen.py: never on the loop)
     loop thread:   host steps (dirs, loop+squashfs, overlays: detached mounts)
     then:          the mounts to the guard over its status socket (it attaches them), while
                    we open its ns fds and bring lo up; wait (asynchronously) for ready
@@ -19,7 +20,8 @@ from rocker_client._sys.libc import SyscallError
 
 from ..policy import Peer
 from ..request import RockerRequestModel
-from .host import HostContext, host_steps
+from . import pkgopen
+from .host import HostContext, host_steps, package_steps
 from .net import loopback_up
 from .packages import PackageCache, PackageKey
 from .spawn import Spawned, reap, send_mounts, start_guard, wait_ready
@@ -67,9 +69,21 @@ async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | Non
     starting = loop.run_in_executor(_spawn_pool(), start_guard, name, req.uid, req.gid, guard_fd,
                                     first_entry_timeout)
     ctx = HostContext(req, name, caller, packages, slots)
-    steps = host_steps()
+    dirs, package = host_steps(), package_steps()
+    steps = [*dirs, *package]
     try:
-        run_steps(steps, ctx)  # undoes itself when it fails
+        opening = pkgopen.start_open(req.app_pkg_path, caller)  # a lookup may hang: off the loop, meanwhile
+        try:
+            run_steps(dirs, ctx)  # undoes itself when it fails
+        except BaseException:
+            pkgopen.abandon(opening)
+            raise
+        try:
+            ctx.pkg_fd = await pkgopen.opened(opening, req.app_pkg_path)
+            run_steps(package, ctx)
+        except BaseException:
+            undo_steps(dirs, ctx)
+            raise
     except BaseException:
         ctx.close_fds()
         await _discard_guard(starting)

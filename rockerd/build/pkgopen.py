@@ -1,0 +1,96 @@
+"""Opening the package a caller names, without letting it stall the daemon.
+
+The path is the caller's: it may name a FIFO (an O_RDONLY open of one waits
+for a writer), a device, or lie on a slow NFS or FUSE mount. So the file is
+opened O_PATH as the caller (which never blocks on what the file is), typed
+with fstat, and only a regular file is reopened read-only, non-blocking,
+through /proc/self/fd (the same inode: nothing can be swapped in between).
+The whole open runs on a thread of its own with a deadline: the event loop
+never waits for a path lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from rocker_client._sys import fs
+
+from .. import policy
+from .steps import BuildError, as_build_error
+
+STEP = "mount package"
+DEADLINE = 5.0  # seconds an open may take (a hung lookup keeps only its own thread)
+THREADS = 8  # opens at once; a ninth waits, within its own deadline
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def open_package(path: str, caller: policy.Peer | None) -> int:
+    """The package at `path` as an O_RDONLY|O_NONBLOCK fd, opened as the caller; refuses
+    anything but a regular file before opening it for reading."""
+    uid = caller.uid if caller is not None else 0
+    with policy.acting_as(caller):
+        try:
+            ref = fs.open_nofollow(path, os.O_PATH)
+        except OSError as e:
+            if e.errno != errno.EACCES or policy.is_root(caller):
+                raise as_build_error(STEP, e) from None
+            raise policy.Denied(f"package {path} is not readable by uid {uid}") from None
+        try:
+            st = os.fstat(ref)
+            if not stat.S_ISREG(st.st_mode):
+                raise BuildError(STEP, errno.EINVAL, f"package {path} is not a regular file")
+            try:  # checks read permission as the caller, on the inode already opened
+                fd = os.open(f"/proc/self/fd/{ref}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as e:
+                if e.errno != errno.EACCES or policy.is_root(caller):
+                    raise BuildError(STEP, e.errno or errno.EIO, f"package {path}: {e.strerror}") from None
+                raise policy.Denied(f"package {path} is not readable by uid {uid}") from None
+        finally:
+            os.close(ref)
+    again = os.fstat(fd)
+    if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):  # cannot happen: say so if it does
+        os.close(fd)
+        raise BuildError(STEP, errno.EIO, f"package {path} changed while being opened")
+    return fd
+
+
+def start_open(path: str, caller: policy.Peer | None) -> Future[int]:
+    """open_package on a worker thread, from now: the build goes on meanwhile on the loop."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="rockerd-open")
+    return _pool.submit(open_package, path, caller)
+
+
+async def opened(cf: Future[int], path: str, deadline: float = DEADLINE) -> int:
+    """The fd `cf` gives, or BuildError(ETIMEDOUT) once `deadline` has passed (the fd it may still
+    give is closed when it does)."""
+    if cf.done():  # the usual case by the time the dirs are ready: no round trip through the loop
+        return cf.result()
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(cf), deadline)
+    except (TimeoutError, asyncio.CancelledError) as e:
+        abandon(cf)
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        raise BuildError(STEP, errno.ETIMEDOUT, f"package {path} did not open within {deadline:g} s") from None
+
+
+async def open_package_off_loop(path: str, caller: policy.Peer | None, deadline: float = DEADLINE) -> int:
+    return await opened(start_open(path, caller), path, deadline)
+
+
+def abandon(cf: Future[int]) -> None:
+    """Nobody will use what `cf` gives: close it when it comes (or now)."""
+    if not cf.cancel():
+        cf.add_done_callback(_close_late)
+
+
+def _close_late(cf: Future[int]) -> None:
+    if not cf.cancelled() and cf.exception() is None:
+        os.close(cf.result())
