@@ -325,3 +325,86 @@ def test_other_uid_can_neither_see_nor_kill_a_rocker(base: Path, pkg: Path) -> N
         for fd in fds:
             os.close(fd)
         d.stop()
+
+
+GROUPS_LAUNCHER = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+params, mode = json.loads(sys.argv[2]), sys.argv[3]
+os.setgroups([4242, 4343])  # a root launcher with supplementary groups (a login shell's, say)
+import rocker_client.enter as enter
+from rocker_client import Exec, RockerRequest, enter_rocker
+if mode == "python":  # the join without librocker-exec
+    enter.prepare_join = lambda *a: None
+r, w = os.pipe()
+def app(_):
+    with open("/proc/self/status") as f:
+        os.write(w, [ln for ln in f if ln.startswith("Groups:")][0].encode())
+    return 0
+if mode == "exec":
+    os.set_inheritable(w, True)
+    app = Exec("/bin/sh", ["sh", "-c", f"grep ^Groups: /proc/self/status >&{w}"])
+res = enter_rocker(RockerRequest(**params), app)
+os.close(w)
+out = os.read(r, 4096).decode() if res.ok else ""
+status = os.waitpid(res.app_pid, 0)[1] if res.app_pid else -1
+print(json.dumps({"ok": res.ok, "detail": res.detail, "groups": out.split(":", 1)[-1].split(), "status": status}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["native", "python", "exec"])
+@pytest.mark.usefixtures("rockerd")
+def test_root_launchers_groups_are_dropped(base: Path, pkg: Path, mode: str) -> None:
+    """security.md: a root caller's supplementary groups are dropped before entering (every join:
+    librocker-exec's, the Python one, an Exec app's). Undropped, they would follow the app."""
+    params = make_req(base, pkg, uid=1000, gid=1000).to_params()
+    out = subprocess.run([sys.executable, "-c", GROUPS_LAUNCHER, str(Path(__file__).parent.parent),
+                          json.dumps(params), mode], capture_output=True, text=True, timeout=60)
+    seen = json.loads(out.stdout or "{}")
+    assert seen.get("ok"), (seen, out.stderr)
+    assert seen["status"] == 0 and seen["groups"] == [], seen
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+def test_host_mounts_made_later_stay_outside(base: Path, pkg: Path, rockerd) -> None:
+    """security.md: the rocker's mount namespace is private (rprivate): a mount the host makes
+    afterwards below one of its shared mounts does not propagate into a live rocker."""
+    shared, sub = base / "shared", base / "shared" / "sub"
+    shared.mkdir()
+    _mount("-t", "tmpfs", "-o", "size=64k", "rocker-test-shared", str(shared))
+    mounted = [shared]
+    go_r, go_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+
+    def app(_: object) -> int:
+        os.close(go_w)
+        os.close(rep_r)
+        os.read(go_r, 1)  # the host has mounted by now
+        with open("/proc/self/mountinfo") as f:
+            seen = any(line.split()[4] == str(sub) for line in f)
+        os.write(rep_w, b"seen" if seen else b"not seen")
+        return 0
+
+    res = None
+    try:
+        _mount("--make-shared", str(shared))
+        sub.mkdir()
+        res = enter_rocker(make_req(base, pkg), app)
+        assert res.ok, res.detail
+        _mount("-t", "tmpfs", "-o", "size=64k", "rocker-test-sub", str(sub))
+        mounted.append(sub)
+        os.write(go_w, b"g")
+        os.close(rep_w)
+        rep_w = -1
+        assert os.read(rep_r, 16) == b"not seen", "a host mount made after the start propagated into the rocker"
+    finally:
+        for fd in (go_r, go_w, rep_r, rep_w):
+            if fd >= 0:
+                os.close(fd)
+        if res is not None and res.app_pid:
+            os.waitpid(res.app_pid, 0)
+        for m in reversed(mounted):
+            subprocess.run(["umount", str(m)], check=True)
