@@ -68,33 +68,36 @@ def test_package_and_overlays_are_mounted_nosuid_nodev(base: Path, pkg: Path) ->
 def test_rocker_lives_on_while_a_thread_outlives_the_main_thread(base: Path, pkg: Path) -> None:
     """architecture.md 5.: the guard exits once no process is left. A process whose main thread
     has ended (exit, not exit_group: /proc shows the leader as a zombie) while another thread
-    still works is not gone: the rocker must live on, and that thread finish its work."""
+    still works is not gone. The guard first sees this one only after its main thread ended (it is
+    forked by the app, which exits right after; a process it already watches through a pidfd is
+    not in question): the rocker must live on, and that thread finish its work."""
     r, w = os.pipe()
 
     def app(_: object) -> int:
         os.close(r)
+        if os.fork() == 0:
+            import threading
 
-        def worker() -> None:
-            time.sleep(1.5)  # long after the main thread: the guard scans /proc meanwhile
-            os.write(w, b"alive")
+            def worker() -> None:
+                time.sleep(1.5)  # long after its main thread and the app: the guard scans /proc meanwhile
+                os.write(w, b"alive")
 
-        import threading
-
-        threading.Thread(target=worker).start()
-        _libc.syscall(NR["exit"], 0)  # this thread only: the leader turns zombie, the worker runs on
-        return 3  # not reached
+            threading.Thread(target=worker).start()
+            _libc.syscall(NR["exit"], 0)  # this thread only: the leader turns zombie, the worker runs on
+        time.sleep(0.05)
+        return 0
 
     res = enter_rocker(make_req(base, pkg), app)
     os.close(w)
     try:
         assert res.ok, res.detail
-        assert select.select([r], [], [], 10)[0], "no word from the app's thread within 10 s"
+        assert select.select([r], [], [], 10)[0], "no word from the thread within 10 s"
         assert os.read(r, 16) == b"alive", "the rocker ended under a process whose other thread still ran"
     finally:
         os.close(r)
         if res.app_pid:
             os.waitpid(res.app_pid, 0)
-    assert wait_gone(res.guard_pid, 3) is not None, "the guard outlived its app"
+    assert wait_gone(res.guard_pid, 3) is not None, "the guard outlived the process"
 
 
 CAP_SYS_PTRACE = 19
