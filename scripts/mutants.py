@@ -188,8 +188,8 @@ def applied(tree: Path, m: Mutant, native: NativeBuild) -> Iterator[None]:
             native.build(m.file)
         yield
     finally:
-        # Ctrl-C again while restoring must not leave the mutant in place: ignore it for these lines.
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Ctrl-C (or SIGTERM) again while restoring must not leave the mutant in place.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             path.write_text(text)
             os.chmod(path, mode)
@@ -199,31 +199,51 @@ def applied(tree: Path, m: Mutant, native: NativeBuild) -> Iterator[None]:
             if m.file.endswith(".c") and native.builds(m.file):
                 native.build(m.file)
         finally:
-            signal.signal(signal.SIGINT, old)
+            signal.signal(signal.SIGINT, old[0])
+            signal.signal(signal.SIGTERM, old[1])
 
 
-@contextlib.contextmanager
-def test_lock(path: str) -> Iterator[float]:
-    """The shared lock of every kernel-touching test run (docs/testing.md), held for one run only,
-    so other runs on the machine get their turn between mutants; yields the seconds waited."""
-    if not path:
-        yield 0.0
-        return
-    t0 = time.monotonic()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield time.monotonic() - t0
-    finally:
-        os.close(fd)  # releases it
+class TestLock:
+    """The shared lock of every kernel-touching test run (docs/testing.md). Held across consecutive
+    mutants for at most `batch` seconds, then let go so other runs on the machine get their turn:
+    taking it anew for each mutant would mean queueing behind every other run each time."""
+
+    def __init__(self, path: str, batch: float) -> None:
+        self.path, self.batch = path, batch
+        self.fd = -1
+        self.since = 0.0
+        self.waited = 0.0  # in all: other runs' time, not ours
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        if self.path and self.fd >= 0 and time.monotonic() - self.since > self.batch:
+            self.release()
+        if self.path and self.fd < 0:
+            t0 = time.monotonic()
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fd, self.since = fd, time.monotonic()
+            self.waited += self.since - t0
+        yield
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # lets go of the lock
+            self.fd = -1
 
 
-def run_tests(tree: Path, tests: tuple[str, ...], lock: str, timeout: float) -> tuple[int | None, str, float]:
+def run_tests(tree: Path, tests: tuple[str, ...], lock: TestLock, timeout: float) -> tuple[int | None, str, float]:
     """pytest's exit code (None on timeout), its output and the seconds spent waiting for the lock."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("ROCKER_SOCKET", None)
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--rootdir", str(tree), *tests]
-    with test_lock(lock) as waited:
+    before = lock.waited
+    with lock.held():
+        waited = lock.waited - before
         proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         try:
@@ -253,7 +273,7 @@ def tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def run_mutant(tree: Path, m: Mutant, native: NativeBuild, lock: str, timeout: float) -> Outcome:
+def run_mutant(tree: Path, m: Mutant, native: NativeBuild, lock: TestLock, timeout: float) -> Outcome:
     t0 = time.monotonic()
     with applied(tree, m, native):
         rc, out, waited = run_tests(tree, m.tests, lock, timeout)
@@ -261,7 +281,8 @@ def run_mutant(tree: Path, m: Mutant, native: NativeBuild, lock: str, timeout: f
     if rc is None:
         o = Outcome(m, "timeout", took, f"no verdict within {timeout:g} s (a hang: counts as killed)")
     elif rc == PYTEST_FAILED:
-        failed = [ln for ln in out.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+        lines = out.splitlines()
+        failed = [ln for ln in lines if ln.startswith("FAILED")] + [ln for ln in lines if ln.startswith("ERROR")]
         o = Outcome(m, "killed", took, failed[0] if failed else tail(out, 3))
     elif rc == PYTEST_PASSED:
         o = Outcome(m, "survived", took)
@@ -307,6 +328,10 @@ def report(outcomes: list[Outcome], total_s: float, waited_s: float) -> int:
     return 1 if survived else 0
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--list", dest="list_file", type=Path, default=DEFAULT_LIST, help="the mutants (TOML)")
@@ -314,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=[], metavar="ID", help="only these mutants (shell patterns)")
     ap.add_argument("--check", action="store_true", help="only check that every snippet occurs once")
     ap.add_argument("--show", action="store_true", help="list the mutants and exit")
-    ap.add_argument("--lock", default=DEFAULT_LOCK, help="flock this file around each test run ('' for none)")
+    ap.add_argument("--lock", default=DEFAULT_LOCK, help="flock this file around the test runs ('' for none)")
+    ap.add_argument("--batch", type=float, default=60, metavar="SEC",
+                    help="let the lock go for others after holding it this long (between mutants)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per mutant's test run")
     ap.add_argument("--no-baseline", action="store_true", help="skip the run of all selected tests unmutated")
     ap.add_argument("--keep", action="store_true", help="keep the copy of the tree (its path is printed)")
@@ -336,10 +363,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(mutants)} mutants: every snippet occurs exactly once in {args.tree}")
         return 0
 
+    old_term = signal.signal(signal.SIGTERM, _interrupted)  # like Ctrl-C: restore, stop the tests, clean up
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="rocker-mutants-"))
     tree = work / "tree"
     waited = 0.0
+    lock = TestLock(args.lock, args.batch)
     try:
         copy_tree(args.tree, tree)
         native = NativeBuild(tree)
@@ -347,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutants: {len(mutants)} in a copy of {args.tree} at {tree}", flush=True)
         if not args.no_baseline:
             tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
-            rc, out, waited = run_tests(tree, tests, args.lock, args.timeout * 2)
+            rc, out, waited = run_tests(tree, tests, lock, args.timeout * 2)
             if rc != PYTEST_PASSED:
                 print(f"mutants: the tests fail without any mutant (exit {rc}); fix that first:\n{tail(out, 30)}",
                       file=sys.stderr)
@@ -355,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"baseline: {len(tests)} tests pass unmutated ({time.monotonic() - t0 - waited:.0f} s)", flush=True)
         outcomes = []
         for i, m in enumerate(mutants, 1):
-            o = run_mutant(tree, m, native, args.lock, args.timeout)
+            o = run_mutant(tree, m, native, lock, args.timeout)
             outcomes.append(o)
             first = o.detail.splitlines()[0] if o.detail else ""
             print(f"[{i}/{len(mutants)}] {m.id}: {o.verdict} ({o.seconds:.1f} s) {first}", flush=True)
@@ -366,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutants: {e}", file=sys.stderr)
         return 2
     finally:
+        signal.signal(signal.SIGTERM, old_term)
+        lock.release()
         if args.keep:
             print(f"mutants: the copy stays at {tree}")
         else:

@@ -121,7 +121,7 @@ def test_restore_happens_when_the_run_is_interrupted(scratch: Path, monkeypatch:
 
     monkeypatch.setattr(mutants, "run_tests", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        mutants.run_mutant(scratch, m, mutants.NativeBuild(scratch), "", 10)
+        mutants.run_mutant(scratch, m, mutants.NativeBuild(scratch), mutants.TestLock("", 0), 10)
     assert (scratch / "calc.py").read_text() == before
 
 
