@@ -49,6 +49,10 @@ SKIP_DIRS = {".git", ".venv", "__pycache__", ".hypothesis", ".pytest_cache", ".r
 PYTEST_PASSED, PYTEST_FAILED = 0, 1
 
 
+class CompileError(Exception):
+    """A C mutant that does not build (the run goes on; the mutant needs fixing)."""
+
+
 class MutantError(Exception):
     """The mutant list does not fit the tree: stop, do not score."""
 
@@ -166,8 +170,11 @@ class NativeBuild:
         """Build the output of `rel` (a .c file), or of all of them; raises on a compile error."""
         for src, (fn, out) in self._targets().items():
             if rel is None or rel == src:
-                with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
-                    fn(str(out))  # type: ignore[operator]
+                try:
+                    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+                        fn(str(out))  # type: ignore[operator]
+                except Exception as e:  # setuptools' CompileError, or no compiler at all
+                    raise CompileError(str(e)) from None
 
     def builds(self, rel: str) -> bool:
         return rel in self._targets()
@@ -275,8 +282,11 @@ def tail(text: str, lines: int = 15) -> str:
 
 def run_mutant(tree: Path, m: Mutant, native: NativeBuild, lock: TestLock, timeout: float) -> Outcome:
     t0 = time.monotonic()
-    with applied(tree, m, native):
-        rc, out, waited = run_tests(tree, m.tests, lock, timeout)
+    try:
+        with applied(tree, m, native):
+            rc, out, waited = run_tests(tree, m.tests, lock, timeout)
+    except CompileError as e:  # a mutant must build: "killed by the compiler" would say nothing
+        return Outcome(m, "error", time.monotonic() - t0, f"does not compile: {tail(str(e), 8)}")
     took = time.monotonic() - t0 - waited  # the lock's wait is other runs' time, not this mutant's
     if rc is None:
         o = Outcome(m, "timeout", took, f"no verdict within {timeout:g} s (a hang: counts as killed)")
