@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 from daemon import start_daemon
+from pkgbuild import build_pkg
 from rockers import make_req, run_app, wait_gone
+from test_packages import _resident, hold
 
 from rocker_client import enter_rocker, wire
 from rocker_client._sys import ns
+from rocker_client._sys.proc import _CAP_VERSION_3, _CapData, _CapHeader
 from rockerd.state import proc_starttime
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -69,12 +72,15 @@ def test_rocker_lives_on_while_a_thread_outlives_the_main_thread(base: Path, pkg
     """architecture.md 5.: the guard exits once no process is left. A process whose main thread
     has ended (exit, not exit_group: /proc shows the leader as a zombie) while another thread
     still works is not gone. The guard first sees this one only after its main thread ended (it is
-    forked by the app, which exits right after; a process it already watches through a pidfd is
-    not in question): the rocker must live on, and that thread finish its work."""
+    forked by the app while the guard idles, and the app exits right after; a process it already
+    watches through a pidfd is not in question): the rocker must live on, and that thread finish its work."""
     r, w = os.pipe()
 
     def app(_: object) -> int:
         os.close(r)
+        # The guard backs off to one wake-up per second while nothing happens: fork then, so that it
+        # cannot see the process while its main thread still runs (it would watch its pidfd).
+        time.sleep(2.5)
         if os.fork() == 0:
             import threading
 
@@ -104,17 +110,9 @@ CAP_SYS_PTRACE = 19
 KCMP_VM = 1
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-
 def _drop_effective(cap: int) -> None:
     """Take `cap` out of this thread's effective set only; the permitted set stays whole."""
-    hdr = _CapHeader(0x20080522, 0)
+    hdr = _CapHeader(_CAP_VERSION_3, 0)
     data = (_CapData * 2)()
     if _libc.capget(ctypes.byref(hdr), data) < 0:
         raise OSError(ctypes.get_errno(), "capget")
@@ -410,3 +408,32 @@ def test_host_mounts_made_later_stay_outside(base: Path, pkg: Path, rockerd) -> 
             os.waitpid(res.app_pid, 0)
         for m in reversed(mounted):
             subprocess.run(["umount", str(m)], check=True)
+
+
+def test_read_ahead_stops_at_its_budget(tmp_path: Path, base: Path) -> None:
+    """security.md Limits: a new package's executables are read ahead up to --warm-mib only."""
+    size = 8 << 20
+    pkg = build_pkg(tmp_path, {"bin/tool": (os.urandom(size), 0o755)})
+    d = start_daemon(tmp_path / "d", "--warm-mib", "1")
+    r, w = os.pipe()
+    res = None
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("ROCKER_SOCKET", d.socket)
+            res = enter_rocker(make_req(base, pkg), hold, (r, w))
+        assert res.ok, res.detail
+        tool = f"/proc/{res.guard_pid}/root{base}/exec/bin/tool"
+        seen, still_since, deadline = -1, time.monotonic(), time.monotonic() + 10
+        while time.monotonic() < deadline and (seen <= 0 or time.monotonic() - still_since < 0.5):
+            now = _resident(tool)[0]
+            if now != seen:
+                seen, still_since = now, time.monotonic()
+            time.sleep(0.05)
+        pages = _resident(tool)[1]
+        assert 0 < seen <= pages // 2, f"{seen} of {pages} pages read ahead with a budget of 1 MiB"
+    finally:
+        os.close(w)
+        os.close(r)
+        if res is not None and res.ok:
+            os.waitpid(res.app_pid, 0)
+        d.stop()
