@@ -39,8 +39,9 @@ class Peer:
     """Credentials of the connecting process, read at accept time.
 
     ``foreign_ns`` is empty when the peer runs in rockerd's own user and PID
-    namespaces (a process on the host), else why it does not (an app inside a
-    rocker, a container, or a peer that could not be checked)."""
+    namespaces (or in ones out of its sight, above it), else why it does not
+    (an app inside a rocker or another container, or a peer that could not
+    be checked)."""
 
     pid: int
     uid: int
@@ -128,10 +129,13 @@ def _alive(pidfd: int) -> bool:
 def peer_namespaces(sock: socket.socket, pid: int) -> str:
     """"" if the peer runs in our user and PID namespaces, else why not (never raises).
 
+    A rocker's processes are always in namespaces below ours, so their PIDs
+    are ours to see. A peer whose PID we cannot see (0) is above or beside
+    us, e.g. on the host while rockerd runs in a container: not in a rocker.
     The namespaces are read from /proc/PID, then the pidfd says whether that
     PID still was the peer: a process that is still alive has kept its PID."""
     if pid <= 0:
-        return "its process is not in rockerd's PID namespace"
+        return ""
     try:
         pidfd = _peer_pidfd(sock, pid)
     except OSError as exc:
