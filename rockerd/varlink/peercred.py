@@ -94,13 +94,8 @@ def _getsockopt_any_size(fd: int, opt: int) -> bytes:
 
 
 @cache
-def _own_namespaces() -> dict[str, tuple[int, int]]:
-    return {kind: _ns_id(f"/proc/self/ns/{kind}") for kind in ("user", "pid")}
-
-
-def _ns_id(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino
+def _own_namespaces() -> dict[str, str]:
+    return {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in ("user", "pid")}
 
 
 def _peer_pidfd(sock: socket.socket, pid: int) -> int:
@@ -142,7 +137,8 @@ def peer_namespaces(sock: socket.socket, pid: int) -> str:
         return f"its process cannot be checked ({exc.strerror})"
     try:
         for kind, own in _own_namespaces().items():
-            if _ns_id(f"/proc/{pid}/ns/{kind}") != own:
+            # "user:[INODE]": nsfs numbers every namespace uniquely; readlink costs half a stat
+            if os.readlink(f"/proc/{pid}/ns/{kind}") != own:
                 return f"it runs in a {kind} namespace other than rockerd's"
         if not _alive(pidfd):
             return "its process exited before its namespaces could be checked"

@@ -325,6 +325,9 @@ class _Connection:
                 if idle_end <= self.end_of_life:
                     raise _Expired(f"sent no request within {limits.idle_timeout:g}s (idle timeout)") from None
                 raise _Expired(f"reached the connection life limit of {limits.max_connection_life:g}s") from None
+            frame = self.reader.next_frame()  # usually the whole request came at once: no second timer
+            if frame is not None:
+                return frame
         try:
             async with asyncio.timeout(limits.request_timeout):
                 return await self._next_frame()
