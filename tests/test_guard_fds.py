@@ -69,11 +69,11 @@ def test_owner_uid_takes_nothing_of_rockerds(rockerd: Daemon, base: Path, pkg: P
     root, taken = seen["root"], seen["uid1000"]
     # The threat is real: the owning uid may take the guard's fds at all.
     assert taken, f"uid {UID} took nothing; the probe does not probe (root saw {root})"
-    assert set(taken) == set(root), (taken, root)
     assert all(not t.startswith("errno") for t in taken.values()), taken
-    for n in ("0", "1", "2"):
-        assert taken[n] == "/dev/null", f"fd {n} of the guard is {taken[n]!r}: {taken}"
-    others = {n: t for n, t in taken.items() if n not in ("0", "1", "2") and not _is_guard_own(t)}
-    assert not others, f"the guard holds fds that are not its own: {others}"
-    log = str(rockerd.log)
-    assert log not in taken.values(), "the guard holds rockerd's log"
+    # (the two views may differ by a pidfd: the guard watches the rocker's processes as they come and go)
+    for view in (root, taken):
+        for n in ("0", "1", "2"):
+            assert view[n] == "/dev/null", f"fd {n} of the guard is {view[n]!r}: {view}"
+        others = {n: t for n, t in view.items() if n not in ("0", "1", "2") and not _is_guard_own(t)}
+        assert not others, f"the guard holds fds that are not its own: {others}"
+        assert str(rockerd.log) not in view.values(), "the guard holds rockerd's log"
