@@ -31,8 +31,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--socket-mode", default="0660", metavar="MODE", help="mode of a socket we bind (octal)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--max-message", type=int, default=Limits.max_message, metavar="BYTES")
-    p.add_argument("--max-connections", type=int, default=Limits.max_connections)
-    p.add_argument("--request-timeout", type=float, default=Limits.request_timeout, metavar="SEC")
+    p.add_argument("--max-connections", type=int, default=Limits.max_connections, metavar="N",
+                   help="client connections at once, in all (default %(default)s)")
+    p.add_argument("--root-connections", type=int, default=Limits.root_connections, metavar="N",
+                   help="of those, kept for root: other uids are refused when only these are left "
+                        "(default %(default)s)")
+    p.add_argument("--max-connections-per-uid", type=int, default=Limits.max_connections_per_uid, metavar="N",
+                   help="connections at once of one uid other than root (default %(default)s)")
+    p.add_argument("--max-calls-per-uid", type=int, default=Limits.max_calls_per_uid, metavar="N",
+                   help="calls being handled at once for one uid other than root, over all its connections; "
+                        "more get LimitReached (default %(default)s)")
+    p.add_argument("--request-timeout", type=float, default=Limits.request_timeout, metavar="SEC",
+                   help="time from a request's first byte to its last, and to read a reply (default %(default)s)")
+    p.add_argument("--idle-timeout", type=float, default=Limits.idle_timeout, metavar="SEC",
+                   help="a connection with no request under way is closed after this (default %(default)s)")
+    p.add_argument("--max-connection-life", type=float, default=Limits.max_connection_life, metavar="SEC",
+                   help="a connection is closed after this, once no call is under way (default %(default)s)")
+    p.add_argument("--allow-nested-callers", action="store_true",
+                   help="serve io.rocker.Rocker calls from processes in another user or PID namespace than "
+                        "rockerd's (apps inside rockers, containers); refused by default")
     p.add_argument("--max-rockers", type=int, default=ServiceConfig.max_rockers)
     p.add_argument("--max-rockers-per-uid", type=int, default=ServiceConfig.max_rockers_per_uid)
     p.add_argument("--state-dir", default=ServiceConfig.state_dir, metavar="DIR",
@@ -46,11 +63,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="exit after SEC seconds with no live rockers and no clients (for socket activation: "
                         "systemd starts rockerd again on the next connection); 0, the default, never exits")
     args = p.parse_args(argv)
+    try:
+        limits(args).check()
+    except ValueError:
+        p.error("connection limits must be positive, and --root-connections below --max-connections")
     if args.idle_exit < 0:
         p.error("--idle-exit must be 0 (never) or a number of seconds")
     if args.warm_mib < 0:
         p.error("--warm-mib must be 0 (off) or a size in MiB")
     return args
+
+
+def limits(args: argparse.Namespace) -> Limits:
+    return Limits(max_message=args.max_message, max_connections=args.max_connections,
+                  root_connections=args.root_connections, max_connections_per_uid=args.max_connections_per_uid,
+                  max_calls_per_uid=args.max_calls_per_uid, request_timeout=args.request_timeout,
+                  idle_timeout=args.idle_timeout, max_connection_life=args.max_connection_life)
 
 
 def activated_listener() -> socket.socket | None:
@@ -116,13 +144,12 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
     service = RockerService(guard_fd, ServiceConfig(
         max_rockers=args.max_rockers, max_rockers_per_uid=args.max_rockers_per_uid,
         first_entry_timeout=args.first_entry_timeout, state_dir=args.state_dir,
-        warm_budget=int(args.warm_mib * (1 << 20))))
+        warm_budget=int(args.warm_mib * (1 << 20)), allow_nested_callers=args.allow_nested_callers))
     server = VarlinkServer(
         vendor="rocker", product="rockerd", version=__version__, url="https://github.com/rocker-sandbox/rocker",
         interfaces=[service.interface()], log=logging.getLogger("rockerd.varlink"),
-        limits=Limits(max_message=args.max_message, max_connections=args.max_connections,
-                      request_timeout=args.request_timeout),
-        protocol_error="io.rocker.Rocker.ProtocolViolation")
+        limits=limits(args), protocol_error="io.rocker.Rocker.ProtocolViolation",
+        limit_error="io.rocker.Rocker.LimitReached")
     life = sd.Lifecycle(lambda: (len(service.registry), server.connections), server.close, args.idle_exit)
 
     def stop(signame: str) -> None:

@@ -51,6 +51,19 @@ def check_ids(peer: Peer, req: Request) -> None:
         raise Denied(f"uid {peer.uid} may only ask for a gid it holds, not {req.gid}")
 
 
+class CallerNs(Protocol):
+    pid: int
+    foreign_ns: str  # empty when the caller runs in rockerd's user and PID namespaces
+
+
+def check_caller_ns(peer: CallerNs, allow_nested: bool) -> None:
+    """A caller inside a rocker resolves its paths in a mount namespace rockerd does not see, and may only
+    do what its launcher gave it: not ask for more rockers, nor list or signal its launcher's other ones."""
+    if peer.foreign_ns and not allow_nested:
+        raise Denied(f"the caller (pid {peer.pid}) is not on the host: {peer.foreign_ns}; rockerd serves callers "
+                     "inside rockers or other containers only when started with --allow-nested-callers")
+
+
 def require_owned_dir(peer: Peer | None, fd: int, what: str, path: str) -> None:
     if is_root(peer):
         return

@@ -34,6 +34,7 @@ class ServiceConfig:
     ready_timeout: float = 5.0
     state_dir: str = "/run/rocker/state"
     warm_budget: int = DEFAULT_BUDGET
+    allow_nested_callers: bool = False
 
 
 class RockerService:
@@ -53,6 +54,7 @@ class RockerService:
     async def create(self, call: Call) -> Reply:
         t0 = time.perf_counter()
         peer = call.peer
+        self._check_caller_ns(call)
         try:
             req = parse_request(call.parameters)
         except RequestInvalid as e:
@@ -97,6 +99,7 @@ class RockerService:
                      [built.ns_fds[n] for n in NS_NAMES])
 
     async def list(self, call: Call) -> Reply:
+        self._check_caller_ns(call)
         rockers = [r.info() for r in self.registry if call.peer.uid in (0, r.uid, r.caller_uid)]
         return Reply({"rockers": rockers})
 
@@ -109,11 +112,20 @@ class RockerService:
             raise VarlinkError(ERR + "InvalidRequest", {"field": "guard_pname", "reason": "must be a string"})
         if type(sig) is not int or sig not in signals.valid_signals() or sig == 0:
             raise VarlinkError(ERR + "InvalidRequest", {"field": "signal", "reason": "must be a signal number"})
+        self._check_caller_ns(call)
         rocker = self.registry.get(name)
         if rocker is None or call.peer.uid not in (0, rocker.uid, rocker.caller_uid):
             raise VarlinkError(ERR + "NoSuchRocker", {"guard_pname": name})
         ns.pidfd_send_signal(rocker.pidfd, sig)
         return Reply({})
+
+    def _check_caller_ns(self, call: Call) -> None:
+        """A call from inside a rocker (or any other container) is refused unless the operator allows it."""
+        try:
+            policy.check_caller_ns(call.peer, self.config.allow_nested_callers)
+        except policy.Denied as e:
+            self._refuse(call.peer.uid, f"{call.method.rpartition('.')[2]}: {e}")
+            raise VarlinkError(ERR + "PermissionDenied", {"reason": str(e)}) from None
 
     def _check_limits(self, caller_uid: int, uid: int) -> None:
         c = self.config

@@ -134,12 +134,19 @@ Clients look for it at `$ROCKER_SOCKET` if that is set (`rocker` also takes
 - rockerd reads the caller's credentials from the socket (`SO_PEERCRED`) at
   connect time: root may ask for any uid/gid, anyone else only for their own
   (see docs/security.md).
-- Limits (defaults; see `rockerd --help`): a message is at most {max_message}
-  bytes; at most {max_connections} connections at a time; each call must
-  arrive complete within {request_timeout:g} s of the connection opening or
-  of the previous reply (so an idle connection is closed), and its reply must
-  be read within {request_timeout:g} s. A message that breaks the wire format
-  gets one `{protocol_error}` error and the connection is closed.
+- Limits (defaults; see `rockerd --help`): a message is at most {l.max_message}
+  bytes; at most {l.max_connections} connections at a time (the last
+  {l.root_connections} for root), {l.max_connections_per_uid} per uid, {l.max_calls_per_uid} calls under way per
+  uid; a connection with no request under way is closed after
+  {l.idle_timeout:g} s, a request must be complete within {l.request_timeout:g} s of its
+  first byte, its reply must be read within {l.request_timeout:g} s, and a connection
+  lives at most {l.max_connection_life:g} s. A connection over a limit gets one
+  `{limit_error}` error (before any request) and is closed; a call
+  over the per-uid limit gets it as its reply. A message that breaks the wire
+  format gets one `{protocol_error}` error and the connection is closed.
+- A caller inside a rocker (another user or PID namespace than rockerd's) gets
+  `PermissionDenied` for `Create`, `List` and `Kill` unless rockerd runs with
+  `--allow-nested-callers` (see docs/security.md).
 
 ## Calling it by hand
 
@@ -168,8 +175,7 @@ def render_protocol() -> str:
     out = [f"# The rocker protocol: `{name}`", "",
            NOTICE.format(sources="rockerd/interface.py and rockerd/varlink/server.py"), "",
            doc, "",
-           PROTOCOL_INTRO.format(socket=wire.DEFAULT_SOCKET, max_message=limits.max_message,
-                                 max_connections=limits.max_connections, request_timeout=limits.request_timeout,
+           PROTOCOL_INTRO.format(socket=wire.DEFAULT_SOCKET, l=limits, limit_error=f"{name}.LimitReached",
                                  protocol_error=f"{name}.ProtocolViolation",
                                  first_entry=ServiceConfig.first_entry_timeout)]
     call, reply = _example_create(by_name)

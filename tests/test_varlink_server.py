@@ -630,17 +630,19 @@ def test_frame_reader_bounds() -> None:
 
 
 async def test_connection_limit(start_server: Starter, caplog: pytest.LogCaptureFixture) -> None:
-    running = await start_server(limits=Limits(max_connections=3))
+    running = await start_server(limits=Limits(max_connections=3, root_connections=0))
     held = [await raw_connect(running.path) for _ in range(3)]
     extra: list[socket.socket] = []
     try:
         await wait_for(lambda: running.server.connections == 3)
-        for _ in range(2):
+        for _ in range(2):  # answered with the limit (before any request), then closed
             sock = await raw_connect(running.path)
             extra.append(sock)
-            assert await read_until_eof(sock, timeout=2) == b""
+            assert messages(await read_until_eof(sock, timeout=2)) == [{
+                "error": "org.varlink.service.LimitReached",
+                "parameters": {"limit": "connections", "reason": "rockerd serves at most 3 connections"}}]
         assert running.server.connections == 3
-        limit_logs = [r for r in server_warnings(caplog) if "limit" in r.getMessage()]
+        limit_logs = [r for r in server_warnings(caplog) if "refusing" in r.getMessage()]
         assert len(limit_logs) == 1
         held.pop().close()
         await wait_for(lambda: running.server.connections == 2)
@@ -651,7 +653,7 @@ async def test_connection_limit(start_server: Starter, caplog: pytest.LogCapture
 
 
 async def test_slow_client_is_disconnected(start_server: Starter, caplog: pytest.LogCaptureFixture) -> None:
-    running = await start_server(limits=Limits(request_timeout=0.3))
+    running = await start_server(limits=Limits(request_timeout=0.3, idle_timeout=0.3))
     loop = asyncio.get_running_loop()
     silent = await raw_connect(running.path)
     partial = await raw_connect(running.path)

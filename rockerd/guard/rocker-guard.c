@@ -64,7 +64,9 @@ static size_t put(char *b, size_t n, const char *s) {
     return n;
 }
 
-/* "rocker-guard: <what>[: errno N]" on stderr; numbers only, as strerror would drag in locales. */
+/* "rocker-guard: <what>[: errno N]" on stderr; numbers only, as strerror would drag in locales.
+ * Under rockerd, 0-2 are /dev/null (rocker-spawn.c): the app's uid may take
+ * any fd of ours, so none may be the daemon's. Setup errors go on the status fd. */
 static void say(const char *what, int err) {
     char b[200], num[12];
     size_t n = put(b, put(b, 0, "rocker-guard: "), what);

@@ -89,12 +89,21 @@ static int child(void *p) {
         report(s->status_fd, "switch to the app's ids", errno);
         _exit(127);
     }
-    /* Lift both fds above STATUS_FD first: either may sit on it. */
+    /* Lift both fds above STATUS_FD first: either may sit on 0-3. */
     int top = STATUS_FD + 1;
     int status = (int)syscall(SYS_fcntl, s->status_fd, F_DUPFD_CLOEXEC, top);
     int guard = status < 0 ? -1 : (int)syscall(SYS_fcntl, s->guard_fd, F_DUPFD_CLOEXEC, top);
-    if (guard < 0 || syscall(SYS_dup3, status, STATUS_FD, 0) < 0) {
-        report(s->status_fd, "pass fds to the guard", errno);
+    /* 0-2 are the daemon's (its log, its terminal): the app's uid owns the
+     * rocker's user namespace and may pidfd_getfd() them from the guard. So
+     * /dev/null goes there, as it would for any daemon's child. */
+    int null = guard < 0 ? -1 : (int)syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0 && null < top) {
+        int lifted = (int)syscall(SYS_fcntl, null, F_DUPFD_CLOEXEC, top);
+        null = lifted;
+    }
+    if (null < 0 || syscall(SYS_dup3, null, 0, 0) < 0 || syscall(SYS_dup3, null, 1, 0) < 0 ||
+        syscall(SYS_dup3, null, 2, 0) < 0 || syscall(SYS_dup3, status, STATUS_FD, 0) < 0) {
+        report(status < 0 ? s->status_fd : status, "pass fds to the guard", errno);
         _exit(127);
     }
     syscall(SYS_close_range, top, ~0U, CLOSE_RANGE_CLOEXEC); /* nothing else of the daemon's goes along */

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .framing import CallMessage, FrameReader, FramingError, encode_message, parse_call
+from .peercred import Peer, read_peer
 
 __all__ = [
     "SERVICE_DESCRIPTION",
@@ -78,19 +79,11 @@ _RECV_ANC_SPACE = socket.CMSG_SPACE(_RECV_FD_ROOM * struct.calcsize("i"))
 _RECV_CHUNK_MAX = 256 * 1024
 _ACCEPT_BATCH = 64
 _ACCEPT_PAUSE = 0.5  # seconds to stop accepting after EMFILE & co (level-triggered reader would spin)
+_LINGER = 1.0  # a refused connection stays open this long for its request, so the client reads why
+_MAX_LINGERING = 64  # refused connections kept lingering at once; beyond that they are closed at once
 _INTERFACE_NAME = re.compile(r"[A-Za-z](?:-*[A-Za-z0-9])*(?:\.[A-Za-z0-9](?:-*[A-Za-z0-9])*)+")
 _MEMBER_NAME = re.compile(r"[A-Z][A-Za-z0-9]*")
 _DECLARED_METHOD = re.compile(r"^[ \t]*method[ \t\n]+([A-Z][A-Za-z0-9]*)", re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Credentials of the connecting process, from SO_PEERCRED at accept time."""
-
-    pid: int
-    uid: int
-    gid: int
-    groups: tuple[int, ...] = ()  # supplementary groups, from SO_PEERGROUPS
 
 
 @dataclass
@@ -138,11 +131,26 @@ class Interface:
 
 @dataclass
 class Limits:
-    """Per-server resource limits; request_timeout also bounds how long a reply may take to be read."""
+    """Per-server resource limits; request_timeout also bounds how long a reply may take to be read.
+
+    Fair share: host root (uid 0 in the server's namespaces) is exempt from
+    the per-uid caps and alone may use the last ``root_connections`` of
+    ``max_connections``, so one uid, or all together, cannot lock root out."""
 
     max_message: int = 64 * 1024
     max_connections: int = 256
-    request_timeout: float = 10.0
+    root_connections: int = 16  # of max_connections, kept for root
+    max_connections_per_uid: int = 32
+    max_calls_per_uid: int = 8  # calls being handled at once for one uid (all its connections)
+    request_timeout: float = 10.0  # from a request's first byte to its end
+    idle_timeout: float = 10.0  # with no request under way (after the accept, after each reply)
+    max_connection_life: float = 300.0  # then closed once no call is under way
+
+    def check(self) -> None:
+        if (self.max_message < 16 or self.max_connections < 1 or self.max_connections_per_uid < 1
+                or self.max_calls_per_uid < 1 or not 0 <= self.root_connections < self.max_connections
+                or min(self.request_timeout, self.idle_timeout, self.max_connection_life) <= 0):
+            raise ValueError(f"unusable limits {self}")
 
 
 _DEFAULT_LIMITS = Limits()  # shared default; the server keeps its own copy
@@ -164,25 +172,6 @@ def _fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
             usable = len(data) - len(data) % size
             fds.extend(array.array("i", data[:usable]))
     return fds
-
-
-def _peer_of(sock: socket.socket) -> Peer:
-    # struct ucred is (pid_t, uid_t, gid_t); uid_t/gid_t are unsigned.
-    fmt = "iII"
-    pid, uid, gid = struct.unpack(fmt, sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(fmt)))
-    return Peer(pid=pid, uid=uid, gid=gid, groups=_peer_groups(sock))
-
-
-SO_PEERGROUPS = 59
-
-
-def _peer_groups(sock: socket.socket) -> tuple[int, ...]:
-    """The peer's supplementary groups as of connect time (Linux 4.13+): no /proc race."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 65536)
-    except OSError:
-        return ()
-    return tuple(array.array("I", raw[: len(raw) - len(raw) % 4]))
 
 
 def _check_interface(iface: Interface) -> None:
@@ -216,6 +205,10 @@ class _FdSendError(Exception):
     """sendmsg refused the reply's fds before any byte went out; the reply can be replaced."""
 
 
+class _Expired(Exception):
+    """A connection's timer ran out while it waited for a request: why, for the log."""
+
+
 class _Connection:
     """One client connection; owns its socket and the task that serves it."""
 
@@ -225,6 +218,8 @@ class _Connection:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
+        self.exempt = peer.uid == 0 and not peer.foreign_ns  # host root: no per-uid caps
+        self.end_of_life = self.loop.time() + server.limits.max_connection_life
         self.reader = FrameReader(server.limits.max_message)
         self.task: asyncio.Task[None] | None = None
         self.closed = False
@@ -271,7 +266,7 @@ class _Connection:
         self._unwatch()
         self.closed = True
         self.sock.close()
-        self.server._conns.discard(self)
+        self.server._forget(self)
         task = self.task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
@@ -299,15 +294,45 @@ class _Connection:
             frame = self.reader.next_frame()
             if frame is not None:
                 return frame
-            data = self._recv_some()
-            if data is None:
-                await self._wait(writable=False)
-                continue
-            if not data:
+            if not await self._more_bytes():
                 if self.reader.has_partial():
                     self.server.log.info("%s disconnected in the middle of a message", self)
                 return None
-            self.reader.feed(data)
+
+    async def _more_bytes(self) -> bool:
+        """Wait for and buffer what arrives next; False at EOF."""
+        while (data := self._recv_some()) is None:
+            await self._wait(writable=False)
+        self.reader.feed(data)
+        return bool(data)
+
+    async def _next_request(self) -> bytes | None:
+        """The next complete frame, or None at EOF; raises _Expired when a timer runs out.
+
+        Idle (no byte of a request yet): until the idle timeout or the end of
+        the connection's life. Once a request has begun: request_timeout."""
+        limits = self.server.limits
+        frame = self.reader.next_frame()
+        if frame is not None:
+            return frame
+        if not self.reader.buffered:
+            idle_end = self.loop.time() + limits.idle_timeout
+            try:
+                async with asyncio.timeout_at(min(idle_end, self.end_of_life)):
+                    if not await self._more_bytes():
+                        return None
+            except TimeoutError:
+                if idle_end <= self.end_of_life:
+                    raise _Expired(f"sent no request within {limits.idle_timeout:g}s (idle timeout)") from None
+                raise _Expired(f"reached the connection life limit of {limits.max_connection_life:g}s") from None
+            frame = self.reader.next_frame()  # usually the whole request came at once: no second timer
+            if frame is not None:
+                return frame
+        try:
+            async with asyncio.timeout(limits.request_timeout):
+                return await self._next_frame()
+        except TimeoutError:
+            raise _Expired(f"sent no complete request within {limits.request_timeout:g}s") from None
 
     async def _send(self, data: bytes, fds: list[int]) -> None:
         """Send one message; fds ride on the first sendmsg that transfers data."""
@@ -329,19 +354,20 @@ class _Connection:
     # -- protocol ----------------------------------------------------------
 
     async def run(self) -> None:
-        limits = self.server.limits
         log = self.server.log
-        deadline = self.loop.time() + limits.request_timeout
         try:
             while not self.closed:
+                if self.loop.time() >= self.end_of_life:
+                    log.info("%s reached the connection life limit of %gs; disconnecting", self,
+                             self.server.limits.max_connection_life)
+                    return
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        frame = await self._next_frame()
+                    frame = await self._next_request()
                     if frame is None:
                         return
                     msg = parse_call(frame)
-                except TimeoutError:
-                    log.info("%s sent no complete request within %gs; disconnecting", self, limits.request_timeout)
+                except _Expired as exc:
+                    log.info("%s %s; disconnecting", self, exc)
                     return
                 except FramingError as exc:
                     await self._protocol_fault(exc.reason)
@@ -354,7 +380,6 @@ class _Connection:
                     _close_fds(fds)
                 elif not await self._send_reply(data, fds, msg):
                     return
-                deadline = self.loop.time() + limits.request_timeout
                 # A client that pipelines calls to fast handlers would otherwise never yield the loop.
                 await asyncio.sleep(0)
         except (ConnectionAbortedError, BrokenPipeError, ConnectionResetError):
@@ -415,6 +440,13 @@ class _Connection:
             name = "MethodNotImplemented" if member in server._declared[iface_name] else "MethodNotFound"
             return encode_message(_error(f"org.varlink.service.{name}", method=msg.method)), []
         call = Call(method=msg.method, parameters=msg.parameters, peer=self.peer, oneway=msg.oneway, more=msg.more)
+        uid, calls = self.peer.uid, server._calls
+        if not self.exempt:
+            if calls.get(uid, 0) >= server.limits.max_calls_per_uid:
+                reason = f"uid {uid} has {server.limits.max_calls_per_uid} calls under way, the most per uid"
+                server.log_refusal(uid, reason)
+                return server.limit_reply("calls per uid", reason), []
+            calls[uid] = calls.get(uid, 0) + 1
         try:
             reply = await handler(call)
         except VarlinkError as exc:
@@ -426,6 +458,9 @@ class _Connection:
         except Exception as exc:
             server.log.exception("%s: handler for %s failed", self, msg.method)
             return self._internal_error(msg.method, f"unexpected {type(exc).__name__} (see the server log)"), []
+        finally:
+            if not self.exempt:
+                server.call_done(uid)
         if not isinstance(reply, Reply):
             server.log.error("%s: handler for %s returned %r, not a Reply", self, msg.method, type(reply))
             return self._internal_error(msg.method, "handler returned no reply"), []
@@ -461,16 +496,17 @@ class VarlinkServer:
         limits: Limits = _DEFAULT_LIMITS,
         log: logging.Logger | None = None,
         protocol_error: str = "org.varlink.service.InvalidParameter",
+        limit_error: str = "org.varlink.service.LimitReached",
     ) -> None:
         self.vendor = vendor
         self.product = product
         self.version = version
         self.url = url
         self.limits = replace(limits)
-        if self.limits.max_message < 16 or self.limits.max_connections < 1 or self.limits.request_timeout <= 0:
-            raise ValueError(f"unusable limits {self.limits}")
+        self.limits.check()
         self.log = log or logging.getLogger("rockerd.varlink")
         self.protocol_error = protocol_error
+        self.limit_error = limit_error
         service = Interface(
             name=SERVICE_INTERFACE,
             description=SERVICE_DESCRIPTION,
@@ -486,6 +522,10 @@ class VarlinkServer:
             name: set(_DECLARED_METHOD.findall(iface.description)) for name, iface in self._interfaces.items()
         }
         self._conns: set[_Connection] = set()
+        self._conns_of: dict[int, int] = {}  # uid -> open connections
+        self._calls: dict[int, int] = {}  # uid -> calls being handled (host root's are not counted)
+        self._refused: set[int] = set()  # uids whose refusal was logged (-1: the total), until one gets in
+        self._lingering: dict[socket.socket, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: socket.socket | None = None
@@ -495,7 +535,6 @@ class VarlinkServer:
         self._stopped: asyncio.Future[None] | None = None
         self._closing = False
         self._serving = False
-        self._overloaded = False
 
     # -- org.varlink.service -------------------------------------------------
 
@@ -561,6 +600,8 @@ class VarlinkServer:
             self._resume = None
         for conn in list(self._conns):
             conn.abort()
+        for sock in list(self._lingering):
+            self._end_lingering(sock)
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)
 
@@ -598,29 +639,97 @@ class VarlinkServer:
         if self._closing:
             sock.close()
             return
-        if len(self._conns) >= self.limits.max_connections:
-            if not self._overloaded:
-                self._overloaded = True
-                self.log.warning(
-                    "connection limit of %d reached; closing new connections until one ends",
-                    self.limits.max_connections,
-                )
-            sock.close()
+        limits = self.limits
+        if len(self._conns) >= limits.max_connections:  # before reading anything: the cheapest refusal
+            self._refuse(sock, -1, "connections", f"rockerd serves at most {limits.max_connections} connections")
             return
-        self._overloaded = False
         try:
             sock.setblocking(False)
-            peer = _peer_of(sock)
+            peer = read_peer(sock)
         except OSError as exc:
             self.log.info("dropping a connection whose credentials cannot be read: %s", exc)
             sock.close()
             return
+        uid = peer.uid
+        if not (uid == 0 and not peer.foreign_ns):
+            if len(self._conns) >= limits.max_connections - limits.root_connections:
+                self._refuse(sock, uid, "connections", f"rockerd serves at most {limits.max_connections} "
+                             f"connections, the last {limits.root_connections} only for root")
+                return
+            if self._conns_of.get(uid, 0) >= limits.max_connections_per_uid:
+                self._refuse(sock, uid, "connections per uid",
+                             f"uid {uid} has {limits.max_connections_per_uid} connections open, the most per uid")
+                return
+        self._refused.discard(uid)
+        self._refused.discard(-1)
         conn = _Connection(self, sock, peer)
         self._conns.add(conn)
+        self._conns_of[uid] = self._conns_of.get(uid, 0) + 1
         task = self._loop_or_raise().create_task(conn.run(), name=f"varlink {conn}")
         conn.task = task
         self._tasks.add(task)
         task.add_done_callback(self._connection_done)
+
+    def _forget(self, conn: _Connection) -> None:
+        """A connection has closed: it no longer counts against anything."""
+        if conn in self._conns:
+            self._conns.discard(conn)
+            uid = conn.peer.uid
+            left = self._conns_of[uid] - 1
+            if left:
+                self._conns_of[uid] = left
+            else:
+                del self._conns_of[uid]
+
+    def call_done(self, uid: int) -> None:
+        left = self._calls[uid] - 1
+        if left:
+            self._calls[uid] = left
+        else:
+            del self._calls[uid]
+
+    def limit_reply(self, limit: str, reason: str) -> bytes:
+        return encode_message(_error(self.limit_error, limit=limit, reason=reason))
+
+    def log_refusal(self, uid: int, reason: str) -> None:
+        """One warning per uid until one of its connections gets in: a flood must not flood the log."""
+        if uid not in self._refused:
+            self._refused.add(uid)
+            who = "a connection" if uid < 0 else f"uid {uid}"
+            self.log.warning("refusing %s: %s (logged once until it gets in again)", who, reason)
+
+    def _refuse(self, sock: socket.socket, uid: int, limit: str, reason: str) -> None:
+        """Answer a connection over a limit with the limit error, then close it.
+
+        The reply goes out at once; the socket stays open for its request (at
+        most _LINGER s), so that the client's write does not fail with EPIPE
+        before it could read why."""
+        self.log_refusal(uid, reason)
+        loop = self._loop_or_raise()
+        try:
+            sock.setblocking(False)
+            sock.send(self.limit_reply(limit, reason), socket.MSG_NOSIGNAL)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if len(self._lingering) >= _MAX_LINGERING:
+            sock.close()
+            return
+        self._lingering[sock] = loop.call_later(_LINGER, self._end_lingering, sock)
+        loop.add_reader(sock.fileno(), self._end_lingering, sock)
+
+    def _end_lingering(self, sock: socket.socket) -> None:
+        timer = self._lingering.pop(sock, None)
+        if timer is None:
+            return
+        timer.cancel()
+        self._loop_or_raise().remove_reader(sock.fileno())
+        try:
+            sock.recv(_RECV_CHUNK_MAX)  # read what came, so closing does not turn into a reset
+        except OSError:
+            pass
+        sock.close()
 
     def _connection_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
