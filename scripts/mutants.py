@@ -162,14 +162,19 @@ class NativeBuild:
         if s is None:
             return {}
         g, n = self.tree / s.GUARD_DIR, self.tree / s.NATIVE_DIR
+        exec_lib = (s.compile_exec_lib, n / s.EXEC_LIB)
         return {"rockerd/guard/rocker-guard.c": (s.compile_guard, g / s.GUARD_BIN),
                 "rockerd/guard/rocker-spawn.c": (s.compile_spawn_lib, g / s.SPAWN_LIB),
-                "rocker_client/_native/rocker-exec.c": (s.compile_exec_lib, n / s.EXEC_LIB)}
+                "rocker_client/_native/rocker-exec.c": exec_lib,
+                "rocker_client/_native/rocker-join.c": exec_lib,  # the join, shared with clients/c
+                "rocker_client/_native/rocker-join.h": exec_lib}
 
     def build(self, rel: str | None = None) -> None:
         """Build the output of `rel` (a .c file), or of all of them; raises on a compile error."""
+        done: set[Path] = set()
         for src, (fn, out) in self._targets().items():
-            if rel is None or rel == src:
+            if (rel is None and out not in done) or rel == src:
+                done.add(out)
                 try:
                     with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
                         fn(str(out))  # type: ignore[operator]
@@ -189,7 +194,7 @@ def applied(tree: Path, m: Mutant, native: NativeBuild) -> Iterator[None]:
     mode = path.stat().st_mode
     path.write_text(text.replace(m.original, m.replacement, 1))
     try:
-        if m.file.endswith(".c"):
+        if m.file.endswith((".c", ".h")):
             if not native.builds(m.file):
                 raise MutantError(f"mutant {m.id}: no build step known for {m.file}")
             native.build(m.file)
@@ -203,7 +208,7 @@ def applied(tree: Path, m: Mutant, native: NativeBuild) -> Iterator[None]:
             after = hashlib.sha256(path.read_bytes()).hexdigest()
             if after != before:
                 raise MutantError(f"mutant {m.id}: {m.file} was not restored (sha256 {after} != {before})")
-            if m.file.endswith(".c") and native.builds(m.file):
+            if m.file.endswith((".c", ".h")) and native.builds(m.file):
                 native.build(m.file)
         finally:
             signal.signal(signal.SIGINT, old[0])

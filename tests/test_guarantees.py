@@ -332,10 +332,10 @@ import json, os, sys
 sys.path.insert(0, sys.argv[1])
 params, mode = json.loads(sys.argv[2]), sys.argv[3]
 os.setgroups([4242, 4343])  # a root launcher with supplementary groups (a login shell's, say)
-import rocker_client.enter as enter
+import threading
 from rocker_client import Exec, RockerRequest, enter_rocker
-if mode == "python":  # the join without librocker-exec
-    enter.prepare_join = lambda *a: None
+if mode == "intermediate":  # a threaded caller: its forked intermediate joins
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
 r, w = os.pipe()
 def app(_):
     with open("/proc/self/status") as f:
@@ -352,11 +352,11 @@ print(json.dumps({"ok": res.ok, "detail": res.detail, "groups": out.split(":", 1
 """
 
 
-@pytest.mark.parametrize("mode", ["native", "python", "exec"])
+@pytest.mark.parametrize("mode", ["one-fork", "intermediate", "exec"])
 @pytest.mark.usefixtures("rockerd")
 def test_root_launchers_groups_are_dropped(base: Path, pkg: Path, mode: str) -> None:
-    """security.md: a root caller's supplementary groups are dropped before entering (every join:
-    librocker-exec's, the Python one, an Exec app's). Undropped, they would follow the app."""
+    """security.md: a root caller's supplementary groups are dropped before entering (every path:
+    the one fork, a threaded caller's intermediate, an Exec app). Undropped, they would follow the app."""
     params = make_req(base, pkg, uid=1000, gid=1000).to_params()
     out = subprocess.run([sys.executable, "-c", GROUPS_LAUNCHER, str(Path(__file__).parent.parent),
                           json.dumps(params), mode], capture_output=True, text=True, timeout=60)
