@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
                    help=f"unix socket to bind when not socket-activated (default {DEFAULT_SOCKET})")
     p.add_argument("--socket-mode", default="0660", metavar="MODE", help="mode of a socket we bind (octal)")
+    p.add_argument("--socket-group", metavar="GROUP", type=_group,
+                   help="group (name or number) of a socket we bind, as SocketGroup= does under systemd; "
+                        "its members may connect when --socket-mode gives the group rw (default: root)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--max-message", type=int, default=Limits.max_message, metavar="BYTES")
     p.add_argument("--max-connections", type=int, default=Limits.max_connections, metavar="N",
@@ -95,8 +98,23 @@ def activated_listener() -> socket.socket | None:
     return socket.socket(fileno=fds[0])
 
 
-def bind_listener(path: str, mode: int) -> socket.socket:
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+def _group(text: str) -> int:
+    import grp
+
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no group called {text!r}") from None
+
+
+def bind_listener(path: str, mode: int, gid: int = 0) -> socket.socket:
+    """Bind in a private dir beside `path`, set owner and mode there, then rename into place:
+    the socket never exists at `path` with other permissions, and no name another user could
+    swap is chowned or chmodded."""
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, mode=0o755, exist_ok=True)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -113,10 +131,24 @@ def bind_listener(path: str, mode: int) -> socket.socket:
             raise SystemExit(f"rockerd: another daemon is already serving {path}")
         finally:
             probe.close()
+    import tempfile
+
+    private = tempfile.mkdtemp(prefix=".rockerd-bind-", dir=parent)  # 0700, ours
+    staged = os.path.join(private, "sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.bind(path)
-    os.chmod(path, mode)
-    sock.listen(512)
+    try:
+        sock.bind(staged)
+        os.chown(staged, 0, gid)
+        os.chmod(staged, mode)
+        sock.listen(512)
+        os.rename(staged, path)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        if os.path.exists(staged):
+            os.unlink(staged)
+        os.rmdir(private)
     return sock
 
 
@@ -140,7 +172,7 @@ def install_test_hooks(loop: asyncio.AbstractEventLoop) -> None:
     loop.add_signal_handler(signal.SIGUSR2, wedge)
 
 
-async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int) -> None:
+async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int, where: str) -> None:
     service = RockerService(guard_fd, ServiceConfig(
         max_rockers=args.max_rockers, max_rockers_per_uid=args.max_rockers_per_uid,
         first_entry_timeout=args.first_entry_timeout, state_dir=args.state_dir,
@@ -165,7 +197,7 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
     serving = asyncio.create_task(server.serve(listener))
     await asyncio.sleep(0)  # serve() now watches the listener
     if not serving.done():
-        log.info("rockerd %s serving %s", __version__, listener.getsockname() or "an activated socket")
+        log.info("rockerd %s serving %s", __version__, where)
         life.ready()  # after any re-adoption (in RockerService()), with the listener watched
     try:
         await serving
@@ -193,13 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     bound = None
     if listener is None:
         try:
-            listener = bind_listener(args.socket, int(args.socket_mode, 8))
+            listener = bind_listener(args.socket, int(args.socket_mode, 8), args.socket_group or 0)
         except OSError as e:
             print(f"rockerd: cannot listen on {args.socket}: {e.strerror}", file=sys.stderr)
             return 1 if e.errno != errno.EADDRINUSE else 2
         bound = args.socket
     try:
-        asyncio.run(serve(listener, args, guard_fd))
+        asyncio.run(serve(listener, args, guard_fd, bound or listener.getsockname() or "an activated socket"))
     finally:
         listener.close()
         if bound:

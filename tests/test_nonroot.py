@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -204,3 +205,23 @@ def test_run_without_home_says_what_to_pass(world: tuple[Path, Daemon], dirs: li
         assert "must be owned by uid 4321" in p.stderr, p.stderr
     else:
         assert "HOME is unset" in p.stderr and "--data-dir" in p.stderr, p.stderr
+
+
+def test_socket_group_lets_its_members_in(base: Path) -> None:
+    """--socket-group: the socket is root:GROUP with --socket-mode from the moment it has its name;
+    a member of GROUP may connect, anyone else is refused by the kernel."""
+    d = start_daemon(base / "g", "--socket-mode", "0660", "--socket-group", "4242")
+    try:
+        st = os.stat(d.socket)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 4242, 0o660)
+        assert not [p for p in os.listdir(base / "g") if p.startswith(".rockerd-bind-")]
+        assert f"serving {d.socket}" in d.log_text()
+        probe = ("import socket, sys; s = socket.socket(socket.AF_UNIX)\n"
+                 "try:\n    s.connect(sys.argv[1]); print('connected')\n"
+                 "except OSError as e:\n    print(e.errno)")
+        for groups, expected in (([4242], "connected"), ([], str(errno.EACCES))):
+            p = subprocess.run([SYSTEM_PYTHON, "-I", "-c", probe, d.socket], user=UID, group=UID,
+                               extra_groups=groups, capture_output=True, text=True, timeout=30)
+            assert p.stdout.strip() == expected, (groups, p.stdout, p.stderr)
+    finally:
+        d.stop()
