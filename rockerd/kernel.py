@@ -148,6 +148,10 @@ def _close_range_cloexec() -> None:
             call="close_range", target="CLOSE_RANGE_CLOEXEC")
 
 
+def _loop_control() -> None:
+    os.close(os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC))
+
+
 def _loop_configure() -> None:
     """LOOP_CONFIGURE with no backing file: EBADF where the ioctl exists, EINVAL where not."""
     ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
@@ -172,6 +176,7 @@ REQUIREMENTS: tuple[tuple[str, str, Callable[[], None]], ...] = (
     ("the new mount API (fsopen, fsconfig, fsmount, move_mount)", "5.2", lambda: os.close(_tmpfs())),
     ("pidfds (pidfd_open, pidfd_send_signal, waitid P_PIDFD)", "5.4", _pidfds),
     ("openat2 (RESOLVE_NO_SYMLINKS)", "5.6", _openat2),
+    ("loop devices (/dev/loop-control; modprobe loop)", "3.1", _loop_control),
     ("LOOP_CONFIGURE", "5.8", _loop_configure),
     ("close_range(CLOSE_RANGE_CLOEXEC)", "5.11", _close_range_cloexec),
     ("overlayfs through fsopen (modprobe overlay)", "5.2", _fs("overlay")),

@@ -27,6 +27,7 @@ from rocker_client import enter_rocker, wire
 from rockerd import kernel
 
 HAS = kernel.probe(None)  # what this kernel offers, nothing forced
+SLOW = float(os.environ.get("ROCKER_TEST_TIME_SCALE", "1"))  # >1 in an emulated VM (scripts/test-vm.sh)
 
 
 def expect(mode: str) -> frozenset[str]:
@@ -139,7 +140,7 @@ def test_app_sees_the_path_taken(mode_daemon: tuple[str, Daemon], base: Path, pk
         assert (base / "data/upper" / d.lstrip("/") / "new").read_text() == "inside"
         assert sorted(os.listdir(d)) == ["keep"], "the app changed the host dir"
     assert rep["read"] == ["host a", "host b"]
-    assert wait_until(lambda: loops_backing(pkg) == [], 3), "the package's loop device outlived its last rocker"
+    assert wait_until(lambda: loops_backing(pkg) == [], 3 * SLOW), "the package's loop device outlived its last rocker"
 
 
 def _assert_one_loop(pkg: Path) -> None:
@@ -163,12 +164,12 @@ def test_restart_readopts_and_releases(mode_daemon: tuple[str, Daemon], base: Pa
         assert wait_gone(res.guard_pid, 0.2) is None, "the rocker died with rockerd"
         assert len(loops_backing(pkg)) == 1
         d2 = start_daemon(tmp_path / "d")  # the same env: the same mode
+        paths = wire.call(d2.socket, "io.rocker.Rocker.Kernel", {})[0]["paths"]  # once it serves, it has adopted
+        assert {p["feature"] for p in paths if p["fast"]} == expect(mode)
         assert f"adopted {res.guard_pname}" in d2.log_text()
         res2 = enter_rocker(make_req(base / "2", pkg), hold, (r, w))
         assert res2.ok, res2.detail
         pids.append(res2.app_pid)
-        paths = wire.call(d2.socket, "io.rocker.Rocker.Kernel", {})[0]["paths"]
-        assert {p["feature"] for p in paths if p["fast"]} == expect(mode)
     finally:
         os.close(w)
         os.close(r)
@@ -177,12 +178,12 @@ def test_restart_readopts_and_releases(mode_daemon: tuple[str, Daemon], base: Pa
         if d2:
             d2.stop()
             assert "Traceback" not in d2.log_text(), d2.log_text()
-    assert wait_until(lambda: loops_backing(pkg) == [], 3), "a loop device outlived the rockers"
+    assert wait_until(lambda: loops_backing(pkg) == [], 3 * SLOW), "a loop device outlived the rockers"
 
 
 def test_unknown_forced_fallback_refuses_to_start(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "rockerd", "--socket", str(tmp_path / "s")], capture_output=True,
-                       text=True, env={**os.environ, kernel.FORCE_ENV: "overlay-fd,bogus"}, timeout=30)
+                       text=True, env={**os.environ, kernel.FORCE_ENV: "overlay-fd,bogus"}, timeout=30 * SLOW)
     assert p.returncode == 1
     assert p.stderr.strip().splitlines()[-1] == (f"rockerd: {kernel.FORCE_ENV}: unknown fallback bogus "
                                                  "(known: overlay-fd, tree-clone, all)")
@@ -197,7 +198,7 @@ def test_missing_requirement_refuses_to_start(tmp_path: Path) -> None:
             "    raise OSError(38, os.strerror(38))\n"
             "kernel.REQUIREMENTS += (('frobnication', '9.9', missing),)\n"
             f"sys.exit(main.main(['--socket', {str(tmp_path / 's')!r}]))\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30 * SLOW)
     assert p.returncode == 1, p.stderr
     assert p.stderr.strip().splitlines()[-1] == (
         f"rockerd: this kernel ({os.uname().release}) lacks frobnication, which rockerd needs "
