@@ -37,6 +37,7 @@ EXIT_NOT_FOUND = 127
 
 LIST = "io.rocker.Rocker.List"
 KILL = "io.rocker.Rocker.Kill"
+KERNEL = "io.rocker.Rocker.Kernel"
 GET_INFO = "org.varlink.service.GetInfo"
 START_HINT = "start it with `systemctl start rockerd.socket` or `rockerd --socket {path}`"
 
@@ -244,9 +245,10 @@ APP.squashfs is replaced only when the new image is complete.""",
         summary="show whether rockerd is up, its version and how many rockers live",
         synopsis="rocker status [--json]",
         description="""\
-Ask rockerd on its socket who it is (org.varlink.service.GetInfo) and which
-rockers live (io.rocker.Rocker.List), and print that with the socket path
-and this client's version.""",
+Ask rockerd on its socket who it is (org.varlink.service.GetInfo), which
+rockers live (io.rocker.Rocker.List) and which kernel paths it takes
+(io.rocker.Rocker.Kernel: fast, or the fallback for an older kernel), and
+print that with the socket path and this client's version.""",
         examples=(("is rockerd up? (exit status 0 if it is)", "rocker status >/dev/null && echo up"),),
         exit_status=(("0", "rockerd answered"), EXIT_STATUS_USAGE, ("125", "rockerd is unreachable or failed")),
     ),
@@ -725,7 +727,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         except wire.RemoteError as e:
             raise Failure(f"rockerd did not say who it is: {e}: is {path} rockerd's socket?") from None
         rockers = d.rockers()
-    status = {"socket": path, "client_version": client_version(), "daemon": info, "rockers": len(rockers)}
+        try:
+            kernel: dict[str, Any] | None = d.call(KERNEL)
+        except wire.RemoteError:  # a daemon older than the Kernel method
+            kernel = None
+    status = {"socket": path, "client_version": client_version(), "daemon": info, "rockers": len(rockers),
+              "kernel": kernel}
     if args.json:
         print(json.dumps(status, indent=2))
         return EXIT_OK
@@ -735,6 +742,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"socket:      {path}")
     print(f"interfaces:  {', '.join(info.get('interfaces') or [])}")
     print(f"rockers:     {len(rockers)} live{mine}")
+    if kernel is not None:
+        print(f"kernel:      {kernel.get('release', '?')}")
+        for p in kernel.get("paths") or []:
+            how = "fast" if p.get("fast") else "forced fallback" if p.get("forced") else \
+                f"fallback (fast path needs Linux {p.get('fast_since', '?')})"
+            print(f"  {p.get('feature', '?')}: {how}: {p.get('path', '?')}")
     print(f"client:      rocker {client_version()}")
     return EXIT_OK
 

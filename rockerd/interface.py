@@ -58,6 +58,19 @@ method List() -> (rockers: []RockerInfo)
 # Send a signal (default SIGKILL) to a rocker's guard; its apps die with it.
 method Kill(guard_pname: string, signal: ?int) -> ()
 
+# A feature rockerd can take a fast or a fallback path for, and the one it takes
+# on this kernel (probed at start; forced: ROCKER_FORCE_FALLBACK chose it).
+type KernelPath (
+  feature: string,
+  fast: bool,
+  forced: bool,
+  path: string,
+  fast_since: string
+)
+
+# The kernel rockerd runs on and the paths it takes there.
+method Kernel() -> (release: string, paths: []KernelPath)
+
 # The request broke a rule; field names it (e.g. app_overlay_dirs[2]).
 error InvalidRequest (field: string, reason: string)
 

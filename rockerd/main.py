@@ -15,7 +15,7 @@ import time
 
 from rocker_client.wire import DEFAULT_SOCKET
 
-from . import __version__, journal, sd
+from . import __version__, journal, kernel, sd
 from .build import net, spawn
 from .guard import guard_binary
 from .service import RockerService, ServiceConfig
@@ -214,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     os.setgroups([])  # guards are cloned from us: no supplementary group may leak into a rocker
     check_mount_namespace()
+    try:
+        kernel.set_current(kernel.probe(os.environ.get(kernel.FORCE_ENV)))
+    except kernel.Unsupported as e:
+        log.error("rockerd cannot run here: %s", e)
+        print(f"rockerd: {e}", file=sys.stderr)
+        return 1
+    log.info("%s", kernel.current().summary())
     try:
         guard_fd = os.open(guard_binary(), os.O_PATH | os.O_CLOEXEC)
         spawn.load()

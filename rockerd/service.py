@@ -1,4 +1,4 @@
-"""io.rocker.Rocker: Create, List, Kill.
+"""io.rocker.Rocker: Create, List, Kill, Kernel.
 
 The request's path is straight: validate (pydantic) -> policy -> build ->
 register -> reply with the namespace fds. Nothing here spawns a process.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from rocker_client._sys import ns
 
-from . import interface, journal, policy
+from . import interface, journal, kernel, policy
 from .build import NS_NAMES, BuildError, PackageCache, WorkSlots, build_rocker
 from .build.warm import DEFAULT_BUDGET
 from .registry import Registry, Rocker
@@ -49,7 +49,8 @@ class RockerService:
 
     def interface(self) -> Interface:
         return Interface(interface.NAME, interface.DESCRIPTION,
-                         {"Create": self.create, "List": self.list, "Kill": self.kill})
+                         {"Create": self.create, "List": self.list, "Kill": self.kill,
+                          "Kernel": self.kernel})
 
     async def create(self, call: Call) -> Reply:
         t0 = time.perf_counter()
@@ -102,6 +103,10 @@ class RockerService:
         self._check_caller_ns(call)
         rockers = [r.info() for r in self.registry if call.peer.uid in (0, r.uid, r.caller_uid)]
         return Reply({"rockers": rockers})
+
+    async def kernel(self, call: Call) -> Reply:
+        k = kernel.current()
+        return Reply({"release": k.release, "paths": k.paths()})
 
     async def kill(self, call: Call) -> Reply:
         p = call.parameters

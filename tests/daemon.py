@@ -54,7 +54,7 @@ def start_daemon(workdir: Path, *args: str) -> Daemon:
            "--log-level", "DEBUG", *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 15 * float(os.environ.get("ROCKER_TEST_TIME_SCALE", "1"))  # >1: emulated VM
     while not _accepts(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()

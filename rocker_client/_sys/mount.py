@@ -65,6 +65,12 @@ def fsconfig_fd(fsfd: int, key: str, fd: int, what: str) -> None:
             ctypes.c_int(fd), call="fsconfig", target=f"{what} {key}")
 
 
+def fd_path(fd: int) -> str:
+    """/proc/self/fd/N: a path string the kernel follows (magic link) to exactly what `fd` holds,
+    resolving no name again; for fsconfig keys that take no fds (overlayfs before 6.13)."""
+    return f"/proc/self/fd/{fd}"
+
+
 def fsconfig_create(fsfd: int, what: str) -> None:
     syscall(nr.FSCONFIG, ctypes.c_int(fsfd), ctypes.c_uint(FSCONFIG_CMD_CREATE), None, None,
             ctypes.c_int(0), call="fsconfig(create)", target=what)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from rocker_client._sys import fs
 from rocker_client._sys import mount as m
 
-from .. import policy
+from .. import kernel, policy
 from ..request import RockerRequestModel
 from . import layout
 from .overlay_plan import OverlayGroup, plan_overlays
@@ -278,9 +278,7 @@ class MountOverlays(Step[HostContext]):
             what = f"overlay {group.lower}"
             fsfd = m.fsopen("overlay")
             try:
-                m.fsconfig_fd(fsfd, "lowerdir+", ctx.dir_fds[f"lower{k}"], what)
-                m.fsconfig_fd(fsfd, "upperdir", ctx.dir_fds[f"upper{k}"], what)
-                m.fsconfig_fd(fsfd, "workdir", ctx.dir_fds[f"work{k}"], what)
+                _set_layers(fsfd, ctx.dir_fds[f"lower{k}"], ctx.dir_fds[f"upper{k}"], ctx.dir_fds[f"work{k}"], what)
                 m.fsconfig_create(fsfd, what)
                 mfd = m.fsmount(fsfd, m.MOUNT_ATTR_NOSUID | m.MOUNT_ATTR_NODEV, what)
             finally:
@@ -292,6 +290,19 @@ class MountOverlays(Step[HostContext]):
             for i in group.members:
                 ctx.mounts.append((dirs[i], m.clone_subdir(mfd, dirs[i][len(group.lower):].lstrip("/"),
                                                            f"overlay {dirs[i]}")))
+
+
+def _set_layers(fsfd: int, lower: int, upper: int, work: int, what: str) -> None:
+    """The overlay's layers as fds (Linux 6.13), else as /proc/self/fd/N strings: both name the
+    opened dirs, never a path again (kernel.py probes which one this kernel takes)."""
+    if kernel.current().overlay_fd:
+        m.fsconfig_fd(fsfd, "lowerdir+", lower, what)
+        m.fsconfig_fd(fsfd, "upperdir", upper, what)
+        m.fsconfig_fd(fsfd, "workdir", work, what)
+    else:
+        m.fsconfig_string(fsfd, "lowerdir", m.fd_path(lower), what)
+        m.fsconfig_string(fsfd, "upperdir", m.fd_path(upper), what)
+        m.fsconfig_string(fsfd, "workdir", m.fd_path(work), what)
 
 
 class MountPackage(Step[HostContext]):

@@ -10,6 +10,9 @@ exactly what separate overlays gave it: the ancestor's overlay root is never
 attached, writes still land in upper/<D> (the upper of the ancestor is
 upper/<ancestor>, so the layout does not change), and a dir that sits on
 another mount keeps an overlay of its own.
+
+Before Linux 6.15 a dir inside a detached mount cannot be cloned: there
+every dir gets an overlay of its own (kernel.py probes which).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 
 from rocker_client._sys import fs
 from rocker_client._sys.libc import SyscallError
+
+from .. import kernel
 
 
 @dataclass(frozen=True)
@@ -40,17 +45,21 @@ def common_dir(paths: Sequence[str]) -> str:
     return "/" + "/".join(parts[0][:n])
 
 
-def plan_overlays(dirs: Sequence[str]) -> list[OverlayGroup]:
+def plan_overlays(dirs: Sequence[str], share: bool | None = None) -> list[OverlayGroup]:
     """Group dirs by the ancestor that reaches them on one mount; the deepest first.
 
     Deepest first, because an overlay over an ancestor has its upper above
     the others' uppers: mounted before them, overlayfs would see each of
     those inside a live overlay's upper (a warning, or EBUSY with index=on).
     A dir that cannot be reached (missing, a symlink) is left alone, so that
-    preparing it names the problem.
+    preparing it names the problem. `share`: whether dirs may share an overlay
+    (default: whether this kernel clones subdirs of detached mounts).
     """
     groups: list[OverlayGroup] = []
-    _split(dirs, list(range(len(dirs))), groups)
+    if kernel.current().tree_clone if share is None else share:
+        _split(dirs, list(range(len(dirs))), groups)
+    else:
+        groups = [OverlayGroup(d, (i,)) for i, d in enumerate(dirs)]
     return sorted(groups, key=lambda g: -len(fs.components(g.lower)))
 
 
