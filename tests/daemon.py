@@ -46,14 +46,14 @@ def _accepts(path: str) -> bool:
         s.close()
 
 
-def start_daemon(workdir: Path, *args: str) -> Daemon:
+def start_daemon(workdir: Path, *args: str, pass_fds: tuple[int, ...] = ()) -> Daemon:
     workdir.mkdir(parents=True, exist_ok=True)
     sock = str(workdir / "rockerd.sock")
     log = workdir / "rockerd.log"
     cmd = [sys.executable, "-m", "rockerd", "--socket", sock, "--state-dir", str(workdir / "state"),
            "--log-level", "DEBUG", *args]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, pass_fds=pass_fds)
     deadline = time.monotonic() + 15 * float(os.environ.get("ROCKER_TEST_TIME_SCALE", "1"))  # >1: emulated VM
     while not _accepts(sock):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from daemon import Daemon
+from daemon import Daemon, start_daemon
 from rockers import make_req, run_app
 
 from rocker_client import RockerResult
@@ -77,3 +77,33 @@ def test_owner_uid_takes_nothing_of_rockerds(rockerd: Daemon, base: Path, pkg: P
         others = {n: t for n, t in view.items() if n not in ("0", "1", "2") and not _is_guard_own(t)}
         assert not others, f"the guard holds fds that are not its own: {others}"
         assert str(rockerd.log) not in view.values(), "the guard holds rockerd's log"
+
+
+def test_fds_rockerd_inherited_stay_behind(base: Path, pkg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rockerd may be started holding fds it never opened (a supervisor's, a shell's: not close-on-exec);
+    none of them may reach the guard, where the rocker's owner could take them."""
+    secret = base / "inherited"
+    secret.write_text("the supervisor's\n")
+    fd = os.open(secret, os.O_RDWR)  # not close-on-exec once passed: rockerd holds it as its parent gave it
+    try:
+        high = os.dup2(fd, 40)  # above every fd the spawn path lifts its own to
+        d = start_daemon(base / "inheriting", pass_fds=(fd, high))
+    finally:
+        os.close(fd)
+        os.close(40)
+    monkeypatch.setenv("ROCKER_SOCKET", d.socket)
+    seen: dict[str, str] = {}
+
+    def probe_guard(res: RockerResult) -> None:
+        fd_dir = f"/proc/{res.guard_pid}/fd"
+        seen.update({n: os.readlink(f"{fd_dir}/{n}") for n in os.listdir(fd_dir)})
+
+    os.chmod(pkg.parent, 0o755)
+    try:
+        held = {n: os.readlink(f"/proc/{d.proc.pid}/fd/{n}") for n in (str(fd), str(high))}
+        run = run_app(make_req(base, pkg, uid=UID, gid=UID), lambda: {}, probe_guard)
+    finally:
+        d.stop()
+    assert held == {str(fd): str(secret), str(high): str(secret)}, "rockerd did not inherit the fds"
+    assert run.res.ok, run.res.detail
+    assert seen and str(secret) not in seen.values(), f"the guard holds an fd rockerd inherited: {seen}"

@@ -96,3 +96,37 @@ def test_calls_from_inside_a_rocker(user_dirs: Path, pkg: Path, monkeypatch: pyt
         reason = rep[what]["parameters"]["reason"]
         assert "user namespace other than rockerd's" in reason and "--allow-nested-callers" in reason, reason
     assert "refused request of caller uid" in d.log_text()
+
+
+def test_root_inside_a_rocker_gets_no_root_slots(user_dirs: Path, pkg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uid 0 inside a rocker is not the host's root: it gets the per-uid cap like any uid, not root's
+    reserved connections (otherwise an app of a root launcher could hold every slot)."""
+    base = user_dirs
+    d = reachable_daemon(base, "--max-connections", "8", "--root-connections", "3", "--max-connections-per-uid", "2")
+    monkeypatch.setenv("ROCKER_SOCKET", d.socket)
+
+    def hold() -> dict[str, Any]:
+        conns, got = [], []
+        try:
+            for _ in range(5):
+                conn = wire.Connection(d.socket, timeout=5)
+                conns.append(conn)
+                try:
+                    conn.call("org.varlink.service.GetInfo")
+                    got.append("ok")
+                except wire.RemoteError as e:
+                    got.append(e.parameters.get("limit", e.name))
+                except wire.WireError as e:
+                    got.append(repr(e))
+        finally:
+            for conn in conns:
+                conn.close()
+        return {"got": got}
+
+    try:
+        run = run_app(make_req(base, base / "app.squashfs", uid=0, gid=0), hold)
+    finally:
+        d.stop()
+    assert run.res.ok, run.res.detail
+    got = run.report["got"]
+    assert 1 <= got.count("ok") <= 2 and got[-1] in ("connections per uid", "connections"), got
