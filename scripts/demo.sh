@@ -4,7 +4,8 @@
 # /usr landed in its data dir and not on the host. Leaves nothing behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+# ROCKER_SKIP_SETUP=1: use the .venv as it is (a machine without network, e.g. the 6.1 VM of scripts/kvm-run.sh)
+[ -n "${ROCKER_SKIP_SETUP:-}" ] || ./scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 WORK=$(mktemp -d /tmp/rocker-demo.XXXXXX)
@@ -32,7 +33,13 @@ mksquashfs "$WORK/src" "$WORK/demo.squashfs" -comp zstd -all-root -noappend -qui
 step "2. Start rockerd on $WORK/rockerd.sock"
 rockerd --socket "$WORK/rockerd.sock" &
 DAEMON=$!
-for _ in $(seq 100); do [ -S "$WORK/rockerd.sock" ] && break; sleep 0.05; done
+# Up to 60 s: a few hundred ms here, much longer on a slow or emulated machine (a 6.1 VM under qemu).
+for _ in $(seq 1200); do
+    [ -S "$WORK/rockerd.sock" ] && break
+    kill -0 "$DAEMON" 2>/dev/null || { echo "rockerd exited before it served its socket" >&2; exit 1; }
+    sleep 0.05
+done
+[ -S "$WORK/rockerd.sock" ] || { echo "rockerd did not serve $WORK/rockerd.sock within 60 s" >&2; exit 1; }
 export ROCKER_SOCKET="$WORK/rockerd.sock"
 
 step "3. Run the app in a rocker (package at $WORK/exec, data in $WORK/data, /usr and /etc overlaid)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up this Debian 12 machine (as root) and run the whole test suite on the real kernel; then,
 # unless pytest arguments were given or ROCKER_SKIP_VM=1, the fallback subset on Debian 12's own
-# 6.1 kernel in a qemu VM (scripts/test-vm.sh; emulated, about 13 minutes).
+# 6.1 kernel in a qemu VM (scripts/test-vm.sh; emulated, about 6 minutes with the boot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
