@@ -13,19 +13,17 @@ both; the forced names are recorded and shown by `rocker status`.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rocker_client._sys import fs, loop, nr, ns
+from rocker_client._sys import fs, loop, ns
 from rocker_client._sys import mount as m
-from rocker_client._sys.libc import SyscallError, syscall
+from rocker_client._sys.libc import SyscallError
 
 FORCE_ENV = "ROCKER_FORCE_FALLBACK"
-CLOSE_RANGE_CLOEXEC = 1 << 2
 P_PIDFD = 3
 
 
@@ -144,8 +142,7 @@ def _openat2() -> None:
 
 
 def _close_range_cloexec() -> None:
-    syscall(nr.CLOSE_RANGE, ctypes.c_uint(0x7FFFFFFF), ctypes.c_uint(0xFFFFFFFF), ctypes.c_uint(CLOSE_RANGE_CLOEXEC),
-            call="close_range", target="CLOSE_RANGE_CLOEXEC")
+    ns.close_range(0x7FFFFFFF, 0xFFFFFFFF, ns.CLOSE_RANGE_CLOEXEC)  # an empty range: only the flag is tried
 
 
 def _loop_control() -> None:

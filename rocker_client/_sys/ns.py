@@ -46,5 +46,9 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
             call="pidfd_send_signal")
 
 
-def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
-    syscall(nr.CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(0), call="close_range")
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+
+def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
+    syscall(nr.CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags), call="close_range",
+            target=f"{first}..{last}")

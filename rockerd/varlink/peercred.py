@@ -18,17 +18,16 @@ import struct
 from dataclasses import dataclass
 from functools import cache
 
+from rocker_client._sys import ns
+
 __all__ = ["Peer", "peer_groups", "peer_namespaces", "read_peer"]
 
 SO_PEERGROUPS = 59
 SO_PEERPIDFD = 77
-_SYS_PIDFD_OPEN = 434
-_SYS_PIDFD_SEND_SIGNAL = 424
 _GROUPS_BUF = 1024  # CPython's getsockopt refuses a larger buflen (256 groups); more goes through ctypes
 _UCRED = struct.Struct("iII")  # struct ucred: pid_t, uid_t, gid_t
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 log = logging.getLogger("rockerd.varlink")
 _warned: set[str] = set()
 _have_peerpidfd = True  # until the kernel says ENOPROTOOPT
@@ -109,16 +108,15 @@ def _peer_pidfd(sock: socket.socket, pid: int) -> int:
                 raise
             _have_peerpidfd = False
             log.info("no SO_PEERPIDFD (Linux < 6.5): a caller's namespaces are checked through its PID")
-    fd = _libc.syscall(ctypes.c_long(_SYS_PIDFD_OPEN), ctypes.c_int(pid), ctypes.c_uint(0))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"pidfd_open({pid}): {os.strerror(err)}")
-    return fd
+    return ns.pidfd_open(pid)
 
 
 def _alive(pidfd: int) -> bool:
-    return _libc.syscall(ctypes.c_long(_SYS_PIDFD_SEND_SIGNAL), ctypes.c_int(pidfd), ctypes.c_int(0),
-                         None, ctypes.c_uint(0)) == 0
+    try:
+        ns.pidfd_send_signal(pidfd, 0)
+    except OSError:
+        return False
+    return True
 
 
 def peer_namespaces(sock: socket.socket, pid: int) -> str:
