@@ -26,6 +26,9 @@ GID_SG = 54321  # a group no user of this machine holds: a setgid dir of it is s
 
 Params = dict[str, Any]
 
+# Races run this long: enough rounds to fail on the old code; longer in an emulated VM (scripts/test-vm.sh)
+RACE_SECONDS = 4 * float(os.environ.get("ROCKER_TEST_TIME_SCALE", "1"))
+
 
 def _params(base: Path, **changes: Any) -> Params:
     return {"app_id": 1, "uid": UID, "gid": UID, "app_pkg_path": str(base / "app.squashfs"),
@@ -116,7 +119,7 @@ def test_mirrored_upper_cannot_be_swapped_for_a_hard_link(world: tuple[Path, Dae
     shutil.copy("/bin/true", evil)
     os.chown(evil, UID, UID)
     evil.chmod(0o755)
-    secs = "4"
+    secs = str(RACE_SECONDS)
     racer = subprocess.Popen([SYSTEM_PYTHON, "-I", "-c", RACER, str(upper / str(sg).lstrip("/")), str(evil), secs],
                              user=UID, group=UID, extra_groups=[], stdout=subprocess.PIPE, text=True)
     made = _as_uid(base, d, CREATOR, d.socket, json.dumps(_params(base, app_overlay_dirs=[str(sg)])), secs)
@@ -228,7 +231,7 @@ def test_shared_overlay_upper_swapped_during_the_build(world: tuple[Path, Daemon
     first = _run_app(base, d, params, "print('APP {}')")  # makes upper/<a> (root 0700)
     assert first["RES"]["err_no"] == RockerErr.success, first
     app = f"SECRET = {str(secrets[0])!r}\n" + READ_SECRET
-    secs = "4"
+    secs = str(RACE_SECONDS)
     ex = subprocess.Popen([SYSTEM_PYTHON, "-I", "-c", EXCHANGER, str(up), str(fake), secs],
                           user=UID, group=UID, extra_groups=[], stdout=subprocess.PIPE, text=True)
     seen: list[Any] = []
