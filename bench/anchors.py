@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rocker_client._sys import mount as m
-from rocker_client._sys import ns
+from rocker_sys import mount as m
+from rocker_sys import ns
 
 from . import proc
 

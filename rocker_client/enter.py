@@ -40,9 +40,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from rocker_sys import ns
+
 from . import execapp, wire
 from ._native import JoinFailed, NativeMissing, prepare_join
-from ._sys import ns
 from .errors import RockerErr
 from .execapp import Exec
 from .reports import cause_of_report, failure_report

@@ -4,7 +4,7 @@
 
 written in one piece on a pipe or socket: by the client's joining children (rocker-join.c's
 rocker_report, or failure_report here), by librocker-exec's children, by librocker-spawn's child
-and by the guard's setup (rockerd/build/spawn.py reads it with parse_report). An empty report
+and by the guard's setup (rockerd/create/spawn.py reads it with parse_report). An empty report
 means the process died before it could say anything.
 """
 

@@ -19,9 +19,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rocker_client._sys import fs, loop, ns
-from rocker_client._sys import mount as m
-from rocker_client._sys.libc import SyscallError
+from rocker_sys import fs, loop, ns
+from rocker_sys import mount as m
+from rocker_sys.libc import SyscallError
 
 FORCE_ENV = "ROCKER_FORCE_FALLBACK"
 P_PIDFD = 3

@@ -16,7 +16,7 @@ import time
 from rocker_client.wire import DEFAULT_SOCKET
 
 from . import __version__, journal, kernel, sd
-from .build import net, spawn
+from .create import net, spawn
 from .guard import guard_binary
 from .service import RockerService, ServiceConfig
 from .varlink.server import Limits, VarlinkServer

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from rocker_client._sys import proc
+from rocker_sys import proc
 
 
 class Peer(Protocol):

@@ -12,11 +12,11 @@ import signal as signals
 import time
 from dataclasses import dataclass
 
-from rocker_client._sys import ns
+from rocker_sys import ns
 
 from . import interface, journal, kernel, policy
-from .build import NS_NAMES, BuildError, PackageCache, WorkSlots, build_rocker
-from .build.warm import DEFAULT_BUDGET
+from .create import NS_NAMES, BuildError, PackageCache, WorkSlots, build_rocker
+from .create.warm import DEFAULT_BUDGET
 from .registry import Registry, Rocker
 from .request import RequestInvalid, parse_request
 from .state import StateDir, matches, proc_starttime

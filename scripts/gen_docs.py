@@ -13,7 +13,7 @@ docs/protocol.md comes from rockerd/interface.py (the io.rocker.Rocker
 description rockerd serves), rockerd/varlink/server.py (org.varlink.service,
 the limits) and rocker_client (the request fields). docs/api.md comes from
 the docstrings and signatures of rocker_client's public names and from the
-manual pages of the `rocker` command (rocker_client/cli.py). The output
+manual pages of the `rocker` command (rocker_client/cli/manual.py). The output
 depends on nothing but the code: no dates, no terminal width.
 """
 
@@ -388,7 +388,7 @@ def _page(page: cli.Page, parser: argparse.ArgumentParser, level: str) -> list[s
 
 def render_api() -> str:
     out = ["# API reference: `rocker_client` and the `rocker` command", "",
-           NOTICE.format(sources="the docstrings of rocker_client and the manual pages in rocker_client/cli.py"),
+           NOTICE.format(sources="the docstrings of rocker_client and the manual pages in rocker_client/cli/manual.py"),
            "", "Contents: [the Python API](#the-python-api), [the wire client](#the-wire-client-rocker_clientwire), "
            "[the rocker command](#the-rocker-command). The protocol underneath is in docs/protocol.md; how "
            "the pieces fit, in docs/architecture.md.", "",

@@ -32,6 +32,7 @@ from rockers import wait_gone
 import rockerd as rockerd_pkg
 from rocker_client import cli as cli_module
 from rocker_client import wire
+from rocker_client.cli import common as cli_common
 
 ROOT = Path(__file__).resolve().parent.parent
 ROCKER = [sys.executable, "-m", "rocker_client.cli"]
@@ -474,13 +475,13 @@ def test_kill_is_one_call(busy_rocker: tuple[subprocess.Popen[str], str], rocker
     """rockerd signals through the guard's pidfd, which cannot hit a reused PID: no List, no /proc check."""
     p, name = busy_rocker
     calls: list[str] = []
-    real = cli_module.Daemon.call
+    real = cli_common.Daemon.call
 
     def counted(self: Any, method: str, parameters: Any = None) -> Any:
         calls.append(method)
         return real(self, method, parameters)
 
-    monkeypatch.setattr(cli_module.Daemon, "call", counted)
+    monkeypatch.setattr(cli_common.Daemon, "call", counted)
     assert cli_module.main(["--socket", rockerd.socket, "kill", name]) == 0
     assert calls == ["io.rocker.Rocker.Kill"]
     p.wait(20)

@@ -17,8 +17,8 @@ from daemon import Daemon, start_daemon
 from rockers import make_req, wait_gone
 
 from rocker_client import RockerErr, enter_rocker, wire
-from rocker_client._sys import mount as m
-from rocker_client._sys import ns
+from rocker_sys import mount as m
+from rocker_sys import ns
 
 
 def live(d: Daemon) -> dict[str, dict]:
@@ -99,7 +99,7 @@ def test_stale_records_are_dropped(tmp_path: Path) -> None:
 CLIENT = textwrap.dedent("""
     import os, signal, socket, sys, json
     from rocker_client import wire, enter_rocker
-    from rocker_client._sys import ns
+    from rocker_sys import ns
     stage, sock_path, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     os.environ["ROCKER_SOCKET"] = sock_path
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)

@@ -20,8 +20,7 @@ from rockers import make_req, run_app, wait_gone
 from test_packages import _resident, hold
 
 from rocker_client import enter_rocker, wire
-from rocker_client._sys import ns
-from rocker_client._sys.proc import _CAP_VERSION_3, _CapData, _CapHeader
+from rocker_sys import ns
 from rockerd.state import proc_starttime
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -107,6 +106,16 @@ def test_rocker_lives_on_while_a_thread_outlives_the_main_thread(base: Path, pkg
 
 
 CAP_SYS_PTRACE = 19
+_CAP_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
 KCMP_VM = 1
 
 

@@ -315,8 +315,8 @@ def test_package_open_has_a_deadline() -> None:
     import asyncio
     import tempfile
 
-    from rockerd.build import pkgopen
-    from rockerd.build.steps import BuildError
+    from rockerd.create import pkgopen
+    from rockerd.create.steps import BuildError
 
     with tempfile.TemporaryDirectory() as tmp:
         fifo = os.path.join(tmp, "p")

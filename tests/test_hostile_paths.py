@@ -24,9 +24,9 @@ from test_hostile_fs import GID_SG, _live, _params, _run_app, _secret, wait_for
 from test_nonroot import UID, world  # noqa: F401  (world: the fixture)
 
 from rocker_client import RockerErr
-from rocker_client._sys import fs
-from rockerd.build import pkgopen
-from rockerd.build.steps import BuildError
+from rocker_sys import fs
+from rockerd.create import pkgopen
+from rockerd.create.steps import BuildError
 
 
 def test_overlay_dir_the_caller_cannot_reach_is_refused(world: tuple[Path, Daemon]) -> None:  # noqa: F811

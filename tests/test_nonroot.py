@@ -54,8 +54,9 @@ pytestmark = pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="needs
 def world(base: Path, pkg: Path) -> Iterator[tuple[Path, Daemon]]:
     """A daemon whose socket uid 1000 can reach, rocker_client where it can import it, its own dirs."""
     lib = base / "lib"
-    shutil.copytree(Path(__file__).parent.parent / "rocker_client", lib / "rocker_client",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("rocker_client", "rocker_sys"):  # the client and its kernel layer
+        shutil.copytree(Path(__file__).parent.parent / package, lib / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(pkg, base / "app.squashfs")
     for d in ("u/exec", "u/data"):
         (base / d).mkdir(parents=True)

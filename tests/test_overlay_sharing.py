@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from rockers import make_req, run_app
 
-from rocker_client._sys import mount as m
-from rocker_client._sys.libc import SyscallError, libc
+from rocker_sys import mount as m
+from rocker_sys.libc import SyscallError, libc
 from rockerd import kernel
-from rockerd.build.overlay_plan import OverlayGroup, common_dir, plan_overlays
+from rockerd.create.overlay_plan import OverlayGroup, common_dir, plan_overlays
 
 MNT_DETACH = 2
 

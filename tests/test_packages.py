@@ -15,7 +15,7 @@ from pkgbuild import build_pkg
 from rockers import make_req
 
 from rocker_client import enter_rocker
-from rocker_client._sys.libc import libc
+from rocker_sys.libc import libc
 
 pytestmark = pytest.mark.usefixtures("rockerd")
 

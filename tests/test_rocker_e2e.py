@@ -13,7 +13,7 @@ import pytest
 from rockers import APP_CAP_MASK, errno_of, lo_works, make_req, proc_pids, run_app, wait_gone
 
 from rocker_client import RockerErr, enter_rocker, get_guardname, request_new, wire
-from rocker_client._sys import ns
+from rocker_sys import ns
 
 pytestmark = pytest.mark.usefixtures("rockerd")
 

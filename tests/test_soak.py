@@ -145,7 +145,7 @@ MAX_SLOTS = 3  # work slots per data dir: each client runs one rocker at a time,
 def wait_idle(d: Daemon, base: Path, fds0: int | None, timeout: float = 30.0) -> tuple[list[str], list[str], int]:
     """Wait until the registry is empty and (if given) fds are back; report data dirs with too many work slots.
 
-    Work slots are reused, not removed (rockerd/build/workslots.py): their number per data dir must stay
+    Work slots are reused, not removed (rockerd/create/workslots.py): their number per data dir must stay
     bounded by the concurrency on it, not grow with the number of rockers.
     """
     deadline = time.monotonic() + timeout

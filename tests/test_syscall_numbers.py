@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rocker_client._sys import nr
+from rocker_sys import nr
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs the C compiler setup.sh installs")

@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from functools import cache
 
-from rocker_client._sys import ns
+from rocker_sys import ns
 
 __all__ = ["Peer", "peer_groups", "peer_namespaces", "read_peer"]
 

@@ -34,7 +34,7 @@ import socket
 from dataclasses import dataclass
 from functools import cache
 
-from rocker_client._sys import ns
+from rocker_sys import ns
 
 from ..guard import spawn_library
 from .steps import BuildError

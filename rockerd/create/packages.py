@@ -23,8 +23,8 @@ import logging
 import os
 from dataclasses import dataclass
 
-from rocker_client._sys import loop
-from rocker_client._sys import mount as m
+from rocker_sys import loop
+from rocker_sys import mount as m
 
 from .. import kernel
 from .steps import BuildError

@@ -16,7 +16,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from rocker_client._sys.libc import SyscallError
+from rocker_sys.libc import SyscallError
 
 from ..policy import Peer
 from ..request import RockerRequestModel

@@ -12,9 +12,9 @@ import logging
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
-from rocker_client._sys.libc import SyscallError
+from rocker_sys.libc import SyscallError
 
-log = logging.getLogger("rockerd.build")
+log = logging.getLogger("rockerd.create")
 C = TypeVar("C")
 
 

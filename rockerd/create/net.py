@@ -25,8 +25,8 @@ from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.rtnl import RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 
-from rocker_client._sys import ns, proc
-from rocker_client._sys.libc import SyscallError
+from rocker_sys import ns, proc
+from rocker_sys.libc import SyscallError
 
 LO_INDEX = 1  # lo is always ifindex 1 in a new network namespace
 

@@ -21,8 +21,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rocker_client._sys import fs
-from rocker_client._sys.libc import SyscallError
+from rocker_sys import fs
+from rocker_sys.libc import SyscallError
 
 from .. import kernel
 

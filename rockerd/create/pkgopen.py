@@ -17,7 +17,7 @@ import os
 import stat
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from rocker_client._sys import fs
+from rocker_sys import fs
 
 from .. import policy
 from .steps import BuildError, as_build_error

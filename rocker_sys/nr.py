@@ -12,11 +12,11 @@ from __future__ import annotations
 import platform
 
 _COMMON = {"PIDFD_SEND_SIGNAL": 424, "OPEN_TREE": 428, "MOVE_MOUNT": 429, "FSOPEN": 430, "FSCONFIG": 431,
-           "FSMOUNT": 432, "PIDFD_OPEN": 434, "CLOSE_RANGE": 436, "OPENAT2": 437, "MOUNT_SETATTR": 442}
+           "FSMOUNT": 432, "PIDFD_OPEN": 434, "CLOSE_RANGE": 436, "OPENAT2": 437}
 TABLES: dict[str, dict[str, int]] = {
-    "x86_64": {"CLONE": 56, "SETGROUPS": 116, "SETRESUID": 117, "UNSHARE": 272, "SETNS": 308, "EXECVEAT": 322,
+    "x86_64": {"CLONE": 56, "SETGROUPS": 116, "SETRESUID": 117, "SETNS": 308,
                **_COMMON},
-    "aarch64": {"CLONE": 220, "SETGROUPS": 159, "SETRESUID": 147, "UNSHARE": 97, "SETNS": 268, "EXECVEAT": 281,
+    "aarch64": {"CLONE": 220, "SETGROUPS": 159, "SETRESUID": 147, "SETNS": 268,
                 **_COMMON},
 }
 MACHINE = platform.machine()
@@ -28,9 +28,7 @@ except KeyError:
 CLONE = _table["CLONE"]
 SETGROUPS = _table["SETGROUPS"]
 SETRESUID = _table["SETRESUID"]
-UNSHARE = _table["UNSHARE"]
 SETNS = _table["SETNS"]
-EXECVEAT = _table["EXECVEAT"]
 PIDFD_SEND_SIGNAL = _table["PIDFD_SEND_SIGNAL"]
 OPEN_TREE = _table["OPEN_TREE"]
 MOVE_MOUNT = _table["MOVE_MOUNT"]
@@ -40,4 +38,3 @@ FSMOUNT = _table["FSMOUNT"]
 PIDFD_OPEN = _table["PIDFD_OPEN"]
 CLOSE_RANGE = _table["CLOSE_RANGE"]
 OPENAT2 = _table["OPENAT2"]
-MOUNT_SETATTR = _table["MOUNT_SETATTR"]

@@ -12,8 +12,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from rocker_client._sys import fs
-from rocker_client._sys import mount as m
+from rocker_sys import fs
+from rocker_sys import mount as m
 
 from .. import kernel, policy
 from ..request import RockerRequestModel

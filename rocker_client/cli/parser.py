@@ -1,0 +1,104 @@
+"""argparse set up from the manual: one line for a usage error, never argparse's usage dump."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import NoReturn
+
+from ..structs import MAX_OVERLAY_DIRS
+from .common import UsageError, client_version
+from .manual import PAGES, PAGES_COMMANDS, epilog
+from .pack import PACK_COMPRESSORS
+
+
+class Parser(argparse.ArgumentParser):
+    """One line for a usage error, naming the help to read; never argparse's usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("argument COMMAND: invalid choice: "):
+            bad = message.split(": ")[2].split(" ")[0]
+            message = f"unknown command {bad}: the commands are {', '.join(PAGES_COMMANDS)}"
+        raise UsageError(self.prog, message)
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=26, width=80)
+
+
+def _socket_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
+                        help="rockerd's socket (default: $ROCKER_SOCKET, else /run/rocker/rockerd.sock)")
+
+
+def _id(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
+
+
+def build_parser() -> Parser:
+    top = PAGES["rocker"]
+    parser = Parser(prog="rocker", usage=top.synopsis, description=top.description, epilog=epilog(top),
+                    formatter_class=_formatter)
+    _socket_option(parser)
+    parser.add_argument("-V", "--version", action="version", version=f"rocker {client_version()}")
+    # listed by the "commands" section of the epilog instead of argparse's own, less readable list
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS, parser_class=Parser)
+
+    def page(name: str) -> Parser:
+        p = PAGES[name]
+        prog = f"rocker {name}"
+        cmd = sub.add_parser(name, prog=prog, usage=p.synopsis, description=p.description,
+                             epilog=epilog(p), formatter_class=_formatter)
+        return cmd
+
+    run = page("run")
+    run.add_argument("--pkg", required=True, metavar="PKG", help="the app's package: a squashfs image")
+    run.add_argument("--exec-dir", metavar="DIR", help="where the package is mounted (default: see below)")
+    run.add_argument("--data-dir", metavar="DIR",
+                     help="where the app's writes to overlaid dirs are kept (default: see below)")
+    run.add_argument("--overlay", action="append", default=[], metavar="DIR",
+                     help=f"put a copy-on-write layer over the host dir DIR; repeatable, at most "
+                          f"{MAX_OVERLAY_DIRS}; not /, /proc, /sys or /dev")
+    run.add_argument("--uid", type=_id, default=os.getuid(), metavar="UID",
+                     help="the app's uid outside the rocker (default: yours; only root may pick another)")
+    run.add_argument("--gid", type=_id, default=os.getgid(), metavar="GID",
+                     help="the app's gid outside the rocker (default: yours; only root may pick another)")
+    run.add_argument("--app-id", type=_id, default=0, metavar="N",
+                     help="a number of your choosing that `rocker ps` shows (default 0)")
+    run.add_argument("-w", "--workdir", metavar="DIR",
+                     help="where CMD starts, inside the rocker (default: the current directory, else /)")
+    _socket_option(run)
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
+                     help="the command to run and its arguments; put -- before it if it starts with -")
+
+    ps = page("ps")
+    ps.add_argument("--json", action="store_true", help="print a JSON array instead of the table")
+    _socket_option(ps)
+
+    inspect = page("inspect")
+    inspect.add_argument("name", metavar="NAME", help="the rocker's name, as `rocker ps` shows it")
+    _socket_option(inspect)
+
+    pack = page("pack")
+    pack.add_argument("dir", metavar="DIR", help="the app's files")
+    pack.add_argument("-o", "--output", required=True, metavar="FILE", help="the package to write")
+    pack.add_argument("--comp", default="gzip", choices=PACK_COMPRESSORS, metavar="ALGO",
+                      help="compression: " + ", ".join(PACK_COMPRESSORS) + " (default gzip)")
+
+    kill = page("kill")
+    kill.add_argument("-s", "--signal", default="KILL", metavar="SIG",
+                      help="a signal name (TERM, SIGTERM) or number (15); default KILL")
+    kill.add_argument("names", nargs="+", metavar="NAME", help="the rockers' names, as `rocker ps` shows them")
+    _socket_option(kill)
+
+    status = page("status")
+    status.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    _socket_option(status)
+    return parser
+

@@ -1,0 +1,112 @@
+"""`rocker run`: a new rocker for one command, with the terminal, signals and exit status of a job."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from .._job import Job, run_command
+from ..enter import enter_rocker
+from ..errors import RockerErr
+from ..structs import OPTION_OF_FIELD, Cause, request_new
+from .common import Failure, UsageError, socket_path, unreachable
+from .pack import check_package
+
+
+def default_dirs(pkg: str, uid: int | None = None) -> tuple[str, str]:
+    """Exec dir and data dir named after the package file: root's under /run and /var/lib, else XDG."""
+    stem = Path(pkg).name.removesuffix(".squashfs") or "app"
+    uid = os.geteuid() if uid is None else uid
+    if uid == 0:
+        return f"/run/rocker/apps/{stem}", f"/var/lib/rocker/{stem}"
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{uid}"
+    data = os.environ.get("XDG_DATA_HOME")
+    if not data:
+        home = os.path.expanduser("~")  # $HOME, else the passwd entry; "~" itself when neither exists
+        if home == "~":
+            raise Failure("cannot pick a default data dir: HOME is unset and uid "
+                          f"{uid} has no home in the user database: pass --data-dir DIR (and --exec-dir DIR)")
+        data = f"{home}/.local/share"
+    return f"{runtime}/rocker/apps/{stem}", f"{data}/rocker/{stem}"
+
+
+def _refusal(cause: Cause, params: dict[str, Any]) -> str:
+    """A refusal about field 'app_overlay_dirs[1]' in the CLI's words: '--overlay /proc: reason'."""
+    base, _, index = cause.field.partition("[")
+    option = OPTION_OF_FIELD.get(base)
+    if option is None:
+        return str(cause)
+    value = params.get(base)
+    if isinstance(value, list):
+        i = index.rstrip("]")
+        value = value[int(i)] if i.isdigit() and int(i) < len(value) else None
+    return f"{option} {value}: {cause.reason}" if value is not None else f"{option}: {cause.reason}"
+
+
+def _run_failure(err: RockerErr, cause: Cause, path: str, params: dict[str, Any]) -> Failure:
+    if err == RockerErr.server_unaddr_invalid:
+        return unreachable(path, OSError(cause.errno, os.strerror(cause.errno)) if cause.errno else None, cause)
+    if err == RockerErr.param_invalid:
+        return Failure(f"rockerd refused the request: {_refusal(cause, params)}: fix that option "
+                       "(see `rocker run --help`)")
+    if err == RockerErr.build_rocker_failed:
+        return Failure(f"rockerd could not build the rocker: {cause}: see rockerd's log "
+                       "(`journalctl -u rockerd`) for more")
+    if err in (RockerErr.send_req_failed, RockerErr.recv_resp_failed):
+        return Failure(f"lost rockerd at {path}: {cause}: check that it still runs (`rocker status`)")
+    if err == RockerErr.enter_rocker_failed:
+        return Failure(f"could not enter the new rocker: {cause}: see docs/operations.md")
+    if err == RockerErr.app_exec_failed:
+        return Failure(f"could not start CMD in the rocker: {cause}")
+    return Failure(f"rockerd failed ({err.name}): {cause}: see rockerd's log")
+
+
+def _prepare_own_dirs(dirs: list[tuple[str, str]]) -> None:
+    """rockerd creates missing dirs for root only; a user's default dirs are made here."""
+    for what, path in dirs:
+        try:
+            os.makedirs(path, mode=0o700 if what == "data" else 0o755, exist_ok=True)
+        except OSError as e:
+            raise Failure(f"cannot create the default {what} dir {path}: {e.strerror}: pick one with "
+                          f"--{what}-dir") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("rocker run", "no CMD given: put it after the options, e.g. `rocker run --pkg PKG -- sh`")
+    pkg = args.pkg
+    check_package(pkg)
+    if args.exec_dir and args.data_dir:
+        exec_dir, data_dir = os.path.abspath(args.exec_dir), os.path.abspath(args.data_dir)
+    else:
+        default_exec, default_data = default_dirs(pkg)
+        exec_dir = os.path.abspath(args.exec_dir or default_exec)
+        data_dir = os.path.abspath(args.data_dir or default_data)
+    if os.geteuid() != 0:
+        _prepare_own_dirs([(what, d) for what, d, given in (("exec", exec_dir, args.exec_dir),
+                                                             ("data", data_dir, args.data_dir)) if not given])
+
+    req = request_new()
+    req.app_id, req.uid, req.gid = args.app_id, args.uid, args.gid
+    req.app_pkg_path = os.path.realpath(pkg)  # rockerd refuses paths through symlinks
+    req.app_exec_dir, req.app_data_dir = exec_dir, data_dir
+    req.app_overlay_dirs = [os.path.abspath(d) for d in args.overlay]
+
+    env = dict(os.environ)  # CMD's environment: the caller's, with the package's bin/ first on PATH
+    env["PATH"] = f"{exec_dir}/bin:{env.get('PATH') or os.defpath}"
+    path = socket_path(args)
+    job = Job.prepare()
+    try:
+        res = enter_rocker(req, run_command, job.launch(cmd, env, args.workdir), socket=path)
+        if res.cause is not None:
+            raise _run_failure(res.err_no, res.cause, path, req.to_params())
+        job.started(res.app_pid)
+        return job.wait()
+    finally:
+        job.close()
+
