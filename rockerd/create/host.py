@@ -326,18 +326,3 @@ class MountPackage(Step[HostContext]):
         if ctx.pkg_key is not None:
             ctx.packages.release(ctx.pkg_key)
             ctx.pkg_key = None
-
-
-def host_steps() -> list[Step[HostContext]]:
-    """The dirs and overlays, run while the package opens off the loop (pkgopen.py)."""
-    return [
-        EnsureExecAndDataDirs(),
-        PrepareOverlayLayers(),
-        MountOverlays(),
-        VerifyOverlayRoots(),
-    ]
-
-
-def package_steps() -> list[Step[HostContext]]:
-    """Once the package is open."""
-    return [MountPackage()]

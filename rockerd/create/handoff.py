@@ -1,0 +1,200 @@
+"""The build's steps that run beside the event loop, and the hand-off to the guard.
+
+StartGuard and OpenPackage only start work (the guard's clone on a worker
+thread, the package's open as the caller on another): the host steps run on
+the loop meanwhile, and GuardStarted and PackageOpened later wait for what
+they give. Then the mounts travel to the guard over its status socket (it
+attaches them) while we open its namespace fds and bring lo up, and we wait
+(asynchronously) for its ready byte. Each step's undo copes with a half-done
+execute; the guard is reaped before the host steps are undone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from rocker_sys.libc import SyscallError
+
+from . import pkgopen
+from .host import HostContext
+from .net import loopback_up
+from .spawn import Spawned, reap, send_mounts, start_guard, wait_ready
+from .steps import Step
+
+# setns order for entering: user first, so the caller holds the rocker's
+# capabilities when it joins the namespaces that user namespace owns
+NS_NAMES = ("user", "mnt", "pid", "net", "uts", "ipc")
+
+SPAWN_THREADS = 2
+_spawner: ThreadPoolExecutor | None = None
+
+GuardStart = asyncio.Future[tuple[Spawned, socket.socket]]
+
+
+@dataclass
+class BuildContext(HostContext):
+    """What the host steps share (HostContext), plus the guard and how long to wait for it."""
+
+    guard_fd: int = -1  # the guard binary, opened at daemon start
+    first_entry_timeout: float = 10.0
+    ready_timeout: float = 5.0
+    starting: GuardStart | None = None  # the clone on its worker thread
+    opening: Future[int] | None = None  # the package's open, until PackageOpened takes it
+    spawned: Spawned | None = None
+    status: socket.socket | None = None  # our end of the guard's status socket
+    ns_fds: dict[str, int] = field(default_factory=dict)
+
+
+def _spawn_pool() -> ThreadPoolExecutor:
+    global _spawner
+    if _spawner is None:
+        _spawner = ThreadPoolExecutor(max_workers=SPAWN_THREADS, thread_name_prefix="rockerd-spawn")
+    return _spawner
+
+
+class StartGuard(Step[BuildContext]):
+    """The clone into six new namespaces is kernel work (the C call releases the GIL), so it runs
+    on a worker thread while the loop builds the mounts. (Whole builds on worker threads were
+    measured to lose at concurrency 2: the GIL handoffs between their many syscalls cost more
+    than the overlap gained. One C call does not.)"""
+
+    def describe(self) -> str:
+        return "start guard"
+
+    def execute(self, ctx: BuildContext) -> None:
+        ctx.starting = asyncio.get_running_loop().run_in_executor(
+            _spawn_pool(), start_guard, ctx.name, ctx.req.uid, ctx.req.gid, ctx.guard_fd, ctx.first_entry_timeout)
+
+    async def undo(self, ctx: BuildContext) -> None:
+        """Reap a guard that will not be used before the caller hears of the failure: until it is
+        gone, its mount namespace holds a copy of every host mount (an umount of one would say EBUSY)."""
+        starting, ctx.starting = ctx.starting, None
+        if starting is None:
+            return
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(_reap_late)
+            raise
+        except Exception:
+            return  # no guard was started
+        _reap_late(starting)
+
+
+def _reap_late(f: GuardStart) -> None:
+    """Reap the guard a finished start gave, if it gave one (idempotent: GuardStarted may have)."""
+    if not f.cancelled() and f.exception() is None:
+        spawned, status = f.result()
+        reap(spawned)
+        status.close()
+
+
+class OpenPackage(Step[BuildContext]):
+    """A lookup of the caller's path may hang: it runs off the loop from now (pkgopen.py)."""
+
+    def describe(self) -> str:
+        return pkgopen.STEP
+
+    def execute(self, ctx: BuildContext) -> None:
+        ctx.opening = pkgopen.start_open(ctx.req.app_pkg_path, ctx.caller)
+
+    def undo(self, ctx: BuildContext) -> None:
+        if ctx.opening is not None:  # nobody took it: close the fd when it comes
+            pkgopen.abandon(ctx.opening)
+            ctx.opening = None
+
+
+class PackageOpened(Step[BuildContext]):
+    """Wait (within pkgopen's deadline) for the fd MountPackage mounts; usually it is there already."""
+
+    def describe(self) -> str:
+        return pkgopen.STEP
+
+    async def execute(self, ctx: BuildContext) -> None:
+        opening, ctx.opening = ctx.opening, None  # opened() abandons it itself when it gives up
+        assert opening is not None
+        ctx.pkg_fd = await pkgopen.opened(opening, ctx.req.app_pkg_path)
+
+
+class GuardStarted(Step[BuildContext]):
+    def describe(self) -> str:
+        return "start guard"
+
+    async def execute(self, ctx: BuildContext) -> None:
+        assert ctx.starting is not None
+        ctx.spawned, ctx.status = await asyncio.shield(ctx.starting)
+
+    def undo(self, ctx: BuildContext) -> None:
+        if ctx.spawned is not None:
+            reap(ctx.spawned)
+        if ctx.status is not None:
+            ctx.status.close()  # a no-op once detached
+
+
+class SendMounts(Step[BuildContext]):
+    """The detached mounts to the guard, which attaches them; then ours go (they would keep the
+    mounts alive after the rocker ends)."""
+
+    def describe(self) -> str:
+        return "pass the mounts to the guard"
+
+    def execute(self, ctx: BuildContext) -> None:
+        assert ctx.status is not None
+        send_mounts(ctx.status, ctx.mounts)
+        ctx.close_fds()  # the guard has its own now; ours would keep the mounts alive
+
+
+class OpenNamespaces(Step[BuildContext]):
+    """While the guard attaches the mounts. The guard is our unreaped child: its PID is its own."""
+
+    def describe(self) -> str:
+        return "start guard"
+
+    def execute(self, ctx: BuildContext) -> None:
+        assert ctx.spawned is not None
+        ctx.ns_fds = open_ns_fds(ctx.spawned.pid)
+
+    def undo(self, ctx: BuildContext) -> None:
+        for fd in ctx.ns_fds.values():
+            os.close(fd)
+        ctx.ns_fds = {}
+
+
+class BringLoUp(Step[BuildContext]):
+    def describe(self) -> str:
+        return "bring lo up"
+
+    def execute(self, ctx: BuildContext) -> None:
+        loopback_up(ctx.ns_fds["net"], ctx.req.uid)
+
+
+class GuardReady(Step[BuildContext]):
+    """The guard's ready byte, a setup error report, or its death (spawn.wait_ready reaps it then)."""
+
+    def describe(self) -> str:
+        return "wait for guard"
+
+    async def execute(self, ctx: BuildContext) -> None:
+        assert ctx.spawned is not None and ctx.status is not None
+        await wait_ready(ctx.spawned, ctx.status.detach(), ctx.ready_timeout)  # it closes the fd
+
+
+def open_ns_fds(pid: int) -> dict[str, int]:
+    """The guard is our unreaped child, so its PID cannot have been reused."""
+    fds: dict[str, int] = {}
+    try:
+        for n in NS_NAMES:
+            path = f"/proc/{pid}/ns/{n}"
+            try:
+                fds[n] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise SyscallError(e.errno or 0, "open", path) from None
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
