@@ -15,7 +15,9 @@ import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from rocker_sys import ns
 from rocker_sys.libc import SyscallError
 
 from ..policy import Peer
@@ -27,6 +29,9 @@ from .packages import PackageCache, PackageKey
 from .spawn import Spawned, reap, send_mounts, start_guard, wait_ready
 from .steps import BuildError, as_build_error, run_steps, undo_steps
 from .workslots import WorkSlots
+
+if TYPE_CHECKING:
+    from ..network import Network, Plan
 
 __all__ = ["NS_NAMES", "BuildError", "Built", "PackageCache", "PackageKey", "WorkSlots", "build_rocker"]
 
@@ -57,7 +62,7 @@ def _spawn_pool() -> ThreadPoolExecutor:
 
 async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | None, packages: PackageCache,
                        slots: WorkSlots, guard_fd: int, first_entry_timeout: float = 10.0,
-                       ready_timeout: float = 5.0) -> Built:
+                       ready_timeout: float = 5.0, net: tuple[Network, Plan] | None = None) -> Built:
     """Build one rocker or undo everything and raise BuildError naming the failed step.
 
     The guard is started on a worker thread while this one builds the mounts: the clone into
@@ -67,7 +72,7 @@ async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | Non
     """
     loop = asyncio.get_running_loop()
     starting = loop.run_in_executor(_spawn_pool(), start_guard, name, req.uid, req.gid, guard_fd,
-                                    first_entry_timeout)
+                                    first_entry_timeout, net[1].ns_flags if net else ns.ROCKER_NS)
     ctx = HostContext(req, name, caller, packages, slots)
     dirs, package = host_steps(), package_steps()
     steps = [*dirs, *package]
@@ -101,12 +106,21 @@ async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | Non
     ns_fds: dict[str, int] = {}
     stage = "pass the mounts to the guard"
     try:
+        if net:
+            stage = "mount resolv.conf"
+            ctx.mounts += net[0].mounts(net[1])
+            stage = "pass the mounts to the guard"
         send_mounts(status, ctx.mounts)
         ctx.close_fds()  # the guard has its own now; ours would keep the mounts alive
         stage = "start guard"
         ns_fds = open_ns_fds(spawned.pid)  # while the guard attaches them
-        stage = "bring lo up"
-        loopback_up(ns_fds["net"], req.uid)
+        stage = "set up the network"
+        if net:
+            net[0].setup(net[1], ns_fds["net"], req.uid)
+            if net[1].mode == "host":  # the host's: the client keeps its own
+                os.close(ns_fds.pop("net"))
+        else:
+            loopback_up(ns_fds["net"], req.uid)
         stage = "wait for guard"
         await wait_ready(spawned, status.detach(), ready_timeout)  # it closes the fd
     except BaseException as e:

@@ -9,13 +9,12 @@ straight back: no process, no pyroute2 object, no event-loop work per rocker.
 The kernel checks CAP_NET_ADMIN against the credentials the socket was
 opened with, in the rocker's user namespace. The daemon opens it with the
 app's uid as euid: the owner of a user namespace holds every capability in
-it, so rockerd itself needs no CAP_NET_ADMIN (its unit does not grant it).
+it, so rockerd needs no CAP_NET_ADMIN for it (network bridge does: rockerd/network/).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +26,8 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 
 from rocker_sys import ns, proc
 from rocker_sys.libc import SyscallError
+
+from ..network.rtnl import Rtnl
 
 LO_INDEX = 1  # lo is always ifindex 1 in a new network namespace
 
@@ -64,19 +65,33 @@ def loopback_up(netns_fd: int, owner_uid: int) -> None:
     thread is that uid (as euid) from socket() to the ack, and root around it
     (setns wants CAP_SYS_ADMIN over the namespace it leaves too).
     """
-    own = _own_netns()
-    ns.setns(netns_fd, ns.CLONE_NEWNET, "net")
-    try:
-        with _as_euid(owner_uid), socket.socket(
-                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as s:
-            s.send(LO_UP)
-            ack = s.recv(4096)  # the kernel handles the request within send(): no waiting
-    finally:
-        ns.setns(own, ns.CLONE_NEWNET, "net (back to the daemon's)")
+    with rtnl_in(netns_fd, owner_uid) as r:
+        r.sock.send(LO_UP)
+        ack = r.sock.recv(4096)  # the kernel handles the request within send(): no waiting
     # nlmsgerr: header (16 bytes) then a negative errno, 0 on success
     (err,) = struct.unpack_from("i", ack, 16)
     if err:
         raise SyscallError(-err, "rtnetlink RTM_NEWLINK", "lo up")
+
+
+@contextmanager
+def rtnl_in(netns_fd: int, owner_uid: int) -> Iterator[Rtnl]:
+    """A NETLINK_ROUTE socket of that netns, used as `owner_uid` (euid) and closed on exit.
+
+    A netlink socket belongs to the netns it was made in: the thread steps in for
+    socket() and straight back. The requests are then sent as the owner too."""
+    own = _own_netns()
+    ns.setns(netns_fd, ns.CLONE_NEWNET, "net")
+    try:
+        with _as_euid(owner_uid):
+            r = Rtnl()
+    finally:
+        ns.setns(own, ns.CLONE_NEWNET, "net (back to the daemon's)")
+    try:
+        with _as_euid(owner_uid):
+            yield r
+    finally:
+        r.close()
 
 
 @contextmanager
