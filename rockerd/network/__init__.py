@@ -27,12 +27,12 @@ from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 
 from rocker_sys import mount, ns
 
-from ..create.net import loopback_up, rtnl_in
 from ..create.steps import BuildError
 from ..policy import Denied
 from ..request import RockerRequestModel, parse_publish
 from . import dns
 from .ipam import Pool
+from .netns import loopback_up, rtnl_in
 from .nft import Nft
 from .rtnl import CREATE, Rtnl, addr_msg, bridge_msg, default_route_msg, link_msg, veth_msg
 
