@@ -206,7 +206,7 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
         first_entry_timeout=args.first_entry_timeout, state_dir=args.state_dir,
         warm_budget=int(args.warm_mib * (1 << 20)), allow_nested_callers=args.allow_nested_callers,
         network=NetConfig(args.default_network, args.bridge_subnet, args.bridge_name, tuple(args.bridge_dns),
-                          os.path.join(os.path.dirname(os.path.abspath(args.state_dir)), "net"))))
+                          os.path.abspath(args.state_dir) + "-net")))
     server = VarlinkServer(
         vendor="rocker", product="rockerd", version=__version__, url="https://github.com/rocker-sandbox/rocker",
         interfaces=[service.interface()], log=logging.getLogger("rockerd.varlink"),
