@@ -66,7 +66,7 @@ class World:
         self.d.stop()
         assert "Traceback" not in self.d.log_text(), self.d.log_text()
         self.d = start_netd(self.base / "d")
-        os.environ["ROCKER_SOCKET"] = self.d.socket
+        os.environ["ROCKER_SOCKET"] = os.environ["NET_WORLD_SOCKET"] = self.d.socket
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     forwarding = _forwarding()
     with out.outside():
         d = start_netd(base / "d")
-        os.environ["ROCKER_SOCKET"] = d.socket
+        os.environ["ROCKER_SOCKET"] = os.environ["NET_WORLD_SOCKET"] = d.socket
         try:
             assert out.TEST_BRIDGE not in _links()
             for sub in ("exec", "data"):
@@ -358,3 +358,26 @@ def test_non_root_gets_bridge_but_no_port_below_1024(world: World, tmp_path: Pat
         assert res["err_no"] == RockerErr.param_invalid and needle in res["detail"], res
     else:
         assert res["err_no"] == RockerErr.success, res
+
+
+def test_a_full_pool_refuses_and_ended_rockers_give_their_addresses_back(req: Callable[..., Any],
+                                                                          tmp_path: Path) -> None:
+    """A /29 has 5 addresses for rockers: a sixth is refused until one ends."""
+    d = start_daemon(tmp_path / "small", "--bridge-subnet", "198.18.2.0/29", "--bridge-name", "rkt1",
+                     "--bridge-dns", out.OUT_ADDR)
+    try:
+        os.environ["ROCKER_SOCKET"] = d.socket
+        for _wave in range(2):
+            with ExitStack() as stack:
+                addrs = []
+                for _ in range(5):
+                    res, rep = stack.enter_context(live_app(req("bridge"), _server_probe(80)))
+                    assert res.ok, res.detail
+                    addrs.append(rep["addr"])
+                assert sorted(addrs) == [f"198.18.2.{i}" for i in range(2, 7)]
+                full = run_app(req("bridge"), lambda: {})
+                assert full.res.cause is not None and full.res.cause.errno == errno.EADDRNOTAVAIL, full.res.detail
+    finally:
+        os.environ["ROCKER_SOCKET"] = os.environ.get("NET_WORLD_SOCKET", "")
+        d.stop()
+    assert "rkt1" not in _links() and "rocker_rkt1" not in _tables(), d.log_text()
