@@ -91,6 +91,7 @@ class Network:
         self.ports: dict[tuple[int, str], str] = {}  # (host port, proto) -> the rocker that has it
         self.plans: dict[str, Plan] = {}
         self._bridge_index = 0
+        self._used = False  # set up the bridge, or adopted a rocker on it: ours to take away at the end
         self._resolv_fd = -1
         os.makedirs(config.run_dir, mode=0o755, exist_ok=True)
 
@@ -139,13 +140,13 @@ class Network:
         if plan.mode != "bridge" or plan.address is None:
             return
         self.pool.release(plan.address)
-        try:
-            if plan.ports:
+        # The veth is not deleted here: the kernel deletes both ends with the rocker's netns, which
+        # goes with its last process (an RTM_DELLINK would block the event loop ~25 ms, on RCU).
+        if plan.ports:
+            try:
                 self._unpublish(name)
-            with Rtnl() as r:
-                r.delete_link(plan.veth)  # gone already if its netns is: the kernel deletes both ends
-        except OSError as e:
-            log.warning("releasing the network of %s: %s", name, e)
+            except OSError as e:
+                log.warning("releasing the ports of %s: %s", name, e)
         self._forget(name)
 
     # ---- bridge ----
@@ -171,6 +172,7 @@ class Network:
     def _ensure_bridge(self) -> None:
         if self._bridge_index:
             return
+        self._used = True
         c = self.config
         with Rtnl() as r:
             try:
@@ -205,7 +207,7 @@ class Network:
 
     def close(self) -> None:
         """rockerd stops: with no bridged rocker left, remove the bridge and table, restore ip_forward."""
-        if any(p.mode == "bridge" for p in self.plans.values()):
+        if not self._used or any(p.mode == "bridge" for p in self.plans.values()):
             return
         c = self.config
         try:
@@ -223,6 +225,7 @@ class Network:
         except FileNotFoundError:
             pass
         self._bridge_index = 0
+        self._used = False
 
     def _unpublish(self, name: str) -> None:
         with Nft(self.config.table) as nft:
@@ -272,6 +275,7 @@ class Network:
                 log.warning("%s: its network record is unusable (%s): its address and ports are not held", name, e)
                 plan.address, plan.ports = None, []
             self._bridge_index = 0  # found again (EEXIST) by the next bridged rocker
+            self._used = True
         for h, _, proto in plan.ports:
             self.ports[h, proto] = name
         self.plans[name] = plan
@@ -279,6 +283,8 @@ class Network:
     def adopted(self, live: Iterable[str]) -> None:
         """After re-adoption: the records and rules of rockers that are gone are dropped."""
         keep = set(live)
+        if os.path.exists(os.path.join(self.config.run_dir, "ip_forward.saved")):
+            self._used = True  # an earlier rockerd set the bridge up and did not take it away: we will
         for entry in os.listdir(self.config.run_dir):
             if entry.endswith(".json") and entry[:-5] not in keep:
                 name = entry[:-5]
