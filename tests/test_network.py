@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -70,10 +71,10 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world() -> Iterator[World]:
     """The outside, a daemon, a package; one bridged rocker first, so the bridge and the table exist
     before the per-test leak check looks (they belong to the daemon, not to one test)."""
-    base = tmp_path_factory.mktemp("net")
+    base = Path(tempfile.mkdtemp(prefix="rocker-net-", dir="/tmp"))  # uid 1000 must reach the socket
     base.chmod(0o755)
     pkg = build_pkg(base, {"bin/true": (b"#!/bin/sh\n", 0o755)})
     forwarding = _forwarding()
@@ -99,6 +100,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         # the last rockerd to stop with no bridged rocker left takes everything away
         assert out.TEST_BRIDGE not in _links() and TABLE not in _tables(), log
         assert _forwarding() == forwarding
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -222,7 +224,10 @@ def live_app(r: Any, probe: Callable[[], dict[str, Any]]) -> Iterator[tuple[Rock
         os.close(rep_r)
         os.close(rel_w)
         if res.ok:
-            os.waitpid(res.app_pid, 0)
+            try:
+                os.waitpid(res.app_pid, 0)
+            except ChildProcessError:  # the test reaped it
+                pass
 
 
 def test_bridge_is_reached_by_address_by_port_and_by_another_rocker(req: Callable[..., Any]) -> None:
@@ -276,6 +281,7 @@ def test_sigkill_of_the_guard_frees_address_port_and_veth(req: Callable[..., Any
         veth = "v" + res.guard_pname
         assert veth in _links() and _records(base / "d") == [f"{res.guard_pname}.json"]
         os.kill(res.guard_pid, signal.SIGKILL)
+        os.waitpid(res.app_pid, 0)  # the app dies with its PID namespace; its init waits until it is reaped
         assert wait_gone(res.guard_pid, 5) is not None
         deadline = time.monotonic() + 5
         while (veth in _links() or _records(base / "d")) and time.monotonic() < deadline:
@@ -325,7 +331,10 @@ NONROOT = r"""
 import json, os, sys
 sys.path.insert(0, sys.argv[2])
 from rocker_client import RockerRequest, enter_rocker
-res = enter_rocker(RockerRequest(**json.loads(sys.argv[1])), lambda _: 0)
+def app(_):
+    print("NET " + os.readlink("/proc/self/ns/net"), flush=True)
+    return 0
+res = enter_rocker(RockerRequest(**json.loads(sys.argv[1])), app)
 if res.app_pid:
     os.waitpid(res.app_pid, 0)
 print(json.dumps({"err_no": int(res.err_no), "detail": res.detail}))
@@ -333,10 +342,11 @@ print(json.dumps({"err_no": int(res.err_no), "detail": res.detail}))
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs Debian's /usr/bin/python3")
-@pytest.mark.parametrize(("publish", "needle"), [((), ""), (("18086:80",), ""),
-                                                 (("80:80",), "only root may publish host port 80/tcp")])
-def test_non_root_gets_bridge_but_no_port_below_1024(world: World, base: Path, publish: tuple[str, ...],
-                                                     needle: str) -> None:
+@pytest.mark.parametrize(("network", "publish", "needle"), [
+    ("bridge", (), ""), ("bridge", ("18086:80",), ""), ("host", (), ""),
+    ("bridge", ("80:80",), "only root may publish host port 80/tcp")])
+def test_non_root_gets_bridge_but_no_port_below_1024(world: World, base: Path, network: str,
+                                                     publish: tuple[str, ...], needle: str) -> None:
     tmp_path = base  # uid 1000 must reach it
     lib = tmp_path / "lib"
     for package in ("rocker_client", "rocker_sys"):
@@ -351,7 +361,7 @@ def test_non_root_gets_bridge_but_no_port_below_1024(world: World, base: Path, p
     (tmp_path / "app.squashfs").chmod(0o644)
     params = {"uid": UID, "gid": UID, "app_pkg_path": str(tmp_path / "app.squashfs"),
               "app_exec_dir": str(tmp_path / "exec"), "app_data_dir": str(tmp_path / "data"),
-              "app_overlay_dirs": ["/usr"], "network": "bridge", "publish": list(publish)}
+              "app_overlay_dirs": ["/usr"], "network": network, "publish": list(publish)}
     p = subprocess.run(["/usr/bin/python3", "-I", "-c", NONROOT, json.dumps(params), str(lib)], user=UID, group=UID,
                        extra_groups=[], env={"ROCKER_SOCKET": world.d.socket}, capture_output=True, text=True,
                        timeout=60)
@@ -361,6 +371,8 @@ def test_non_root_gets_bridge_but_no_port_below_1024(world: World, base: Path, p
         assert res["err_no"] == RockerErr.param_invalid and needle in res["detail"], res
     else:
         assert res["err_no"] == RockerErr.success, res
+        inside = [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("NET ")]
+        assert (inside == [os.readlink("/proc/self/ns/net")]) == (network == "host"), inside
 
 
 def test_a_full_pool_refuses_and_ended_rockers_give_their_addresses_back(req: Callable[..., Any],
