@@ -176,6 +176,8 @@ def measured_cycle(s: Setup, label: str = "cycle", loop_goes: bool = True) -> di
         handles = []
         if s.nsw.supported:
             for n in ("mnt", "net"):
+                if n == "net" and s.network == "host":
+                    continue  # the host's: it stays
                 try:
                     handles.append(s.nsw.handle_of(f"/proc/{guard}/ns/{n}"))
                 except OSError as e:

@@ -144,8 +144,8 @@ MAX_PUBLISH: Final = 64
 def parse_publish(spec: str) -> tuple[int, int, str]:
     """"8080:80" -> (8080, 80, "tcp"); "5353:53/udp" -> (5353, 53, "udp"). Raises ValueError."""
     shown = repr(spec[:32])
-    ports, _, proto = spec.partition("/")
-    proto = proto or "tcp"
+    ports, slash, proto = spec.partition("/")
+    proto = proto if slash else "tcp"
     if proto not in ("tcp", "udp"):
         raise ValueError(f"{shown}: the protocol must be tcp or udp")
     host, sep, inner = ports.partition(":")
@@ -230,8 +230,6 @@ class RockerRequestModel(BaseModel):
             raise _RuleError(data_loc, f"must not be inside app_exec_dir ({exe}): the package would hide it")
         if _inside(exe, data):
             raise _RuleError(data_loc, f"must not contain app_exec_dir ({exe})")
-        if self.publish and self.network not in ("bridge", None):
-            raise _RuleError(("publish",), f"needs network bridge, not {self.network}")
         for i, ov in enumerate(self.app_overlay_dirs):
             if ov == exe:
                 raise _RuleError(
@@ -253,6 +251,8 @@ class RockerRequestModel(BaseModel):
                     ("app_overlay_dirs", i),
                     f"must not contain app_exec_dir ({exe}): the package would be mounted inside an overlay",
                 )
+        if self.publish and self.network not in ("bridge", None):
+            raise _RuleError(("publish",), f"needs network bridge, not {self.network}")
         return self
 
 
