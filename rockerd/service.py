@@ -164,8 +164,8 @@ class RockerService:
                       caller_uid=rocker.caller_uid, lifetime_sec=round(lifetime, 3), status=status)
         if rocker.pkg_key is not None:
             self.packages.release(rocker.pkg_key)
-        self.slots.give_back(rocker.request.app_data_dir, rocker.work_slot)
         self.network.release(rocker.name)
+        self.slots.give_back(rocker.request.app_data_dir, rocker.work_slot)
         self.state.remove(rocker.name)
 
     def _adopt(self) -> None:
