@@ -28,10 +28,12 @@ import netoutside as out
 import pytest
 from daemon import Daemon, start_daemon
 from pkgbuild import build_pkg
+from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK
 from rockers import lo_works, make_req, run_app, wait_gone
 
 from rocker_client import RockerErr, RockerResult, enter_rocker, wire
 from rockerd.network.nft import Nft
+from rockerd.network.rtnl import CREATE, Rtnl, addr_msg, bridge_msg
 
 SUBNET = IPv4Network(out.TEST_SUBNET)
 TABLE = f"rocker_{out.TEST_BRIDGE}"
@@ -70,6 +72,33 @@ class World:
         os.environ["ROCKER_SOCKET"] = os.environ["NET_WORLD_SOCKET"] = self.d.socket
 
 
+HOST_BRIDGE, HOST_TABLE, HOST_NET = "rkt-hostbr", "rkt_hostfw", IPv4Network("198.18.100.0/24")
+
+
+def host_state() -> tuple[bool, list[tuple[str, int, bytes]]]:
+    with Nft(HOST_TABLE) as nft:
+        return HOST_BRIDGE in _links(), nft.rules()
+
+
+@contextmanager
+def host_setup() -> Iterator[tuple[bool, list[tuple[str, int, bytes]]]]:
+    """A bridge and a NAT table the host had before rockerd (as docker or podman leave them)."""
+    with Rtnl() as r:
+        r.request("host bridge", bridge_msg(HOST_BRIDGE), RTM_NEWLINK, CREATE)
+        r.request("its address", addr_msg(r.link_index(HOST_BRIDGE), HOST_NET[1], HOST_NET), RTM_NEWADDR, CREATE)
+    try:
+        with Nft(HOST_TABLE) as nft:
+            nft.create(HOST_NET, HOST_BRIDGE)
+        try:
+            yield host_state()
+        finally:
+            with Nft(HOST_TABLE) as nft:
+                nft.delete()
+    finally:
+        with Rtnl() as r:
+            r.delete_link(HOST_BRIDGE)
+
+
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     """The outside, a daemon, a package; one bridged rocker first, so the bridge and the table exist
@@ -78,7 +107,7 @@ def world() -> Iterator[World]:
     base.chmod(0o755)
     pkg = build_pkg(base, {"bin/true": (b"#!/bin/sh\n", 0o755)})
     forwarding = _forwarding()
-    with out.outside():
+    with out.outside(), host_setup() as before:
         d = start_netd(base / "d")
         os.environ["ROCKER_SOCKET"] = os.environ["NET_WORLD_SOCKET"] = d.socket
         try:
@@ -100,6 +129,7 @@ def world() -> Iterator[World]:
         # the last rockerd to stop with no bridged rocker left takes everything away
         assert out.TEST_BRIDGE not in _links() and TABLE not in _tables(), log
         assert _forwarding() == forwarding
+        assert host_state() == before  # the host's own bridge and table, untouched
         shutil.rmtree(base, ignore_errors=True)
 
 
