@@ -71,8 +71,7 @@ async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | Non
     between their many syscalls cost more than the overlap gained. One C call does not.)
     """
     loop = asyncio.get_running_loop()
-    starting = loop.run_in_executor(_spawn_pool(), start_guard, name, req.uid, req.gid, guard_fd,
-                                    first_entry_timeout, net[1].ns_flags if net else ns.ROCKER_NS)
+    starting = loop.run_in_executor(_spawn_pool(), _start_guard, name, req, guard_fd, first_entry_timeout, net)
     ctx = HostContext(req, name, caller, packages, slots)
     dirs, package = host_steps(), package_steps()
     steps = [*dirs, *package]
@@ -114,13 +113,11 @@ async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | Non
         ctx.close_fds()  # the guard has its own now; ours would keep the mounts alive
         stage = "start guard"
         ns_fds = open_ns_fds(spawned.pid)  # while the guard attaches them
-        stage = "set up the network"
-        if net:
-            net[0].setup(net[1], ns_fds["net"], req.uid)
-            if net[1].mode == "host":  # the host's: the client keeps its own
-                os.close(ns_fds.pop("net"))
-        else:
+        if net is None:
+            stage = "bring lo up"
             loopback_up(ns_fds["net"], req.uid)
+        elif net[1].mode == "host":  # the host's: the client keeps its own
+            os.close(ns_fds.pop("net"))
         stage = "wait for guard"
         await wait_ready(spawned, status.detach(), ready_timeout)  # it closes the fd
     except BaseException as e:
@@ -135,6 +132,29 @@ async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | Non
         raise
     assert ctx.pkg_key is not None and ctx.work_slot is not None
     return Built(spawned.pid, spawned.pidfd, ns_fds, ctx.pkg_key, ctx.work_slot)
+
+
+def _start_guard(name: str, req: RockerRequestModel, guard_fd: int, first_entry_timeout: float,
+                 net: tuple[Network, Plan] | None) -> tuple[Spawned, socket.socket]:
+    """start_guard, then its network (lo, or a veth on the bridge) on the same worker thread:
+    netlink work that overlaps with the mounts the loop builds meanwhile. Reaps the guard if it fails."""
+    spawned, status = start_guard(name, req.uid, req.gid, guard_fd, first_entry_timeout,
+                                  net[1].ns_flags if net else ns.ROCKER_NS)
+    if net is None or net[1].mode == "host":
+        return spawned, status
+    try:
+        fd = os.open(f"/proc/{spawned.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # our unreaped child
+        try:
+            net[0].setup(net[1], fd, req.uid)
+        finally:
+            os.close(fd)
+    except BaseException as e:
+        reap(spawned)
+        status.close()
+        if isinstance(e, Exception):
+            raise as_build_error("set up the network", e) from e
+        raise
+    return spawned, status
 
 
 async def _discard_guard(starting: asyncio.Future[tuple[Spawned, socket.socket]]) -> None:

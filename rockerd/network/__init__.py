@@ -27,7 +27,7 @@ from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 
 from rocker_sys import mount, ns
 
-from ..create.steps import BuildError
+from ..create.steps import BuildError, as_build_error
 from ..policy import Denied
 from ..request import RockerRequestModel, parse_publish
 from . import dns
@@ -111,6 +111,12 @@ class Network:
                 raise BuildError("publish ports", errno.EADDRINUSE,
                                  f"host port {h}/{proto} is already published by {holder}")
         plan = Plan(name, mode, ports)
+        if mode == "bridge":  # here, on the loop: the pool and the one-time setup are not thread-safe
+            try:
+                self._ensure_bridge()
+                plan.address = self.pool.allocate(name)
+            except OSError as e:
+                raise as_build_error("set up the bridge", e) from e
         for h, _, proto in ports:
             self.ports[h, proto] = name
         self.plans[name] = plan
@@ -123,7 +129,9 @@ class Network:
         return [(self.resolv_target, mount.clone_tree(self._resolv(), "resolv.conf for bridged rockers"))]
 
     def setup(self, plan: Plan, netns_fd: int, uid: int) -> None:
-        """After the guard is cloned: lo up (none, bridge), the veth, address, route and ports (bridge)."""
+        """After the guard is cloned: lo up (none, bridge), the veth, address, route and ports (bridge).
+
+        Safe on the spawn thread (its own sockets, files and thread credentials; plan() took the address)."""
         if plan.mode == "none":
             loopback_up(netns_fd, uid)
         elif plan.mode == "bridge":
@@ -152,8 +160,7 @@ class Network:
     # ---- bridge ----
 
     def _attach(self, plan: Plan, netns_fd: int, uid: int) -> None:
-        self._ensure_bridge()
-        plan.address = self.pool.allocate(plan.name)
+        assert plan.address is not None
         net, gw = self.config.subnet, self.pool.gateway
         with Rtnl() as r:
             r.request(f"veth {plan.veth} on {self.config.bridge}",
