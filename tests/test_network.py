@@ -185,8 +185,11 @@ def test_none_reaches_nothing_but_itself(req: Callable[..., Any]) -> None:
 
 
 def test_host_sees_the_hosts_interfaces(req: Callable[..., Any]) -> None:
-    run = run_app(req("host"), lambda: {"ifs": _interfaces(), "out": _connect(out.OUT_ADDR)})
+    guard_ns: list[str] = []
+    run = run_app(req("host"), lambda: {"ifs": _interfaces(), "out": _connect(out.OUT_ADDR)},
+                  lambda res: guard_ns.append(os.readlink(f"/proc/{res.guard_pid}/ns/net")))
     assert run.res.ok, run.res.detail
+    assert guard_ns == [os.readlink("/proc/self/ns/net")]  # no network namespace made at all
     settled = [n for n in run.report["ifs"] if not n.startswith("vrk-")]  # ended rockers' veths go lazily
     assert settled == [n for n in _interfaces() if not n.startswith("vrk-")] and out.HOST_SIDE in settled
     assert run.report["out"]["reply"] == f"echo from {out.HOST_ADDR}: hi"  # the host's own address

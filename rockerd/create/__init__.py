@@ -26,7 +26,7 @@ from . import pkgopen
 from .host import HostContext, host_steps, package_steps
 from .net import loopback_up
 from .packages import PackageCache, PackageKey
-from .spawn import Spawned, reap, send_mounts, start_guard, wait_ready
+from .spawn import Spawned, parse_report, reap, send_mounts, start_guard, wait_ready
 from .steps import BuildError, as_build_error, run_steps, undo_steps
 from .workslots import WorkSlots
 
@@ -149,12 +149,23 @@ def _start_guard(name: str, req: RockerRequestModel, guard_fd: int, first_entry_
         finally:
             os.close(fd)
     except BaseException as e:
+        report = _early_report(status)  # a child that failed (say, at its exec) has said why: that first
         reap(spawned)
         status.close()
+        if report is not None:
+            raise report from e
         if isinstance(e, Exception):
             raise as_build_error("set up the network", e) from e
         raise
     return spawned, status
+
+
+def _early_report(status: socket.socket) -> BuildError | None:
+    try:
+        data = status.recv(4096, socket.MSG_DONTWAIT)
+    except OSError:
+        return None
+    return parse_report(data) if data[:1] == b"E" else None
 
 
 async def _discard_guard(starting: asyncio.Future[tuple[Spawned, socket.socket]]) -> None:
