@@ -27,7 +27,8 @@ CREATED = re.compile(r" created (rk-\S+) \(guard pid (\d+)\) .* in ([0-9.]+) ms$
 
 
 class BenchDaemon:
-    def __init__(self, workdir: Path, repo: Path, max_rockers: int) -> None:
+    def __init__(self, workdir: Path, repo: Path, max_rockers: int, extra: tuple[str, ...] = ()) -> None:
+        self.extra = extra
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.repo = repo
@@ -47,7 +48,7 @@ class BenchDaemon:
     def start(self) -> None:
         cmd = [sys.executable, "-m", "rockerd", "--socket", self.socket, "--state-dir", self.state_dir,
                "--log-level", "INFO", "--max-rockers", str(self.max_rockers),
-               "--max-rockers-per-uid", str(self.max_rockers)]
+               "--max-rockers-per-uid", str(self.max_rockers), *self.extra]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.repo), env.get("PYTHONPATH")) if p)
         for var in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC",
@@ -76,6 +77,7 @@ class BenchDaemon:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        shutil.rmtree(self.state_dir + "-net", ignore_errors=True)
         return self.proc.returncode
 
     def log_text(self) -> str:

@@ -69,6 +69,7 @@ class Setup:
     daemon: BenchDaemon
     nsw: proc.NsWatch
     hold_pkg: Path | None = None  # a copy of pkg (another package to rockerd) for the idle rockers
+    network: str | None = None  # the request's network mode (None: rockerd's default, none)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -85,6 +86,7 @@ class Setup:
         req.app_exec_dir = self.exec_dir
         req.app_data_dir = self.data_dir(label)
         req.app_overlay_dirs = list(self.overlays)
+        req.network = self.network
         return req
 
     def error(self, where: str, what: str) -> None:
@@ -174,6 +176,8 @@ def measured_cycle(s: Setup, label: str = "cycle", loop_goes: bool = True) -> di
         handles = []
         if s.nsw.supported:
             for n in ("mnt", "net"):
+                if n == "net" and s.network == "host":
+                    continue  # the host's: it stays
                 try:
                     handles.append(s.nsw.handle_of(f"/proc/{guard}/ns/{n}"))
                 except OSError as e:

@@ -178,6 +178,14 @@ def render(result: dict[str, Any]) -> str:
     for t in result.get("targets", []):
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
         out.append(f"| {t['target']} | {_fmt(t['value'])} | {_fmt(t['limit'])} | {met} {t['note']} |")
+    net = result.get("network") or {}
+    if net:
+        cols = [("create_daemon_ms", "p50"), ("create_daemon_ms", "p99"), ("start_first_line_ms", "p50"),
+                ("start_first_line_ms", "p99")]
+        out += ["", "| network mode | " + " | ".join(f"{k.removesuffix('_ms')} {q} ms" for k, q in cols) + " |",
+                "|---" * (len(cols) + 1) + "|"]
+        for mode, d in net.items():
+            out.append(f"| {mode} | " + " | ".join(_fmt(_get(d, k, q)) for k, q in cols) + " |")
     out.append("")
     keys = ("client_before_wire_ms", "create_client_ms", "create_daemon_ms", "reply_to_first_line_ms",
             "start_first_line_ms", "start_exec_ms", "enter_return_ms", "teardown_guard_ms", "teardown_ms",

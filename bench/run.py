@@ -9,6 +9,7 @@ Results: a table on stdout, JSON in --out. See docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -36,6 +37,10 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OVERLAYS = ["/usr", "/var", "/etc", "/home", "/root"]  # the anchors' 5 dirs
 
 START_SERIES = ("start_exec_ms", "enter_return_ms", "create_daemon_ms", "teardown_guard_ms")
+NET_MODES = ("none", "host", "bridge")
+# the benchmark's bridge: addresses from the benchmarking range, a name of its own (no packet leaves it)
+BRIDGE_ARGS = ("--bridge-subnet", "198.18.64.0/18", "--bridge-name", "rkbench0", "--bridge-dns", "198.18.64.1")
+REF_BRIDGE_ARGS = ("--bridge-subnet", "198.18.128.0/18", "--bridge-name", "rkbench1", "--bridge-dns", "198.18.128.1")
 CC, PX = "c_client:", "exec_app:"  # series prefixes: a launcher's figure key and a colon (report.OTHER_LAUNCHERS)
 CYCLE_SERIES = ("start_first_line_ms", "start_exec_ms", "enter_return_ms", "create_client_ms", "create_daemon_ms",
                 "client_before_wire_ms", "reply_to_first_line_ms", "teardown_guard_ms", "teardown_ms",
@@ -80,6 +85,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="JSON results (default bench/results/rocker-bench-<time>.json)")
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables as markdown here")
     p.add_argument("--tmp", default="/tmp", help="parent of the temporary work dir")
+    p.add_argument("--network", choices=("none", "host", "bridge"), default=None,
+                   help="network mode of every rocker of the run but the per-mode series (default: rockerd's, none)")
+    p.add_argument("--no-network-series", action="store_true",
+                   help="skip the cycles with network none, host and bridge (net_MODE: series)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, packages) for inspection")
     a = p.parse_args(argv)
     if a.rounds < 1 or a.cycles < 1 or a.tput_cycles < 1 or a.live_samples < 1:
@@ -148,11 +157,11 @@ class Bench:
         return summary(self.rounds_of(name))
 
     # ------------------------------------------------------------ one item of a round
-    def cycle_item(self, s: ours.Setup, rnd: int, warm: bool = False) -> None:
+    def cycle_item(self, s: ours.Setup, rnd: int, warm: bool = False, prefix: str = "") -> None:
         """Measured cycles one at a time; warm: another rocker of the package stays alive meanwhile."""
         rows = self._rows_with_create(s, warm, lambda: [
             r for r in (ours.measured_cycle(s, loop_goes=not warm) for _ in range(self.a.cycles)) if r is not None])
-        prefix = "warm:" if warm else ""
+        prefix = prefix or ("warm:" if warm else "")
         for key in CYCLE_SERIES:
             self.add(prefix + key, rnd, [r.get(key) for r in rows])
         self.errors[prefix + "cycle"] += self.a.cycles - len(rows)
@@ -307,13 +316,13 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         pkg = build_package(workdir, a.comp)
         hold_pkg = workdir / "app-idle.squashfs"  # the same bytes, another package to rockerd
         shutil.copyfile(pkg, hold_pkg)
-        daemon = BenchDaemon(workdir, REPO, max_rockers=max_live + 4 * max(concs) + 64)
+        daemon = BenchDaemon(workdir, REPO, max_rockers=max_live + 4 * max(concs) + 64, extra=BRIDGE_ARGS)
         daemons.append(daemon)
         daemon.start()
         os.environ["ROCKER_SOCKET"] = daemon.socket
         ours.install_wire_timer()
         s = ours.Setup(workdir, pkg, str(workdir / "exec"), a.overlay or DEFAULT_OVERLAYS, a.uid, a.gid, daemon, nsw,
-                       hold_pkg)
+                       hold_pkg, network=a.network)
         if not nsw.supported:
             log("this kernel has no namespace file handles: teardown waits for the loop device only")
         kit = None if a.no_anchors else (a.kit.resolve() if a.kit else find_kit(REPO))
@@ -348,6 +357,11 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                                         ("ours cycle, package mounted", lambda r: b.cycle_item(s, r, warm=True))]
         items.append(("ours Exec start, package mounted", lambda r: b.exec_start_item(s, r, True)))
         items.append(("ours Exec start, first rocker", lambda r: b.exec_start_item(s, r, False)))
+        if not a.no_network_series:
+            for mode in NET_MODES:
+                ms = dataclasses.replace(s, network=mode)
+                items.append((f"ours cycle, network {mode}", lambda r, ms=ms, mode=mode: b.cycle_item(
+                    ms, r, prefix=f"net_{mode}:")))
         for c in concs:
             items.append((f"ours throughput c={c}", lambda r, c=c: b.tput_item(s, r, c)))
             items.append((f"ours Exec throughput c={c}", lambda r, c=c: b.exec_tput_item(s, r, c)))
@@ -379,7 +393,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 floor_pss.update(anchors.hold_pss(level, a.settle))
             return {}
 
-        ref = BenchDaemon(workdir / "ref", REPO, max_rockers=64)
+        ref = BenchDaemon(workdir / "ref", REPO, max_rockers=64, extra=REF_BRIDGE_ARGS)
         daemons.append(ref)
         ref.start()
         hold = ours.hold_phase(s, live, a.live_samples, a.settle, at_level, log, ref)
@@ -392,6 +406,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         result["anchors"] = b.anchor_figures(anchors, floor_pss or None)
         result["comparisons"], result["targets"] = compare(result["figures"], result["anchors"], live[-1])
         result["errors"] = {"counts": dict(b.errors), "first": s.errors}
+        result["network"] = {mode: {k: b.summ(f"net_{mode}:{k}") for k in ("create_daemon_ms", "start_first_line_ms")}
+                             for mode in NET_MODES if not a.no_network_series}
         result["raw"] = {k: b.rounds_of(k) for k in sorted(b.series)}
     finally:
         result["leftovers"] = cleanup(workdir, daemons, a.keep)

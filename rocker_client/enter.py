@@ -74,7 +74,7 @@ def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: 
         return RockerResult.failed(*wire_failure(e))
     try:
         guard_pid, name = int(reply["guard_pid"]), str(reply["guard_pname"])
-        ns_fds = [fds[int(reply["namespaces"][n])] for n in NS_ORDER]
+        ns_fds = [_ns_fd(fds, reply["namespaces"], n) for n in NS_ORDER]
     except (KeyError, TypeError, ValueError, IndexError) as e:
         for fd in fds:
             os.close(fd)
@@ -89,6 +89,13 @@ def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: 
     if cause is not None:
         return RockerResult.failed(err, cause, guard_pid, name)
     return RockerResult(err, app_pid, guard_pid, name)
+
+
+def _ns_fd(fds: list[int], namespaces: dict[str, Any], name: str) -> int:
+    """The fd of a namespace in the reply; -1 for a net namespace it leaves out (network "host")."""
+    if name == "net" and namespaces.get("net") is None:
+        return -1
+    return fds[int(namespaces[name])]
 
 
 def _start_inside(ns_fds: list[int], app: App, app_args: Any) -> Started:
@@ -247,7 +254,8 @@ def _app_main(ns_fds: list[int], w: int, app: App, app_args: Any) -> None:
     """The app does not keep the rocker's namespace fds (they would keep it alive from inside);
     closing `w` tells the launcher it is in."""
     for fd in ns_fds:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
     os.close(w)
     _run_app(app, app_args)
 

@@ -23,12 +23,13 @@ DESCRIPTION = f"""\
 interface io.rocker.Rocker
 
 # Indices into the file descriptors sent with the Create reply (SCM_RIGHTS).
-# Enter them in this order: user first.
+# Enter them in this order: user first. No net with network "host": the app
+# keeps the caller's network namespace.
 type Namespaces (
   user: int,
   mnt: int,
   pid: int,
-  net: int,
+  net: ?int,
   uts: int,
   ipc: int
 )

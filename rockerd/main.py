@@ -12,12 +12,14 @@ import socket
 import stat
 import sys
 import time
+from ipaddress import IPv4Address, IPv4Network
 
 from rocker_client.wire import DEFAULT_SOCKET
 
 from . import __version__, journal, kernel, sd
 from .create import net, spawn
 from .guard import guard_binary
+from .network import DEFAULT_BRIDGE, DEFAULT_SUBNET, MODES, NetConfig
 from .service import RockerService, ServiceConfig
 from .varlink.server import Limits, VarlinkServer
 
@@ -62,6 +64,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warm-mib", type=float, default=ServiceConfig.warm_budget / (1 << 20), metavar="MIB",
                    help="when a package is mounted, read up to this much of its executables ahead on another "
                         "thread, so its first rocker's app starts warm; 0 turns it off")
+    p.add_argument("--default-network", default="none", choices=MODES,
+                   help="the network of a rocker whose request names none (default %(default)s)")
+    p.add_argument("--bridge-subnet", type=_subnet, default=DEFAULT_SUBNET, metavar="CIDR",
+                   help="IPv4 subnet of the bridge for --network bridge; .1 is the bridge (default %(default)s)")
+    p.add_argument("--bridge-name", default=DEFAULT_BRIDGE, metavar="NAME",
+                   help="the bridge's interface name (default %(default)s; its nftables table: ip rocker)")
+    p.add_argument("--bridge-dns", action="append", default=[], metavar="ADDR",
+                   help="a nameserver for bridged rockers; repeatable (default: the host's resolv.conf, with "
+                        "the upstreams of a 127.0.0.x stub in its place)")
     p.add_argument("--idle-exit", type=float, default=0.0, metavar="SEC",
                    help="exit after SEC seconds with no live rockers and no clients (for socket activation: "
                         "systemd starts rockerd again on the next connection); 0, the default, never exits")
@@ -72,6 +83,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("connection limits must be positive, and --root-connections below --max-connections")
     if args.idle_exit < 0:
         p.error("--idle-exit must be 0 (never) or a number of seconds")
+    for addr in args.bridge_dns:
+        try:
+            IPv4Address(addr)
+        except ValueError:
+            p.error(f"--bridge-dns {addr}: not an IPv4 address")
+    if len(args.bridge_name.encode()) > 15 or not args.bridge_name.isprintable() or "/" in args.bridge_name:
+        p.error("--bridge-name: at most 15 bytes, no '/'")
     if args.warm_mib < 0:
         p.error("--warm-mib must be 0 (off) or a size in MiB")
     return args
@@ -96,6 +114,16 @@ def activated_listener() -> socket.socket | None:
     for extra in fds[1:]:
         os.close(extra)
     return socket.socket(fileno=fds[0])
+
+
+def _subnet(text: str) -> IPv4Network:
+    try:
+        net = IPv4Network(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if net.prefixlen > 29:
+        raise argparse.ArgumentTypeError(f"{net} is too small: at most /29")
+    return net
 
 
 def _group(text: str) -> int:
@@ -176,7 +204,9 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
     service = RockerService(guard_fd, ServiceConfig(
         max_rockers=args.max_rockers, max_rockers_per_uid=args.max_rockers_per_uid,
         first_entry_timeout=args.first_entry_timeout, state_dir=args.state_dir,
-        warm_budget=int(args.warm_mib * (1 << 20)), allow_nested_callers=args.allow_nested_callers))
+        warm_budget=int(args.warm_mib * (1 << 20)), allow_nested_callers=args.allow_nested_callers,
+        network=NetConfig(args.default_network, args.bridge_subnet, args.bridge_name, tuple(args.bridge_dns),
+                          os.path.abspath(args.state_dir) + "-net")))
     server = VarlinkServer(
         vendor="rocker", product="rockerd", version=__version__, url="https://github.com/rocker-sandbox/rocker",
         interfaces=[service.interface()], log=logging.getLogger("rockerd.varlink"),
@@ -203,6 +233,7 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
         await serving
     finally:
         life.close()
+        service.network.close()
     log.info("rockerd stopped; %d live rockers keep running", len(service.registry))
 
 

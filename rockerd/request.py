@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import unicodedata
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -19,12 +19,14 @@ __all__ = [
     "FIELDS",
     "KERNEL_FS_ROOTS",
     "MAX_OVERLAY_DIRS",
+    "MAX_PUBLISH",
     "NAME_MAX_BYTES",
     "PATH_MAX_BYTES",
     "UID_MAX",
     "RequestInvalid",
     "RockerRequestModel",
     "check_path",
+    "parse_publish",
     "parse_request",
 ]
 
@@ -136,11 +138,46 @@ def _overlay_list(dirs: list[str]) -> list[str]:
     return dirs
 
 
+MAX_PUBLISH: Final = 64
+
+
+def parse_publish(spec: str) -> tuple[int, int, str]:
+    """"8080:80" -> (8080, 80, "tcp"); "5353:53/udp" -> (5353, 53, "udp"). Raises ValueError."""
+    shown = repr(spec[:32])
+    ports, slash, proto = spec.partition("/")
+    proto = proto if slash else "tcp"
+    if proto not in ("tcp", "udp"):
+        raise ValueError(f"{shown}: the protocol must be tcp or udp")
+    host, sep, inner = ports.partition(":")
+    if not sep or not host.isdigit() or not inner.isdigit() or not host.isascii() or not inner.isascii():
+        raise ValueError(f"{shown}: must be HOST_PORT:PORT or HOST_PORT:PORT/udp")
+    h, c = int(host), int(inner)
+    if not (0 < h < 65536 and 0 < c < 65536):
+        raise ValueError(f"{shown}: ports must be 1..65535")
+    return h, c, proto
+
+
+def check_publish(spec: str) -> str:
+    parse_publish(spec)
+    return spec
+
+
+def _publish_list(specs: list[str]) -> list[str]:
+    seen: dict[tuple[int, str], int] = {}
+    for i, spec in enumerate(specs):
+        h, _, proto = parse_publish(spec)
+        if (h, proto) in seen:
+            raise _RuleError(("publish", i), f"host port {h}/{proto} is also publish[{seen[h, proto]}]")
+        seen[h, proto] = i
+    return specs
+
+
 _Path = Annotated[str, AfterValidator(check_path)]
 PkgPath = Annotated[_Path, AfterValidator(_pkg_path)]
 MountDir = Annotated[_Path, AfterValidator(_mount_dir)]
 OverlayDir = Annotated[_Path, AfterValidator(_overlay_dir)]
 Id = Annotated[int, Field(ge=0, le=UID_MAX)]
+PublishSpec = Annotated[str, AfterValidator(check_publish)]
 
 
 def _cli(option: str, metavar: str) -> dict[str, Any]:
@@ -175,6 +212,13 @@ class RockerRequestModel(BaseModel):
     ] = Field(default_factory=list, description=f"host dirs to overlay copy-on-write (at most {MAX_OVERLAY_DIRS})",
               json_schema_extra=_cli("--overlay", "DIR"))
 
+    network: Literal["none", "host", "bridge"] | None = Field(
+        None, description="none (lo only), host or bridge; unset: rockerd's default",
+        json_schema_extra=_cli("--network", "MODE"))
+    publish: Annotated[list[PublishSpec], Field(max_length=MAX_PUBLISH), AfterValidator(_publish_list)] = Field(
+        default_factory=list, description='host ports to the app ("8080:80", "53:53/udp")',
+        json_schema_extra=_cli("--publish", "HOST:PORT[/udp]"))
+
     @model_validator(mode="after")
     def _cross_field(self) -> RockerRequestModel:
         """Rules between fields; each is reported on the later field, naming the earlier one."""
@@ -207,6 +251,8 @@ class RockerRequestModel(BaseModel):
                     ("app_overlay_dirs", i),
                     f"must not contain app_exec_dir ({exe}): the package would be mounted inside an overlay",
                 )
+        if self.publish and self.network not in ("bridge", None):
+            raise _RuleError(("publish",), f"needs network bridge, not {self.network}")
         return self
 
 
@@ -232,6 +278,8 @@ def _reason(err: dict[str, Any], field: str) -> str:
     if kind in ("greater_than_equal", "less_than_equal") and field in _RANGES:
         lo, hi = _RANGES[field]
         return f"out of range: must be {lo}..{hi}"
+    if kind == "too_long" and field == "publish":
+        return f"at most {MAX_PUBLISH} ports may be published, got {ctx.get('actual_length', '?')}"
     if kind == "too_long":
         return f"at most {MAX_OVERLAY_DIRS} overlay dirs are allowed, got {ctx.get('actual_length', '?')}"
     if kind == "value_error" and isinstance(ctx.get("error"), ValueError):

@@ -10,13 +10,14 @@ import logging
 import os
 import signal as signals
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rocker_sys import ns
 
 from . import interface, journal, kernel, policy
 from .create import NS_NAMES, BuildError, PackageCache, WorkSlots, build_rocker
 from .create.warm import DEFAULT_BUDGET
+from .network import NetConfig, Network
 from .registry import Registry, Rocker
 from .request import RequestInvalid, parse_request
 from .state import StateDir, matches, proc_starttime
@@ -35,6 +36,7 @@ class ServiceConfig:
     state_dir: str = "/run/rocker/state"
     warm_budget: int = DEFAULT_BUDGET
     allow_nested_callers: bool = False
+    network: NetConfig = field(default_factory=NetConfig)
 
 
 class RockerService:
@@ -45,6 +47,7 @@ class RockerService:
         self.packages = PackageCache(self.config.warm_budget)
         self.slots = WorkSlots()
         self.state = StateDir(self.config.state_dir)
+        self.network = Network(self.config.network)
         self._adopt()
 
     def interface(self) -> Interface:
@@ -69,18 +72,25 @@ class RockerService:
         self._check_limits(peer.uid, req.uid)
         name = self.registry.reserve_name()
         try:
+            plan = self.network.plan(name, req, peer.uid)
+            req = req.model_copy(update={"network": plan.mode})  # List and the record show the mode it got
             built = await build_rocker(req, name, caller=peer, packages=self.packages, slots=self.slots,
                                        guard_fd=self.guard_fd,
                                        first_entry_timeout=self.config.first_entry_timeout,
-                                       ready_timeout=self.config.ready_timeout)
+                                       ready_timeout=self.config.ready_timeout, net=(self.network, plan))
         except policy.Denied as e:
+            self.network.release(name)
             self._refuse(peer.uid, str(e))
             raise VarlinkError(ERR + "PermissionDenied", {"reason": str(e)}) from None
         except BuildError as e:
+            self.network.release(name)
             journal.event(journal.FAILED, f"build of {name} for caller uid {peer.uid} failed at "
                           f"'{e.step}': {e.reason}", logging.WARNING, guard_name=name, app_id=req.app_id,
                           uid=req.uid, caller_uid=peer.uid, step=e.step, errno=e.errno)
             raise VarlinkError(ERR + "BuildFailed", {"step": e.step, "errno": e.errno, "reason": e.reason}) from None
+        except BaseException:
+            self.network.release(name)
+            raise
         finally:
             self.registry.release_name(name)
         rocker = Rocker(name=name, pid=built.pid, pidfd=built.pidfd, request=req, caller_uid=peer.uid,
@@ -96,8 +106,8 @@ class RockerService:
                       guard_name=name, guard_pid=built.pid, app_id=req.app_id, uid=req.uid, gid=req.gid,
                       caller_uid=peer.uid)
         return Reply({"err_no": 0, "app_pid": 0, "guard_pid": built.pid, "guard_pname": name,
-                      "namespaces": {n: i for i, n in enumerate(NS_NAMES)}},
-                     [built.ns_fds[n] for n in NS_NAMES])
+                      "namespaces": {n: i for i, n in enumerate(n for n in NS_NAMES if n in built.ns_fds)}},
+                     [built.ns_fds[n] for n in NS_NAMES if n in built.ns_fds])
 
     async def list(self, call: Call) -> Reply:
         self._check_caller_ns(call)
@@ -154,11 +164,16 @@ class RockerService:
                       caller_uid=rocker.caller_uid, lifetime_sec=round(lifetime, 3), status=status)
         if rocker.pkg_key is not None:
             self.packages.release(rocker.pkg_key)
+        self.network.release(rocker.name)
         self.slots.give_back(rocker.request.app_data_dir, rocker.work_slot)
         self.state.remove(rocker.name)
 
     def _adopt(self) -> None:
         """Take back the rockers a previous rockerd left running; drop records of ones that are gone."""
+        self._adopt_records()
+        self.network.adopted(r.name for r in self.registry)
+
+    def _adopt_records(self) -> None:
         for rec in self.state.load():
             try:
                 pidfd = ns.pidfd_open(rec.pid)
@@ -182,6 +197,7 @@ class RockerService:
             self.registry.add(Rocker(name=rec.name, pid=rec.pid, pidfd=pidfd, request=req, caller_uid=rec.caller_uid,
                                      created=rec.created, started=time.monotonic() - age, work_slot=rec.work_slot))
             self.slots.hold(req.app_data_dir, rec.work_slot)
+            self.network.adopt(rec.name, req.network or "none")
             journal.event(journal.ADOPTED, f"adopted {rec.name} (guard pid {rec.pid}) left by an earlier rockerd",
                           guard_name=rec.name, guard_pid=rec.pid, app_id=req.app_id, uid=req.uid,
                           caller_uid=rec.caller_uid)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 import time
 from collections import Counter
@@ -207,6 +208,26 @@ def own_namespaces(pid: int) -> Iterator[Resource]:
         yield Resource("namespace", (ns, target), f"pytest (pid {pid}) is in {target}")
 
 
+def network() -> Iterator[Resource]:
+    """Links (bridges, veths), their IPv4 addresses and nftables tables of the host's netns: what a
+    rocker on a bridge (or a test's "outside") adds, and must take away again."""
+    from pyroute2 import IPRoute
+
+    from rockerd.network.nft import Nft
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for name in names.values():
+            yield Resource("link", (name,), f"network interface {name}")
+        for a in ipr.get_addr(family=socket.AF_INET):
+            where = names.get(a["index"], a["index"])
+            yield Resource("address", (str(where), a.get_attr("IFA_ADDRESS")),
+                           f"address {a.get_attr('IFA_ADDRESS')}/{a['prefixlen']} on {where}")
+    with Nft() as nft:
+        for fam, table in nft.tables():
+            yield Resource("nft", (str(fam), table), f"nftables table {table} (family {fam})")
+
+
 class Scanner:
     """Takes snapshots of host state as seen from the namespaces pytest started in."""
 
@@ -234,6 +255,7 @@ class Scanner:
             named_netns(),
             processes(self.root_pid),
             own_namespaces(self.root_pid),
+            network(),
         ]
         return frozenset(r for group in found for r in group)
 

@@ -485,6 +485,10 @@ def ref_request_errors(p: dict[str, Any]) -> list[str]:
                     if any(later == e or _strictly_under(later, e) or _strictly_under(e, later) for e in dirs[:j]):
                         errs.append(f"app_overlay_dirs[{j}]")
                         break
+    if "network" in p and p["network"] not in (None, "none", "host", "bridge"):
+        errs.append("network")
+    if "publish" in p:
+        errs += ref_publish_errors(p["publish"])
     if errs:
         return errs
     exe, data = p["app_exec_dir"], p["app_data_dir"]
@@ -493,7 +497,28 @@ def ref_request_errors(p: dict[str, Any]) -> list[str]:
     for i, ov in enumerate(p.get("app_overlay_dirs", [])):
         if ov in (exe, data) or _strictly_under(exe, ov) or _strictly_under(data, ov):
             return [f"app_overlay_dirs[{i}]"]
+    if p.get("publish") and p.get("network") not in (None, "bridge"):
+        return ["publish"]
     return []
+
+
+_PUBLISH = re.compile(r"([0-9]+):([0-9]+)(?:/(tcp|udp))?")
+
+
+def ref_publish_errors(specs: Any) -> list[str]:
+    """"HOST:PORT" or "HOST:PORT/tcp|udp", ports 1..65535, each host port and protocol once, at most 64."""
+    if type(specs) is not list:
+        return ["publish"]
+    keys = []
+    for spec in specs:
+        m = _PUBLISH.fullmatch(spec) if type(spec) is str else None
+        keys.append((int(m[1]), m[3] or "tcp") if m and 0 < int(m[1]) < 65536 and 0 < int(m[2]) < 65536 else None)
+    bad = [f"publish[{i}]" for i, k in enumerate(keys) if k is None]
+    errs = ["publish"] if len(specs) > 64 else []
+    errs += bad
+    if not errs:
+        errs += [f"publish[{j}]" for j, k in enumerate(keys) if k in keys[:j]][:1]
+    return errs
 
 
 def nesting(value: Any) -> int:
@@ -770,7 +795,7 @@ def test_parse_request_matches_reference(cases: Counter, params: Any) -> None:
         return
     assert isinstance(params, dict) and ref_request_errors(params) == [], f"accepted {params!r}"
     assert isinstance(model, RockerRequestModel)
-    assert model.model_dump() == {**{"app_id": 0, "app_overlay_dirs": []}, **params}
+    assert model.model_dump() == {**{"app_id": 0, "app_overlay_dirs": [], "network": None, "publish": []}, **params}
 
 
 FIELD_SHOWN_MAX = 64  # characters of a client-chosen name that a reply or log line may quote

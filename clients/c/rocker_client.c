@@ -515,6 +515,10 @@ __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRe
     int ns_fd[NNS];
     int ok = r.have_pid && r.guard_pid > 0 && r.guard_pid <= INT32_MAX && r.have_pname;
     for (int i = 0; i < NNS; i++) {
+        if (i == ROCKER_NS_NET && !r.have_ns[i]) { /* network "host": no net namespace to join */
+            ns_fd[i] = -1;
+            continue;
+        }
         ok = ok && r.have_ns[i] && r.ns[i] >= 0 && r.ns[i] < fds.n;
         ns_fd[i] = ok ? fds.fd[r.ns[i]] : -1;
     }

@@ -55,6 +55,8 @@ const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid)
     for (int i = 0; i < ROCKER_NNS; i++) {
         if (i == ROCKER_NS_PID && !with_pid)
             continue; /* the caller joined it for its children */
+        if (i == ROCKER_NS_NET && ns_fds[i] < 0)
+            continue; /* network "host": the rocker keeps the caller's network namespace */
         if (syscall(SYS_setns, ns_fds[i], NS_TYPE[i]) < 0)
             return NS_STEP[i];
     }

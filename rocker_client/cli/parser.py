@@ -71,6 +71,11 @@ def build_parser() -> Parser:
                      help="the app's gid outside the rocker (default: yours; only root may pick another)")
     run.add_argument("--app-id", type=_id, default=0, metavar="N",
                      help="a number of your choosing that `rocker ps` shows (default 0)")
+    run.add_argument("--network", choices=("none", "host", "bridge"), metavar="MODE",
+                     help="none (only lo), host (the host's network) or bridge (own address, NAT outside); "
+                          "default: rockerd's --default-network, none unless set")
+    run.add_argument("-p", "--publish", action="append", default=[], metavar="HOST:PORT[/udp]",
+                     help="forward the host's port HOST to the app's PORT (--network bridge); repeatable")
     run.add_argument("-w", "--workdir", metavar="DIR",
                      help="where CMD starts, inside the rocker (default: the current directory, else /)")
     _socket_option(run)

@@ -14,6 +14,7 @@ undoes what was done, in reverse, and names the failed step. Three run beside th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..policy import Peer
 from ..request import RockerRequestModel
@@ -23,6 +24,7 @@ from .handoff import (
     BuildContext,
     GuardReady,
     GuardStarted,
+    NetworkMounts,
     OpenNamespaces,
     OpenPackage,
     PackageOpened,
@@ -33,6 +35,9 @@ from .host import EnsureExecAndDataDirs, MountOverlays, MountPackage, PrepareOve
 from .packages import PackageCache, PackageKey
 from .steps import BuildError, Step, run_steps
 from .workslots import WorkSlots
+
+if TYPE_CHECKING:
+    from ..network import Network, Plan
 
 __all__ = ["NS_NAMES", "STEPS", "BuildError", "Built", "PackageCache", "PackageKey", "WorkSlots", "build_rocker"]
 
@@ -48,9 +53,10 @@ STEPS: tuple[Step[BuildContext], ...] = (
     PackageOpened(),          # waits for OpenPackage
     MountPackage(),           # a clone of the package's shared squashfs mount
     GuardStarted(),           # waits for StartGuard; undo reaps the guard
+    NetworkMounts(),          # resolv.conf of a bridged rocker
     SendMounts(),             # the mounts to the guard, which attaches them; ours closed
     OpenNamespaces(),         # the guard's ns fds, for the reply
-    BringLoUp(),
+    BringLoUp(),              # without a network plan: lo up; host mode: the host's net fd dropped
     GuardReady(),             # the guard's "R" (or its "E<errno> <step>" report)
 )
 
@@ -66,10 +72,10 @@ class Built:
 
 async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | None, packages: PackageCache,
                        slots: WorkSlots, guard_fd: int, first_entry_timeout: float = 10.0,
-                       ready_timeout: float = 5.0) -> Built:
+                       ready_timeout: float = 5.0, net: tuple[Network, Plan] | None = None) -> Built:
     """Build one rocker or undo everything and raise BuildError naming the failed step."""
     ctx = BuildContext(req, name, caller, packages, slots, guard_fd=guard_fd,
-                       first_entry_timeout=first_entry_timeout, ready_timeout=ready_timeout)
+                       first_entry_timeout=first_entry_timeout, ready_timeout=ready_timeout, net=net)
     await run_steps(STEPS, ctx, release=ctx.close_fds)  # on success SendMounts closed them
     assert ctx.spawned is not None and ctx.pkg_key is not None and ctx.work_slot is not None
     return Built(ctx.spawned.pid, ctx.spawned.pidfd, ctx.ns_fds, ctx.pkg_key, ctx.work_slot)

@@ -16,14 +16,20 @@ import os
 import socket
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from rocker_sys import ns
 from rocker_sys.libc import SyscallError
 
+from ..request import RockerRequestModel
 from . import pkgopen
 from .host import HostContext
 from .net import loopback_up
-from .spawn import Spawned, reap, send_mounts, start_guard, wait_ready
-from .steps import Step
+from .spawn import Spawned, parse_report, reap, send_mounts, start_guard, wait_ready
+from .steps import BuildError, Step, as_build_error
+
+if TYPE_CHECKING:
+    from ..network import Network, Plan
 
 # setns order for entering: user first, so the caller holds the rocker's
 # capabilities when it joins the namespaces that user namespace owns
@@ -47,6 +53,7 @@ class BuildContext(HostContext):
     spawned: Spawned | None = None
     status: socket.socket | None = None  # our end of the guard's status socket
     ns_fds: dict[str, int] = field(default_factory=dict)
+    net: tuple[Network, Plan] | None = None  # None: a netns with lo only (rockerd/network/)
 
 
 def _spawn_pool() -> ThreadPoolExecutor:
@@ -67,7 +74,7 @@ class StartGuard(Step[BuildContext]):
 
     def execute(self, ctx: BuildContext) -> None:
         ctx.starting = asyncio.get_running_loop().run_in_executor(
-            _spawn_pool(), start_guard, ctx.name, ctx.req.uid, ctx.req.gid, ctx.guard_fd, ctx.first_entry_timeout)
+            _spawn_pool(), _start_guard, ctx.name, ctx.req, ctx.guard_fd, ctx.first_entry_timeout, ctx.net)
 
     async def undo(self, ctx: BuildContext) -> None:
         """Reap a guard that will not be used before the caller hears of the failure: until it is
@@ -83,6 +90,40 @@ class StartGuard(Step[BuildContext]):
         except Exception:
             return  # no guard was started
         _reap_late(starting)
+
+
+def _start_guard(name: str, req: RockerRequestModel, guard_fd: int, first_entry_timeout: float,
+                 net: tuple[Network, Plan] | None) -> tuple[Spawned, socket.socket]:
+    """start_guard, then its network (lo, or a veth on the bridge) on the same worker thread: netlink
+    work that overlaps with the mounts the loop builds meanwhile. Reaps the guard if it fails."""
+    spawned, status = start_guard(name, req.uid, req.gid, guard_fd, first_entry_timeout,
+                                  net[1].ns_flags if net else ns.ROCKER_NS)
+    if net is None or net[1].mode == "host":
+        return spawned, status
+    try:
+        fd = os.open(f"/proc/{spawned.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # our unreaped child
+        try:
+            net[0].setup(net[1], fd, req.uid)
+        finally:
+            os.close(fd)
+    except BaseException as e:
+        report = _early_report(status)  # a child that failed (say, at its exec) has said why: that first
+        reap(spawned)
+        status.close()
+        if report is not None:
+            raise report from e
+        if isinstance(e, Exception):
+            raise as_build_error("set up the network", e) from e
+        raise
+    return spawned, status
+
+
+def _early_report(status: socket.socket) -> BuildError | None:
+    try:
+        data = status.recv(4096, socket.MSG_DONTWAIT)
+    except OSError:
+        return None
+    return parse_report(data) if data[:1] == b"E" else None
 
 
 def _reap_late(f: GuardStart) -> None:
@@ -135,6 +176,17 @@ class GuardStarted(Step[BuildContext]):
             ctx.status.close()  # a no-op once detached
 
 
+class NetworkMounts(Step[BuildContext]):
+    """A bridged rocker's resolv.conf, among the mounts the guard attaches."""
+
+    def describe(self) -> str:
+        return "mount resolv.conf"
+
+    def execute(self, ctx: BuildContext) -> None:
+        if ctx.net is not None:
+            ctx.mounts += ctx.net[0].mounts(ctx.net[1])
+
+
 class SendMounts(Step[BuildContext]):
     """The detached mounts to the guard, which attaches them; then ours go (they would keep the
     mounts alive after the rocker ends)."""
@@ -169,7 +221,10 @@ class BringLoUp(Step[BuildContext]):
         return "bring lo up"
 
     def execute(self, ctx: BuildContext) -> None:
-        loopback_up(ctx.ns_fds["net"], ctx.req.uid)
+        if ctx.net is None:
+            loopback_up(ctx.ns_fds["net"], ctx.req.uid)
+        elif ctx.net[1].mode == "host":  # the host's: the client keeps its own
+            os.close(ctx.ns_fds.pop("net"))
 
 
 class GuardReady(Step[BuildContext]):

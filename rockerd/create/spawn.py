@@ -80,7 +80,7 @@ class Spawned:
 
 
 def start_guard(name: str, uid: int, gid: int, guard_fd: int,
-                first_entry_timeout: float) -> tuple[Spawned, socket.socket]:
+                first_entry_timeout: float, ns_flags: int = ns.ROCKER_NS) -> tuple[Spawned, socket.socket]:
     """Start the guard; returns it and our end of its status socket. Raises BuildError.
 
     Safe on a worker thread: the call holds no lock, and the C part releases the GIL."""
@@ -88,7 +88,7 @@ def start_guard(name: str, uid: int, gid: int, guard_fd: int,
     argv = (ctypes.c_char_p * (len(argv_items) + 1))(*(a.encode() for a in argv_items), None)
     stack = ctypes.create_string_buffer(STACK_SIZE)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    spec = _Spec(ns.ROCKER_NS, uid, gid, guard_fd, theirs.fileno(), argv, ctypes.addressof(stack), STACK_SIZE)
+    spec = _Spec(ns_flags, uid, gid, guard_fd, theirs.fileno(), argv, ctypes.addressof(stack), STACK_SIZE)
     pidfd = ctypes.c_int(-1)
     try:
         pid = _rocker_spawn()(ctypes.byref(spec), ctypes.byref(pidfd))
