@@ -22,7 +22,7 @@ from rocker_sys.libc import SyscallError
 from . import pkgopen
 from .host import HostContext
 from .net import loopback_up
-from .spawn import Spawned, reap, send_mounts, start_guard, wait_ready
+from .spawn import SEND_STEP, Spawned, reap, send_mounts, start_guard, wait_ready
 from .steps import Step
 
 # setns order for entering: user first, so the caller holds the rocker's
@@ -140,7 +140,7 @@ class SendMounts(Step[BuildContext]):
     mounts alive after the rocker ends)."""
 
     def describe(self) -> str:
-        return "pass the mounts to the guard"
+        return SEND_STEP
 
     def execute(self, ctx: BuildContext) -> None:
         assert ctx.status is not None
