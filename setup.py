@@ -38,7 +38,8 @@ EXEC_SRC = os.path.join(HERE, NATIVE_DIR, "rocker-exec.c")
 JOIN_SRC = os.path.join(HERE, NATIVE_DIR, "rocker-join.c")  # the join, shared with clients/c
 EXEC_LIB = "librocker-exec.so"
 
-WARN = ["-Wall", "-Wextra", "-Werror"]
+# The one warning set of all rocker's C (clients/c/Makefile and bench/ use it too; tests/test_c_warnings.py)
+WARN = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wmissing-prototypes", "-Wstrict-prototypes"]
 CFLAGS = ["-Os", *WARN, "-s", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections"]
 SO_FLAGS = ["-O2", *WARN, "-s", "-shared", "-fPIC"]
 

@@ -20,6 +20,8 @@ from . import ours
 
 HERE = Path(__file__).resolve().parent
 CLIENT_SRC = HERE.parent / "clients" / "c"
+# rocker's one warning set for C (setup.py WARN, clients/c/Makefile; tests/test_c_warnings.py keeps them equal)
+WARN = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wmissing-prototypes", "-Wstrict-prototypes"]
 
 
 def build(workdir: Path) -> tuple[Path | None, str]:
@@ -31,7 +33,7 @@ def build(workdir: Path) -> tuple[Path | None, str]:
     launcher = out / "launcher"
     try:
         subprocess.run([make, "-s", "-C", str(CLIENT_SRC), f"O={out}"], check=True, capture_output=True)
-        subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", f"-I{CLIENT_SRC}", "-o", str(launcher),
+        subprocess.run([cc, "-O2", *WARN, f"-I{CLIENT_SRC}", "-o", str(launcher),
                         str(HERE / "launcher.c"), str(out / "librocker_client.a")], check=True, capture_output=True)
     except subprocess.CalledProcessError as e:
         return None, f"building the C client launcher failed: {e.stderr.decode(errors='replace').strip()[:300]}"

@@ -108,7 +108,7 @@ def build_package(workdir: Path, comp: str) -> Path:
     (root / "bin").chmod(0o755)
     cc = shutil.which("cc") or shutil.which("gcc") or "cc"
     app = root / "bin" / "app"
-    _run([cc, "-static", "-Os", "-o", str(app), str(HERE / "app.c")])
+    _run([cc, "-static", "-Os", *cclient.WARN, "-o", str(app), str(HERE / "app.c")])
     if shutil.which("strip"):
         _run(["strip", str(app)])
     pkg = workdir / "app.squashfs"

@@ -50,6 +50,11 @@ struct rocker_exec {
     size_t stack_size;
 };
 
+/* The entry points, loaded with ctypes (rocker_client/_native/__init__.py). */
+int rocker_join(const struct rocker_exec *e, int with_pid, const char **stage);
+unsigned long long rocker_app_cap_mask(void);
+int rocker_exec(const struct rocker_exec *e, int *app_pid);
+
 struct child_arg {
     const struct rocker_exec *e;
     sigset_t caller_mask; /* the app starts with the caller's mask, as a forked app would */

@@ -25,7 +25,7 @@ from ..request import RockerRequestModel
 from . import pkgopen
 from .host import HostContext
 from .net import loopback_up
-from .spawn import Spawned, parse_report, reap, send_mounts, start_guard, wait_ready
+from .spawn import SEND_STEP, Spawned, parse_report, reap, send_mounts, start_guard, wait_ready
 from .steps import BuildError, Step, as_build_error
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ class SendMounts(Step[BuildContext]):
     mounts alive after the rocker ends)."""
 
     def describe(self) -> str:
-        return "pass the mounts to the guard"
+        return SEND_STEP
 
     def execute(self, ctx: BuildContext) -> None:
         assert ctx.status is not None

@@ -11,15 +11,14 @@ the rocker up from inside (`rocker-guard --setup`). The event loop is blocked
 only for the clone and the maps; the exec and the guard's setup run while the
 daemon goes on. Until the child has exec'd it runs on a stack of ours and
 reads the spec we gave it: `Spawned.keep` holds them until the guard's ready
-byte, or until the child is reaped. The outcome arrives on the status socket:
+byte, or until the child is reaped.
 
-    "R"                  ready
-    "E<errno> <step>"    the child or the guard's setup failed at <step>
-    EOF                  the guard died
-
-The status fd is one end of a SOCK_SEQPACKET pair: the guard does what needs
-no mount first, and gets the mounts (their targets, then the fds) in one
-message on it, so rockerd can start the guard before it builds the mounts.
+What travels on the status socket (a SOCK_SEQPACKET pair), the guard's argv
+and fds are the guard protocol, defined once in rockerd/guard/rocker-guard-proto.h
+(read by ..guard.proto): the guard does what needs no mount first and gets the
+mounts (their targets, then the fds) in one message, so rockerd can start the
+guard before it builds the mounts; then "R" (ready), "E<errno> <step>" (the
+child or the guard's setup failed at <step>), or EOF (the guard died).
 """
 
 from __future__ import annotations
@@ -36,14 +35,17 @@ from functools import cache
 
 from rocker_sys import ns
 
-from ..guard import spawn_library
+from ..guard import proto, spawn_library
 from .steps import BuildError
 
-READY = b"R"
-STATUS_FD = 3  # rocker-spawn.c places the guard's end of the status socket here
+READY = proto.READY
+FAILED = proto.FAILED
+SEND_STEP = "pass the mounts to the guard"
 
 
 class _Spec(ctypes.Structure):
+    """struct rocker_spawn (rocker-spawn.c; tests/test_native_layout.py checks the layout)."""
+
     _fields_ = [
         ("ns_flags", ctypes.c_ulong),
         ("uid", ctypes.c_int),
@@ -84,8 +86,8 @@ def start_guard(name: str, uid: int, gid: int, guard_fd: int,
     """Start the guard; returns it and our end of its status socket. Raises BuildError.
 
     Safe on a worker thread: the call holds no lock, and the C part releases the GIL."""
-    argv_items = [name, str(STATUS_FD), f"{first_entry_timeout:g}", "--setup"]
-    argv = (ctypes.c_char_p * (len(argv_items) + 1))(*(a.encode() for a in argv_items), None)
+    argv_items = proto.guard_argv(name, first_entry_timeout)
+    argv = (ctypes.c_char_p * (len(argv_items) + 1))(*argv_items, None)
     stack = ctypes.create_string_buffer(STACK_SIZE)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     spec = _Spec(ns_flags, uid, gid, guard_fd, theirs.fileno(), argv, ctypes.addressof(stack), STACK_SIZE)
@@ -103,8 +105,15 @@ def start_guard(name: str, uid: int, gid: int, guard_fd: int,
 def send_mounts(status: socket.socket, mounts: list[tuple[str, int]]) -> None:
     """The targets, NUL-separated, with the detached mounts as SCM_RIGHTS, in attach order.
 
-    If the guard is already gone, its report says why (not our EPIPE)."""
-    data = b"\0".join(t.encode() for t, _ in mounts)
+    If the guard is already gone, its report says why (not our EPIPE). More mounts or a longer
+    target than the guard takes (rocker-guard-proto.h) are refused here, by name."""
+    if len(mounts) > proto.MAX_MOUNTS:
+        raise BuildError(SEND_STEP, errno.E2BIG, f"{len(mounts)} mounts, the guard takes {proto.MAX_MOUNTS}")
+    targets = [t.encode() for t, _ in mounts]
+    for t in targets:
+        if len(t) >= proto.TARGET_MAX:
+            raise BuildError(SEND_STEP, errno.ENAMETOOLONG, f"mount target of {len(t)} bytes: {t[:64]!r}...")
+    data = b"\0".join(targets)
     try:
         status.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (fd for _, fd in mounts)))])
     except OSError:
@@ -112,7 +121,7 @@ def send_mounts(status: socket.socket, mounts: list[tuple[str, int]]) -> None:
             report = status.recv(4096, socket.MSG_DONTWAIT)
         except OSError:
             report = b""
-        if report[:1] == b"E":
+        if report[:1] == FAILED:
             raise parse_report(report) from None
         raise
 
@@ -149,7 +158,7 @@ async def wait_ready(spawned: Spawned, status_r: int, timeout: float) -> None:
         spawned.keep = None  # the guard runs its own image now
         return
     reap(spawned)
-    if data[:1] == b"E":
+    if data[:1] == FAILED:
         raise parse_report(data)
     raise BuildError("start guard", errno.ECHILD, "the guard exited during setup")
 

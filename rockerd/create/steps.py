@@ -34,6 +34,9 @@ class BuildError(Exception):
 
 
 class Step(Generic[C]):
+    """One instance serves every build (STEPS is a module-level list), so a step keeps no state
+    of its own: what it makes goes into the context, where its undo and later steps find it."""
+
     def describe(self) -> str:
         raise NotImplementedError
 

@@ -38,6 +38,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rocker-guard-proto.h"
+
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif
@@ -189,12 +191,12 @@ static int scan(long self, int *event) {
 
 /* Setup failed before 'R': tell the daemon which step and why, as "E<errno> <step>". */
 static void setup_failed(int status, const char *step, const char *detail, int err) {
-    char b[512], num[12];
+    char b[ROCKER_GUARD_REPORT_MAX], num[12];
     size_t n = 0;
     int i = sizeof num - 1, e = err;
     num[i] = 0;
     do num[--i] = (char)('0' + e % 10); while ((e /= 10) && i);
-    b[n++] = 'E';
+    b[n++] = ROCKER_GUARD_FAILED;
     for (const char *p = num + i; *p;) b[n++] = *p++;
     b[n++] = ' ';
     for (const char *p = step; *p && n < sizeof b - 1;) b[n++] = *p++;
@@ -204,8 +206,8 @@ static void setup_failed(int status, const char *step, const char *detail, int e
     die(step, err, 1);
 }
 
-#define MAX_MOUNTS 64
-static char targets[MAX_MOUNTS * 4097]; /* NUL-separated paths; only what arrives is touched */
+#define MAX_MOUNTS ROCKER_GUARD_MAX_MOUNTS
+static char targets[MAX_MOUNTS * (ROCKER_GUARD_TARGET_MAX + 1)]; /* NUL-separated paths; only what arrives is touched */
 
 /* --setup: build the rocker from inside its fresh namespaces, as their root.
  * What needs no mount comes first, while rockerd still builds them; then one
@@ -249,7 +251,7 @@ int main(int argc, char **argv) {
     /* First of all: not dumpable, so processes of the same uid inside the
      * rocker cannot ptrace us or open our /proc files (fds, ns, mem). */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) die("prctl(PR_SET_DUMPABLE)", errno, 1);
-    int do_setup = argc == 4 && !strcmp(argv[3], "--setup");
+    int do_setup = argc == ROCKER_GUARD_ARGC && !strcmp(argv[3], ROCKER_GUARD_SETUP);
     if (argc < 2 || (argc > 3 && !do_setup))
         die("usage: <name> <status-fd> [<first-entry-timeout-seconds> [--setup]]", 0, 1);
     int status = (int)parse_uint(argv[1]); /* <= 999999999 */
@@ -287,7 +289,7 @@ int main(int argc, char **argv) {
     long initial = last_pid(), last = initial;
     if (initial < 0) die("read /proc/sys/kernel/ns_last_pid", errno, 1);
 
-    if (write(status, "R", 1) != 1) die("write status fd", errno, 1);
+    if (write(status, &(char){ ROCKER_GUARD_READY }, 1) != 1) die("write status fd", errno, 1);
     close(status);
 
     long long start = now_ms(), first_deadline = start + first_ms, grace_deadline = 0;

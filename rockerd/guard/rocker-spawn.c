@@ -33,6 +33,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "rocker-guard-proto.h"
+
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
 #endif
@@ -43,7 +45,7 @@
 #define SYS_close_range 436
 #endif
 
-#define STATUS_FD 3 /* where the guard finds its status socket (the mounts come over it) */
+#define STATUS_FD ROCKER_GUARD_STATUS_FD /* where the guard finds its status socket (the mounts come over it) */
 #define MIN_STACK (16 * 1024)
 
 struct rocker_spawn {
@@ -51,10 +53,12 @@ struct rocker_spawn {
     int uid, gid;           /* the app's: the user namespace is owned by uid, maps 0 -> uid, 0 -> gid */
     int guard_fd;           /* the guard binary, opened O_PATH by the daemon */
     int status_fd;          /* the guard's end of the status socket: becomes STATUS_FD */
-    char *const *argv;      /* the guard's argv; argv[1] must be "3" */
+    char *const *argv;      /* the guard's argv (rocker-guard-proto.h); argv[1] is STATUS_FD */
     void *stack;            /* the child's stack, at least MIN_STACK bytes */
     size_t stack_size;
 };
+
+int rocker_spawn(const struct rocker_spawn *s, int *pidfd); /* the entry point, loaded with ctypes */
 
 struct child_arg {
     const struct rocker_spawn *s;
@@ -64,7 +68,7 @@ struct child_arg {
 /* "E<errno> <step>" on the status pipe: the same report a failed guard setup gives. */
 static void report(int fd, const char *step, int err) {
     char b[128];
-    int n = snprintf(b, sizeof b, "E%d %s", err, step);
+    int n = snprintf(b, sizeof b, "%c%d %s", ROCKER_GUARD_FAILED, err, step);
     if (n > 0 && syscall(SYS_write, fd, b, (size_t)n) < 0) {}
 }
 
