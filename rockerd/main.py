@@ -16,6 +16,7 @@ import time
 from rocker_client.wire import DEFAULT_SOCKET
 
 from . import __version__, journal, kernel, sd
+from .cgroups.options import add_cgroup_options, limit_policy
 from .create import net, spawn
 from .guard import guard_binary
 from .service import RockerService, ServiceConfig
@@ -65,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-exit", type=float, default=0.0, metavar="SEC",
                    help="exit after SEC seconds with no live rockers and no clients (for socket activation: "
                         "systemd starts rockerd again on the next connection); 0, the default, never exits")
+    add_cgroup_options(p)
     args = p.parse_args(argv)
     try:
         limits(args).check()
@@ -176,7 +178,8 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
     service = RockerService(guard_fd, ServiceConfig(
         max_rockers=args.max_rockers, max_rockers_per_uid=args.max_rockers_per_uid,
         first_entry_timeout=args.first_entry_timeout, state_dir=args.state_dir,
-        warm_budget=int(args.warm_mib * (1 << 20)), allow_nested_callers=args.allow_nested_callers))
+        warm_budget=int(args.warm_mib * (1 << 20)), allow_nested_callers=args.allow_nested_callers,
+        cgroups=args.cgroups, limit_policy=limit_policy(args)))
     server = VarlinkServer(
         vendor="rocker", product="rockerd", version=__version__, url="https://github.com/rocker-sandbox/rocker",
         interfaces=[service.interface()], log=logging.getLogger("rockerd.varlink"),

@@ -477,8 +477,10 @@ def render_structs() -> str:
     for name, info in model.model_fields.items():
         py = _py_type(idl_type(info.annotation))
         line = f"    {name}: {py} = {_client_default(info, py)}"
-        if info.description:
+        if info.description and len(line) + len(info.description) + 4 <= 120:
             line += f"  # {info.description}"
+        elif info.description:  # too long for one line: the comment goes above the field
+            lines += textwrap.wrap(info.description, 116, initial_indent="    # ", subsequent_indent="    # ")
         lines.append(line)
         extra = info.json_schema_extra
         if not isinstance(extra, dict) or "cli" not in extra:
@@ -489,8 +491,10 @@ def render_structs() -> str:
               '        """the request as the parameters of `io.rocker.Rocker.Create`."""',
               "        params = {name: getattr(self, name) for name in REQUEST_FIELDS}",
               "        return {k: list(v) if isinstance(v, list) else v for k, v in params.items() if v is not None}",
-              "", "", f"REQUEST_FIELDS = ({names}{',' if len(model.model_fields) == 1 else ''})",
-              "# `rocker run`'s option for each field"]
+              "", ""]
+    lines += textwrap.wrap(f"REQUEST_FIELDS = ({names}{',' if len(model.model_fields) == 1 else ''})", 116,
+                           subsequent_indent=" " * 18, break_long_words=False, break_on_hyphens=False)
+    lines += ["# `rocker run`'s option for each field"]
     lines += textwrap.wrap("OPTION_OF_FIELD = {" + ", ".join(options) + "}", 116, subsequent_indent=" " * 19,
                            break_long_words=False, break_on_hyphens=False)
     body = BEGIN + "\n".join(lines) + "\n" + END

@@ -57,7 +57,7 @@ def _spawn_pool() -> ThreadPoolExecutor:
 
 async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | None, packages: PackageCache,
                        slots: WorkSlots, guard_fd: int, first_entry_timeout: float = 10.0,
-                       ready_timeout: float = 5.0) -> Built:
+                       ready_timeout: float = 5.0, cgroup_fds: list[int] | None = None) -> Built:
     """Build one rocker or undo everything and raise BuildError naming the failed step.
 
     The guard is started on a worker thread while this one builds the mounts: the clone into
@@ -67,7 +67,7 @@ async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | Non
     """
     loop = asyncio.get_running_loop()
     starting = loop.run_in_executor(_spawn_pool(), start_guard, name, req.uid, req.gid, guard_fd,
-                                    first_entry_timeout)
+                                    first_entry_timeout, cgroup_fds or ())
     ctx = HostContext(req, name, caller, packages, slots)
     dirs, package = host_steps(), package_steps()
     steps = [*dirs, *package]

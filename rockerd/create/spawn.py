@@ -53,6 +53,8 @@ class _Spec(ctypes.Structure):
         ("argv", ctypes.POINTER(ctypes.c_char_p)),
         ("stack", ctypes.c_void_p),
         ("stack_size", ctypes.c_size_t),
+        ("cgroup_fds", ctypes.POINTER(ctypes.c_int)),
+        ("n_cgroup_fds", ctypes.c_int),
     ]
 
 
@@ -79,8 +81,8 @@ class Spawned:
     keep: object = None  # the child's stack and spec: alive until it has exec'd or is reaped
 
 
-def start_guard(name: str, uid: int, gid: int, guard_fd: int,
-                first_entry_timeout: float) -> tuple[Spawned, socket.socket]:
+def start_guard(name: str, uid: int, gid: int, guard_fd: int, first_entry_timeout: float,
+                cgroup_fds: list[int] | tuple[int, ...] = ()) -> tuple[Spawned, socket.socket]:
     """Start the guard; returns it and our end of its status socket. Raises BuildError.
 
     Safe on a worker thread: the call holds no lock, and the C part releases the GIL."""
@@ -88,7 +90,9 @@ def start_guard(name: str, uid: int, gid: int, guard_fd: int,
     argv = (ctypes.c_char_p * (len(argv_items) + 1))(*(a.encode() for a in argv_items), None)
     stack = ctypes.create_string_buffer(STACK_SIZE)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    spec = _Spec(ns.ROCKER_NS, uid, gid, guard_fd, theirs.fileno(), argv, ctypes.addressof(stack), STACK_SIZE)
+    cgroups = (ctypes.c_int * max(1, len(cgroup_fds)))(*cgroup_fds)  # the guard joins these before it runs
+    spec = _Spec(ns.ROCKER_NS, uid, gid, guard_fd, theirs.fileno(), argv, ctypes.addressof(stack), STACK_SIZE,
+                 cgroups, len(cgroup_fds))
     pidfd = ctypes.c_int(-1)
     try:
         pid = _rocker_spawn()(ctypes.byref(spec), ctypes.byref(pidfd))
@@ -97,7 +101,7 @@ def start_guard(name: str, uid: int, gid: int, guard_fd: int,
     if pid < 0:
         ours.close()
         raise BuildError("start guard", -pid, f"clone: {os.strerror(-pid)}")
-    return Spawned(pid, pidfd.value, (stack, spec, argv)), ours
+    return Spawned(pid, pidfd.value, (stack, spec, argv, cgroups)), ours
 
 
 def send_mounts(status: socket.socket, mounts: list[tuple[str, int]]) -> None:
