@@ -206,6 +206,7 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
         await serving
     finally:
         life.close()
+        service.cgroups.flush()  # rockers that ended just now: their cgroups go with us, not at the next start
     log.info("rockerd stopped; %d live rockers keep running", len(service.registry))
 
 

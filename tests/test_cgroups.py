@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from daemon import Daemon, start_daemon
 from rockers import make_req, wait_gone
+from test_c_client import cbuild, req_args  # noqa: F401 (cbuild: the C client's build fixture)
+from test_c_client import enter as c_enter
 
 from rocker_client import Exec, RockerErr, enter, enter_rocker, wire
 from rockerd.cgroups import detect
@@ -447,3 +449,11 @@ def test_the_cgroup_fds_of_a_reply_move_no_other_users_process(nonroot: Any) -> 
     finally:
         os.kill(victim, signal.SIGKILL)
         os.waitpid(victim, 0)
+
+
+def test_the_c_clients_app_is_in_the_cgroup(cbuild: Any, base: Path, pkg: Path) -> None:  # noqa: F811
+    """librocker_client (clients/c): the seed's struct has no limit fields, so rockerd's defaults apply."""
+    out = c_enter(cbuild, *req_args(base, pkg, uid=1000, gid=1000))
+    assert out["err_no"] == "0", out
+    assert in_rocker_cgroup(out["in.cgroup"].replace(";", "\n"), out["guard_pname"]), out["in.cgroup"]
+    _wait_removed(out["guard_pname"])

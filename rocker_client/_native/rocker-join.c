@@ -73,8 +73,11 @@ const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid)
 const char *rocker_join_cgroups(const int *fds, int n)
 {
     for (int i = 0; i < n; i++)
-        if (syscall(SYS_write, fds[i], "0", 1) != 1)
+        if (syscall(SYS_write, fds[i], "0", 1) != 1) {
+            if (errno == ENODEV) /* the cgroup was removed: its rocker ended, as ESRCH says elsewhere */
+                errno = ESRCH;
             return "join the rocker's cgroup";
+        }
     return NULL;
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from .. import journal
@@ -25,6 +26,7 @@ class CgroupManager:
         self.tree = CgroupTree(hierarchy)
         self.policy = policy or LimitPolicy()
         self.live: dict[str, tuple[RockerCgroup, Limits]] = {}
+        self.pending: set[str] = set()  # ended rockers whose cgroup is still busy (a retry is scheduled)
         if self.tree.enabled:
             try:
                 self.tree.setup()
@@ -107,9 +109,24 @@ class CgroupManager:
             self.check_oom(cg)
         return {"limits": limits.as_info(), "usage": u.as_info() if u else None}
 
+    def flush(self, timeout: float = 1.0) -> None:
+        """At rockerd's exit: remove the cgroups of rockers that have ended (no process left), waiting
+        up to `timeout` for those on their way out; live rockers keep theirs (a later rockerd adopts them)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for name in [*self.live, *self.pending]:
+                if self.tree.empty(name) and self.tree.remove(name):
+                    self.live.pop(name, None)
+                    self.pending.discard(name)
+            if not self.pending or time.monotonic() >= deadline:
+                return
+            time.sleep(0.02)
+
     def _remove(self, name: str, attempt: int) -> None:
         if self.tree.remove(name) or not self.tree.enabled:
+            self.pending.discard(name)
             return
+        self.pending.add(name)
         if attempt >= len(REMOVE_RETRIES):
             log.warning("cgroups: %s's cgroup is still busy; left in place (rockerd's next start removes it)",
                         name)

@@ -215,6 +215,16 @@ class CgroupTree:
             return Limits()
         return Limits(memory, None if pids == "max" else int(pids), None if quota < 0 else quota / period)
 
+    def empty(self, name: str) -> bool:
+        """No process left in the rocker's cgroup (or no cgroup at all)."""
+        for d in self.dirs_of(name):
+            try:
+                if _read(os.path.join(d, "cgroup.procs")).strip():
+                    return False
+            except OSError:
+                continue
+        return True
+
     def exists(self, name: str) -> bool:
         return bool(self.bases) and all(os.path.isdir(d) for d in self.dirs_of(name))
 
