@@ -229,8 +229,11 @@ class CgroupTree:
         return bool(self.bases) and all(os.path.isdir(d) for d in self.dirs_of(name))
 
     def remove(self, name: str) -> bool:
-        """Kill what is left in the rocker's cgroup and remove it; False if a dir is still busy
-        (processes on their way out: try again shortly)."""
+        """Remove the rocker's cgroup; False if a dir is still busy (try again shortly).
+
+        Nothing is killed here: the guard's end kills every process of its PID namespace, and what
+        may still be in the cgroup is on its way out (a launcher's intermediate that joined just as
+        the rocker ended: its clone of the app then fails, and it reports the rocker gone)."""
         done = True
         for d in self.dirs_of(name):
             try:
@@ -241,25 +244,8 @@ class CgroupTree:
                 if e.errno != errno.EBUSY:
                     log.warning("cannot remove the cgroup %s of %s: %s", d, name, e.strerror)
                     continue
-                self._kill(d)
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    done = False
+                done = False
         return done
-
-    def _kill(self, d: str) -> None:
-        """Only the rocker's own processes are there: its guard and app, their children, and
-        processes of the app's uid that its launcher moved in itself (the fd allows no other)."""
-        kill = os.path.join(d, "cgroup.kill")
-        if os.path.exists(kill):
-            with contextlib.suppress(CgroupError):
-                _write(kill, "1", "kill")
-            return
-        with contextlib.suppress(OSError):
-            for pid in _read(os.path.join(d, "cgroup.procs")).split():
-                with contextlib.suppress(OSError):
-                    os.kill(int(pid), 9)
 
     def leftovers(self) -> set[str]:
         """Names of the rocker cgroups under the bases (for adoption's sweep)."""
