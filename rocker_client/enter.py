@@ -75,12 +75,13 @@ def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: 
     try:
         guard_pid, name = int(reply["guard_pid"]), str(reply["guard_pname"])
         ns_fds = [_ns_fd(fds, reply["namespaces"], n) for n in NS_ORDER]
+        cgroup_fds = [fds[int(i)] for i in reply.get("cgroups") or []]  # the app joins them (rocker-join.h)
     except (KeyError, TypeError, ValueError, IndexError) as e:
         for fd in fds:
             os.close(fd)
         return RockerResult.failed(RockerErr.recv_resp_failed, Cause("receive", f"malformed Create reply: {e!r}"))
     try:
-        err, app_pid, cause = _start_inside(ns_fds, app, app_args)
+        err, app_pid, cause = _start_inside(ns_fds, app, app_args, cgroup_fds)
     except NativeMissing as e:
         err, app_pid, cause = RockerErr.sys, 0, Cause("enter", str(e))
     finally:
@@ -98,10 +99,11 @@ def _ns_fd(fds: list[int], namespaces: dict[str, Any], name: str) -> int:
     return fds[int(namespaces[name])]
 
 
-def _start_inside(ns_fds: list[int], app: App, app_args: Any) -> Started:
+def _start_inside(ns_fds: list[int], app: App, app_args: Any, cgroup_fds: list[int] | None = None) -> Started:
     if isinstance(app, Exec):
-        return execapp.start(ns_fds, app)  # no fork of ours at all
-    join = prepare_join(ns_fds)  # here once, not in every fork of ours
+        return execapp.start(ns_fds, app, cgroup_fds)  # no fork of ours at all
+    join = prepare_join(ns_fds, cgroup_fds)  # here once, not in every fork of ours
+    ns_fds = ns_fds + (cgroup_fds or [])  # the app closes all of them before it runs
     if os.geteuid() == 0 and _single_threaded():
         started = _start_direct(ns_fds, join, app, app_args)
         if started is not None:

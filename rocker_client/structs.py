@@ -24,6 +24,11 @@ class RockerRequest:
     app_overlay_dirs: list[str] = field(default_factory=list)  # host dirs to overlay copy-on-write (at most 16)
     network: str | None = None  # none (lo only), host or bridge; unset: rockerd's default
     publish: list[str] = field(default_factory=list)  # host ports to the app ("8080:80", "53:53/udp")
+    # the most memory (bytes, RAM and swap) its processes may use together; the kernel OOM-kills inside the rocker
+    # beyond it (absent: rockerd's default)
+    memory_max: int | None = None
+    pids_max: int | None = None  # the most processes and threads it may have at once (absent: rockerd's default)
+    cpu_max: float | None = None  # the most CPU time it may use, in CPUs (0.5: half of one; absent: rockerd's default)
 
     def to_params(self) -> dict[str, object]:
         """the request as the parameters of `io.rocker.Rocker.Create`."""
@@ -32,11 +37,12 @@ class RockerRequest:
 
 
 REQUEST_FIELDS = ("app_id", "uid", "gid", "app_pkg_path", "app_exec_dir", "app_data_dir", "app_overlay_dirs",
-                  "network", "publish")
+                  "network", "publish", "memory_max", "pids_max", "cpu_max")
 # `rocker run`'s option for each field
 OPTION_OF_FIELD = {"app_id": "--app-id", "uid": "--uid", "gid": "--gid", "app_pkg_path": "--pkg", "app_exec_dir":
                    "--exec-dir", "app_data_dir": "--data-dir", "app_overlay_dirs": "--overlay", "network":
-                   "--network", "publish": "--publish"}
+                   "--network", "publish": "--publish", "memory_max": "--memory", "pids_max": "--pids", "cpu_max":
+                   "--cpus"}
 # END GENERATED
 
 

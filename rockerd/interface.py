@@ -15,6 +15,10 @@ RUNTIME_FIELDS = """\
   created: float,
   caller_uid: int"""
 
+CGROUP_FIELDS = """\
+  limits: Limits,
+  usage: ?Usage"""
+
 DESCRIPTION = f"""\
 # rocker: app sandboxes built from read-only squashfs packages.
 # A rocker is a guard process, PID 1 of new user, mount, PID, UTS, IPC and
@@ -34,15 +38,34 @@ type Namespaces (
   ipc: int
 )
 
-# One live rocker.
+# The limits a rocker's cgroup holds (null: none); from the request, else rockerd's defaults.
+type Limits (
+  memory_max: ?int,
+  pids_max: ?int,
+  cpu_max: ?float
+)
+
+# What a rocker's processes use now, from its cgroup: memory in bytes, CPU time
+# in microseconds, tasks, and processes the kernel OOM-killed at memory_max.
+type Usage (
+  memory: int,
+  cpu_usec: int,
+  procs: int,
+  oom_kills: int
+)
+
+# One live rocker; usage is null where it has no cgroup (limits off).
 type RockerInfo (
 {RUNTIME_FIELDS},
+{CGROUP_FIELDS},
 {idl_fields(RockerRequestModel, optional_if_defaulted=False)}
 )
 
 # Build a rocker. The parameters are the fields of the C RockerRequest.
 # The reply carries the RockerResult fields; app_pid is 0 (the client starts
-# the app) and the namespace fds travel beside the reply.
+# the app) and the namespace fds travel beside the reply, with the rocker's
+# cgroup.procs fds (cgroups: their indexes), which the app writes "0" to
+# before it runs.
 method Create(
 {idl_fields(RockerRequestModel, optional_if_defaulted=True)}
 ) -> (
@@ -50,7 +73,8 @@ method Create(
   app_pid: int,
   guard_pid: int,
   guard_pname: string,
-  namespaces: Namespaces
+  namespaces: Namespaces,
+  cgroups: ?[]int
 )
 
 # The live rockers.

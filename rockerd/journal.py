@@ -23,6 +23,7 @@ ENDED = "ended"
 REFUSED = "refused"
 FAILED = "failed"
 ADOPTED = "adopted"
+OOM = "oom"  # the kernel killed a process of a rocker at its memory_max
 
 # One fixed MESSAGE_ID per event kind (generated once; never change them: people filter on them).
 MESSAGE_IDS = {
@@ -31,6 +32,7 @@ MESSAGE_IDS = {
     REFUSED: "52cc70df1cce4897a1ccba4f2f2464c5",
     FAILED: "c0c98fe41202443cbe8a2e6a067bf433",
     ADOPTED: "30d24b4ffe2b49d8b3bd8520c5549e01",
+    OOM: "8c1f3d2a5b6e4f70a9d1c2b3e4f5a6b7",
 }
 # Event fields whose journal name is not ROCKER_<NAME>: journald already knows them.
 _FIELD_NAMES = {"errno": "ERRNO"}

@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv4Network
 from rocker_client.wire import DEFAULT_SOCKET
 
 from . import __version__, journal, kernel, sd
+from .cgroups.options import add_cgroup_options, limit_policy
 from .create import net, spawn
 from .guard import guard_binary
 from .network import DEFAULT_BRIDGE, DEFAULT_SUBNET, MODES, NetConfig
@@ -76,6 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-exit", type=float, default=0.0, metavar="SEC",
                    help="exit after SEC seconds with no live rockers and no clients (for socket activation: "
                         "systemd starts rockerd again on the next connection); 0, the default, never exits")
+    add_cgroup_options(p)
     args = p.parse_args(argv)
     try:
         limits(args).check()
@@ -206,7 +208,8 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
         first_entry_timeout=args.first_entry_timeout, state_dir=args.state_dir,
         warm_budget=int(args.warm_mib * (1 << 20)), allow_nested_callers=args.allow_nested_callers,
         network=NetConfig(args.default_network, args.bridge_subnet, args.bridge_name, tuple(args.bridge_dns),
-                          os.path.abspath(args.state_dir) + "-net")))
+                          os.path.abspath(args.state_dir) + "-net"),
+        cgroups=args.cgroups, limit_policy=limit_policy(args)))
     server = VarlinkServer(
         vendor="rocker", product="rockerd", version=__version__, url="https://github.com/rocker-sandbox/rocker",
         interfaces=[service.interface()], log=logging.getLogger("rockerd.varlink"),
@@ -234,6 +237,7 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
     finally:
         life.close()
         service.network.close()
+        service.cgroups.flush()  # rockers that ended just now: their cgroups go with us, not at the next start
     log.info("rockerd stopped; %d live rockers keep running", len(service.registry))
 
 

@@ -36,7 +36,12 @@ PATH_MAX_BYTES: Final = 4095  # PATH_MAX (4096) includes the terminating NUL
 NAME_MAX_BYTES: Final = 255
 KERNEL_FS_ROOTS: Final = ("/proc", "/sys", "/dev")
 
-_RANGES: Final = {"app_id": (0, APP_ID_MAX), "uid": (0, UID_MAX), "gid": (0, UID_MAX)}
+MEMORY_MIN: Final = 1 << 20  # below a MiB not even the app's first exec fits
+MEMORY_MAX: Final = 1 << 62
+PIDS_MAX: Final = 1 << 22  # the kernel's PID_MAX_LIMIT
+CPUS_MAX: Final = 4096.0
+_RANGES: Final = {"app_id": (0, APP_ID_MAX), "uid": (0, UID_MAX), "gid": (0, UID_MAX),
+                  "memory_max": (MEMORY_MIN, MEMORY_MAX), "pids_max": (1, PIDS_MAX)}
 
 
 class RequestInvalid(Exception):
@@ -218,6 +223,16 @@ class RockerRequestModel(BaseModel):
     publish: Annotated[list[PublishSpec], Field(max_length=MAX_PUBLISH), AfterValidator(_publish_list)] = Field(
         default_factory=list, description='host ports to the app ("8080:80", "53:53/udp")',
         json_schema_extra=_cli("--publish", "HOST:PORT[/udp]"))
+    memory_max: Annotated[int, Field(ge=MEMORY_MIN, le=MEMORY_MAX)] | None = Field(
+        None, description="the most memory (bytes, RAM and swap) its processes may use together; the kernel "
+        "OOM-kills inside the rocker beyond it (absent: rockerd's default)",
+        json_schema_extra=_cli("--memory", "SIZE"))
+    pids_max: Annotated[int, Field(ge=1, le=PIDS_MAX)] | None = Field(
+        None, description="the most processes and threads it may have at once (absent: rockerd's default)",
+        json_schema_extra=_cli("--pids", "N"))
+    cpu_max: Annotated[float, Field(gt=0, le=CPUS_MAX)] | None = Field(
+        None, description="the most CPU time it may use, in CPUs (0.5: half of one; absent: rockerd's default)",
+        json_schema_extra=_cli("--cpus", "CPUS"))
 
     @model_validator(mode="after")
     def _cross_field(self) -> RockerRequestModel:
@@ -275,6 +290,10 @@ def _reason(err: dict[str, Any], field: str) -> str:
         return "must be a string"
     if kind == "list_type":
         return "must be a list of strings"
+    if kind in ("float_type", "float_parsing"):
+        return "must be a number"
+    if kind in ("greater_than", "less_than_equal") and field == "cpu_max":
+        return f"out of range: must be above 0 and at most {CPUS_MAX:g}"
     if kind in ("greater_than_equal", "less_than_equal") and field in _RANGES:
         lo, hi = _RANGES[field]
         return f"out of range: must be {lo}..{hi}"

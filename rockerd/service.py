@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from rocker_sys import ns
 
 from . import interface, journal, kernel, policy
+from .cgroups import CgroupError, CgroupManager, LimitPolicy, LimitRefused, Limits, RockerCgroup, detect
 from .create import NS_NAMES, BuildError, PackageCache, WorkSlots, build_rocker
 from .create.warm import DEFAULT_BUDGET
 from .network import NetConfig, Network
 from .registry import Registry, Rocker
-from .request import RequestInvalid, parse_request
+from .request import RequestInvalid, RockerRequestModel, parse_request
 from .state import StateDir, matches, proc_starttime
 from .varlink.server import Call, Interface, Reply, VarlinkError
 
@@ -37,6 +38,8 @@ class ServiceConfig:
     warm_budget: int = DEFAULT_BUDGET
     allow_nested_callers: bool = False
     network: NetConfig = field(default_factory=NetConfig)
+    cgroups: str = "auto"  # "auto", "v2", "v1", "none" (cgroups/detect.py)
+    limit_policy: LimitPolicy | None = None
 
 
 class RockerService:
@@ -48,6 +51,7 @@ class RockerService:
         self.slots = WorkSlots()
         self.state = StateDir(self.config.state_dir)
         self.network = Network(self.config.network)
+        self.cgroups = CgroupManager(detect(want=self.config.cgroups), self.config.limit_policy)
         self._adopt()
 
     def interface(self) -> Interface:
@@ -71,13 +75,16 @@ class RockerService:
             raise VarlinkError(ERR + "PermissionDenied", {"reason": str(e)}) from None
         self._check_limits(peer.uid, req.uid)
         name = self.registry.reserve_name()
+        cg, built = None, None
         try:
+            cg, limits = self._cgroup_for(name, req, peer.uid)
             plan = self.network.plan(name, req, peer.uid)
             req = req.model_copy(update={"network": plan.mode})  # List and the record show the mode it got
             built = await build_rocker(req, name, caller=peer, packages=self.packages, slots=self.slots,
                                        guard_fd=self.guard_fd,
                                        first_entry_timeout=self.config.first_entry_timeout,
-                                       ready_timeout=self.config.ready_timeout, net=(self.network, plan))
+                                       ready_timeout=self.config.ready_timeout, net=(self.network, plan),
+                                       cgroup_fds=cg.guard_fds if cg else None)
         except policy.Denied as e:
             self.network.release(name)
             self._refuse(peer.uid, str(e))
@@ -93,9 +100,12 @@ class RockerService:
             raise
         finally:
             self.registry.release_name(name)
+            if built is None:
+                self.cgroups.discard(cg)
         rocker = Rocker(name=name, pid=built.pid, pidfd=built.pidfd, request=req, caller_uid=peer.uid,
                         pkg_key=built.pkg_key, work_slot=built.work_slot)
         self.registry.add(rocker)
+        self.cgroups.started(cg, limits)
         try:
             self.state.save(rocker.record(proc_starttime(built.pid)))
         except OSError as e:  # the rocker works; only a restarted rockerd could not re-adopt it
@@ -105,18 +115,34 @@ class RockerService:
                       f"uid={req.uid} gid={req.gid} for caller uid {peer.uid} in {ms:.1f} ms",
                       guard_name=name, guard_pid=built.pid, app_id=req.app_id, uid=req.uid, gid=req.gid,
                       caller_uid=peer.uid)
-        return Reply({"err_no": 0, "app_pid": 0, "guard_pid": built.pid, "guard_pname": name,
-                      "namespaces": {n: i for i, n in enumerate(n for n in NS_NAMES if n in built.ns_fds)}},
-                     [built.ns_fds[n] for n in NS_NAMES if n in built.ns_fds])
+        names = [n for n in NS_NAMES if n in built.ns_fds]  # host network: no net fd
+        fds = [built.ns_fds[n] for n in names]
+        reply = {"err_no": 0, "app_pid": 0, "guard_pid": built.pid, "guard_pname": name,
+                 "namespaces": {n: i for i, n in enumerate(names)}}
+        if cg is not None:  # the app joins through these before it runs (rocker-join.c)
+            reply["cgroups"] = list(range(len(fds), len(fds) + len(cg.procs_fds)))
+            fds += cg.procs_fds
+            cg.procs_fds = []  # the reply's now: closed once sent
+        return Reply(reply, fds)
+
+    def _cgroup_for(self, name: str, req: RockerRequestModel, caller_uid: int) -> tuple[RockerCgroup | None, Limits]:
+        try:
+            return self.cgroups.prepare(name, req, caller_uid)
+        except LimitRefused as e:
+            self._refuse(caller_uid, f"invalid request: {e}")
+            raise VarlinkError(ERR + "InvalidRequest", {"field": e.field, "reason": e.reason}) from None
+        except CgroupError as e:
+            raise BuildError("create the rocker's cgroup", e.errno, str(e)) from None
 
     async def list(self, call: Call) -> Reply:
         self._check_caller_ns(call)
-        rockers = [r.info() for r in self.registry if call.peer.uid in (0, r.uid, r.caller_uid)]
+        rockers = [r.info() | self.cgroups.info(r.name) for r in self.registry
+                   if call.peer.uid in (0, r.uid, r.caller_uid)]
         return Reply({"rockers": rockers})
 
     async def kernel(self, call: Call) -> Reply:
         k = kernel.current()
-        return Reply({"release": k.release, "paths": k.paths()})
+        return Reply({"release": k.release, "paths": [*k.paths(), self.cgroups.status()]})
 
     async def kill(self, call: Call) -> Reply:
         p = call.parameters
@@ -167,11 +193,13 @@ class RockerService:
         self.network.release(rocker.name)
         self.slots.give_back(rocker.request.app_data_dir, rocker.work_slot)
         self.state.remove(rocker.name)
+        self.cgroups.ended(rocker.name, rocker.pid)
 
     def _adopt(self) -> None:
         """Take back the rockers a previous rockerd left running; drop records of ones that are gone."""
         self._adopt_records()
         self.network.adopted(r.name for r in self.registry)
+        self.cgroups.sweep({r.name for r in self.registry})
 
     def _adopt_records(self) -> None:
         for rec in self.state.load():
@@ -198,6 +226,7 @@ class RockerService:
                                      created=rec.created, started=time.monotonic() - age, work_slot=rec.work_slot))
             self.slots.hold(req.app_data_dir, rec.work_slot)
             self.network.adopt(rec.name, req.network or "none")
+            self.cgroups.adopt(rec.name)
             journal.event(journal.ADOPTED, f"adopted {rec.name} (guard pid {rec.pid}) left by an earlier rockerd",
                           guard_name=rec.name, guard_pid=rec.pid, app_id=req.app_id, uid=req.uid,
                           caller_uid=rec.caller_uid)

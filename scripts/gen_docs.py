@@ -106,7 +106,8 @@ def _example_create(members: dict[str, Member]) -> tuple[dict[str, Any], dict[st
                          f"sends {sent}: make them agree (is rocker_client/structs.py current?)")
     ns_names = _fields(members["Namespaces"].text)
     reply = {"parameters": {"err_no": 0, "app_pid": 0, "guard_pid": 48213, "guard_pname": "rk-0a1b2c3d",
-                            "namespaces": {n: i for i, n in enumerate(ns_names)}}}
+                            "namespaces": {n: i for i, n in enumerate(ns_names)},
+                            "cgroups": [len(ns_names) + i for i in range(4)]}}  # v1: memory, pids, cpu, cpuacct
     if sorted(reply["parameters"]) != sorted(_fields(members["Create"].text, 1)):
         raise SystemExit("gen_docs: the example Create reply no longer matches the interface description")
     return call, reply
@@ -132,7 +133,10 @@ Clients look for it at `$ROCKER_SOCKET` if that is set (`rocker` also takes
   but no io.rocker.Rocker method streams; `"upgrade"` is refused.
 - The namespace handles of a new rocker travel as file descriptors
   (`SCM_RIGHTS`) on the `Create` reply; its `namespaces` field gives the
-  index of each among them. They are the caller's to close. rockerd accepts
+  index of each among them, and its `cgroups` field the indexes of the
+  rocker's `cgroup.procs` files, which the process that becomes the app
+  writes `0` to before it runs (docs/security.md). They are the caller's to
+  close. rockerd accepts
   no file descriptors from clients (it closes any it receives).
 - rockerd reads the caller's credentials from the socket (`SO_PEERCRED`) at
   connect time: root may ask for any uid/gid, anyone else only for their own
@@ -477,8 +481,10 @@ def render_structs() -> str:
     for name, info in model.model_fields.items():
         py = _py_type(idl_type(info.annotation))
         line = f"    {name}: {py} = {_client_default(info, py)}"
-        if info.description:
+        if info.description and len(line) + len(info.description) + 4 <= 120:
             line += f"  # {info.description}"
+        elif info.description:  # too long for one line: the comment goes above the field
+            lines += textwrap.wrap(info.description, 116, initial_indent="    # ", subsequent_indent="    # ")
         lines.append(line)
         extra = info.json_schema_extra
         if not isinstance(extra, dict) or "cli" not in extra:

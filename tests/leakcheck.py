@@ -47,7 +47,7 @@ BUILTIN_IGNORE = (re.compile(r"^mount: /run/netns \(type (?!nsfs)"),)
 class Resource:
     """One piece of host state; equality is by (kind, key) so snapshots compare as sets."""
 
-    kind: str  # "mount" | "loop" | "netns" | "process" | "namespace"
+    kind: str  # "mount" | "loop" | "netns" | "process" | "namespace" | "cgroup"
     key: tuple[str | int, ...]
     detail: str = field(compare=False)
 
@@ -198,6 +198,32 @@ def _under_foreign_pytest(p: _Proc, procs: dict[int, _Proc], root_pid: int) -> b
     return False
 
 
+def _cgroup_roots(mountinfo: str) -> Iterator[str]:
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        parts = left.split()
+        if right.split()[:1] in (["cgroup"], ["cgroup2"]) and len(parts) > 4 and parts[3] == "/":
+            yield _unescape(parts[4])
+
+
+def rocker_cgroups(mountinfo: str, depth: int = 6) -> Iterator[Resource]:
+    """Rockers' cgroups (…/rocker/rk-*, docs/operations.md) in every cgroup hierarchy: rockerd removes
+    each when its rocker ends."""
+    for root in dict.fromkeys(_cgroup_roots(mountinfo)):
+        stack = [(root, 0)]
+        while stack:
+            path, level = stack.pop()
+            try:
+                entries = [e for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+            except OSError:
+                continue
+            for e in entries:
+                if e.name.startswith("rk-") and os.path.basename(path) == "rocker":
+                    yield Resource("cgroup", (e.path,), f"cgroup {e.path}")
+                elif level < depth:
+                    stack.append((e.path, level + 1))
+
+
 def own_namespaces(pid: int) -> Iterator[Resource]:
     """pytest itself must stay in the host namespaces; an in-process unshare/setns leaks into every later test."""
     for ns in _OWN_NAMESPACES:
@@ -249,8 +275,10 @@ class Scanner:
         return b"".join(chunks).decode(errors="surrogateescape")
 
     def snapshot(self) -> frozenset[Resource]:
+        mountinfo = self._mount_text()
         found: list[Iterable[Resource]] = [
-            parse_mountinfo(self._mount_text()),
+            parse_mountinfo(mountinfo),
+            rocker_cgroups(mountinfo),
             loop_devices(),
             named_netns(),
             processes(self.root_pid),

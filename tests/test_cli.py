@@ -441,16 +441,16 @@ def test_ps_and_inspect_agree_with_the_daemon(busy_rocker: tuple[subprocess.Pope
     assert mine["processes"] == 4
 
     table = rocker("ps").stdout.splitlines()
-    assert table[0].split() == ["NAME", "APP", "ID", "UID", "GUARD", "PID", "AGE", "PROCS", "PACKAGE"]
+    assert table[0].split() == ["NAME", "APP", "ID", "UID", "GUARD", "PID", "AGE", "PROCS", "MEM", "CPU", "PACKAGE"]
     row = next(line.split() for line in table if line.startswith(name))
     assert row[1:4] == [str(mine["app_id"]), str(mine["uid"]), str(mine["guard_pid"])]
-    assert row[5:] == ["4", mine["app_pkg_path"]]
+    assert row[5] == "4" and row[-1] == mine["app_pkg_path"]
 
     res = rocker("inspect", name)
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
-    assert {k: v for k, v in info.items() if k not in ("processes", "pids")} == \
-        {k: v for k, v in mine.items() if k != "processes"}
+    assert {k: v for k, v in info.items() if k not in ("processes", "pids", "usage")} == \
+        {k: v for k, v in mine.items() if k not in ("processes", "usage")}  # usage: live figures
     assert info["processes"] == 4 and len(info["pids"]) == 4 and info["pids"][0] == mine["guard_pid"]
     assert all(ns_inode(pid) == ns_inode(mine["guard_pid"]) for pid in info["pids"])
 

@@ -56,6 +56,8 @@ struct reply {
     int is_error;
     long long guard_pid, ns[NNS];
     int have_pid, have_ns[NNS];
+    long long cgroup[ROCKER_MAX_CGROUPS]; /* indexes of the cgroup.procs fds the app joins */
+    int n_cgroup;
     char pname[16];
     int have_pname;
     char field[128], reason[256];
@@ -296,6 +298,28 @@ static int read_int(struct rkj_in *in, long long *v, int *ok)
     return rkj_skip(in);
 }
 
+/* "cgroups": [i, ...]: where the rocker's cgroup.procs fds are among those received. */
+static int read_cgroup_indexes(struct rkj_in *in, struct reply *r)
+{
+    if (rkj_peek(in) != '[')
+        return rkj_skip(in);
+    in->p++;
+    if (rkj_peek(in) == ']') {
+        in->p++;
+        return 0;
+    }
+    for (;;) {
+        if (r->n_cgroup >= ROCKER_MAX_CGROUPS || rkj_int(in, &r->cgroup[r->n_cgroup++]) < 0)
+            return -1;
+        char c = rkj_peek(in);
+        in->p++;
+        if (c == ']')
+            return 0;
+        if (c != ',')
+            return -1;
+    }
+}
+
 static int parse_parameters(struct rkj_in *in, struct reply *r)
 {
     char key[32];
@@ -314,6 +338,8 @@ static int parse_parameters(struct rkj_in *in, struct reply *r)
             rc = read_str(in, r->field, sizeof r->field, NULL);
         else if (strcmp(key, "reason") == 0)
             rc = read_str(in, r->reason, sizeof r->reason, NULL);
+        else if (strcmp(key, "cgroups") == 0)
+            rc = read_cgroup_indexes(in, r);
         else if (strcmp(key, "namespaces") == 0 && rkj_peek(in) == '{') {
             char name[8];
             int n = 0, kk;
@@ -376,10 +402,18 @@ static ROCKER_ERR remote_err(const char *name)
 
 /* The forked intermediate: plain syscalls only, no locks, no malloc (the caller may have threads).
  * Never returns. */
-__attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], struct fds *all, int w,
-                                                   int (*app)(void *), void *app_args)
+/* The rocker's cgroup.procs fds, picked from the received ones (rocker_join_cgroups). */
+struct cgroups {
+    int fd[ROCKER_MAX_CGROUPS];
+    int n;
+};
+
+__attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], const struct cgroups *cg, struct fds *all,
+                                                   int w, int (*app)(void *), void *app_args)
 {
     const char *step = rocker_join_ns(ns_fd, 1);
+    if (!step)
+        step = rocker_join_cgroups(cg->fd, cg->n);
     if (step) {
         rocker_report(w, step, errno);
         _exit(1);
@@ -408,8 +442,8 @@ __attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], struct 
 }
 
 /* Fork the intermediate, collect its report. Closes every fd in `all`. */
-static ROCKER_ERR start_inside(const int ns_fd[NNS], struct fds *all, int (*app)(void *), void *app_args,
-                               int *app_pid)
+static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct cgroups *cg, struct fds *all,
+                               int (*app)(void *), void *app_args, int *app_pid)
 {
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0) {
@@ -420,7 +454,7 @@ static ROCKER_ERR start_inside(const int ns_fd[NNS], struct fds *all, int (*app)
     pid_t pid = fork();
     if (pid == 0) {
         close(p[0]);
-        intermediate(ns_fd, all, p[1], app, app_args);
+        intermediate(ns_fd, cg, all, p[1], app, app_args);
     }
     int fork_errno = errno;
     close_fds(all);
@@ -522,8 +556,13 @@ __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRe
         ok = ok && r.have_ns[i] && r.ns[i] >= 0 && r.ns[i] < fds.n;
         ns_fd[i] = ok ? fds.fd[r.ns[i]] : -1;
     }
+    struct cgroups cg = {.n = r.n_cgroup};
+    for (int i = 0; i < r.n_cgroup; i++) {
+        ok = ok && r.cgroup[i] >= 0 && r.cgroup[i] < fds.n;
+        cg.fd[i] = ok ? fds.fd[r.cgroup[i]] : -1;
+    }
     if (!ok) {
-        debug("malformed Create reply: guard_pid, guard_pname (at most 15 bytes) or namespaces "
+        debug("malformed Create reply: guard_pid, guard_pname (at most 15 bytes), namespaces or cgroups "
               "missing or wrong (%d fds received)", fds.n);
         close_fds(&fds);
         return result(ROCKER_ERR_recv_resp_failed);
@@ -531,7 +570,7 @@ __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRe
     RockerResult res = result(ROCKER_ERR_success);
     res.guard_pid = (int)r.guard_pid;
     memcpy(res.guard_pname, r.pname, sizeof res.guard_pname);
-    res.err_no = start_inside(ns_fd, &fds, app, app_args, &res.app_pid);
+    res.err_no = start_inside(ns_fd, &cg, &fds, app, app_args, &res.app_pid);
     return res;
 }
 

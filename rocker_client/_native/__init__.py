@@ -40,7 +40,14 @@ class Spec(ctypes.Structure):
         ("envp", ctypes.POINTER(ctypes.c_char_p)),
         ("stack", ctypes.c_void_p),
         ("stack_size", ctypes.c_size_t),
+        ("cgroup_fds", ctypes.POINTER(ctypes.c_int)),
+        ("n_cgroup_fds", ctypes.c_int),
     ]
+
+    def set_cgroups(self, fds: list[int]) -> None:
+        """The rocker's cgroup.procs fds (from the Create reply); the array lives as long as the spec."""
+        self._cgroups = (ctypes.c_int * max(1, len(fds)))(*fds)
+        self.cgroup_fds, self.n_cgroup_fds = self._cgroups, len(fds)
 
 
 @cache
@@ -74,10 +81,11 @@ class JoinFailed(Exception):
         self.step, self.errno = step, err
 
 
-def prepare_join(ns_fds: list[int]) -> Callable[[bool], None]:
+def prepare_join(ns_fds: list[int], cgroup_fds: list[int] | None = None) -> Callable[[bool], None]:
     """A join for a forked child, built before the fork so that the child only makes the call
     (rocker-join.h says what it does). The call raises JoinFailed naming the step."""
     spec = Spec((ctypes.c_int * 6)(*ns_fds), -1, -1, None, None, None, None, 0)
+    spec.set_cgroups(cgroup_fds or [])
     step = ctypes.c_char_p()
     fn, ref_spec, ref_step = library().rocker_join, ctypes.byref(spec), ctypes.byref(step)
 

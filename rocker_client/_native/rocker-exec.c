@@ -48,6 +48,8 @@ struct rocker_exec {
     char *const *envp;
     void *stack;            /* the children's stacks, at least 2 * MIN_STACK bytes; free once this returns */
     size_t stack_size;
+    const int *cgroup_fds;  /* the rocker's cgroup.procs (rocker_join_cgroups), n_cgroup_fds of them */
+    int n_cgroup_fds;
 };
 
 /* The entry points, loaded with ctypes (rocker_client/_native/__init__.py). */
@@ -96,12 +98,18 @@ static __attribute__((noreturn)) void fail(const struct rocker_exec *e, const ch
     __builtin_unreachable();
 }
 
+/* The whole join: namespaces and credentials, then the rocker's cgroups (as the app's uid). */
+static const char *join(const struct rocker_exec *e, int with_pid) {
+    const char *stage = rocker_join_ns(e->ns_fds, with_pid);
+    return stage ? stage : rocker_join_cgroups(e->cgroup_fds, e->n_cgroup_fds);
+}
+
 /* Root caller: the app itself, already in the PID namespace. */
 static int child(void *p) {
     const struct child_arg *a = p;
     reset_handlers();
     wake_guard();
-    const char *stage = rocker_join_ns(a->e->ns_fds, 0);
+    const char *stage = join(a->e, 0);
     if (stage) fail(a->e, stage);
     exec_app(a);
 }
@@ -115,7 +123,7 @@ static int app_of_intermediate(void *p) {
 static int intermediate(void *p) {
     struct child_arg *a = p;
     reset_handlers();
-    const char *stage = rocker_join_ns(a->e->ns_fds, 1);
+    const char *stage = join(a->e, 1);
     if (stage) fail(a->e, stage);
     pid_t pid = clone(app_of_intermediate, a->app_stack, CLONE_VM | CLONE_VFORK | CLONE_PARENT | SIGCHLD, a);
     if (pid < 0) fail(a->e, "clone app");
@@ -128,7 +136,7 @@ static int intermediate(void *p) {
  * take the app's credentials, as an Exec child does; only ns_fds of *e is read. Returns 0, or
  * -errno with *stage naming the step that failed. */
 int rocker_join(const struct rocker_exec *e, int with_pid, const char **stage) {
-    const char *failed = rocker_join_ns(e->ns_fds, with_pid);
+    const char *failed = join(e, with_pid);
     if (!failed) return 0;
     int err = errno;
     *stage = failed;

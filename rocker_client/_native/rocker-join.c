@@ -72,6 +72,17 @@ const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid)
     return NULL;
 }
 
+const char *rocker_join_cgroups(const int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (syscall(SYS_write, fds[i], "0", 1) != 1) {
+            if (errno == ENODEV) /* the cgroup was removed: its rocker ended, as ESRCH says elsewhere */
+                errno = ESRCH;
+            return "join the rocker's cgroup";
+        }
+    return NULL;
+}
+
 void rocker_report(int fd, const char *step, int err)
 {
     char b[128];

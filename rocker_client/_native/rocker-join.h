@@ -33,6 +33,16 @@ enum { ROCKER_NS_USER, ROCKER_NS_MNT, ROCKER_NS_PID, ROCKER_NS_NET, ROCKER_NS_UT
  * with errno set. */
 ROCKER_HIDDEN const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid);
 
+/* The most cgroup.procs fds a Create reply carries: one per cgroup v1 hierarchy (memory, pids,
+ * cpu, cpuacct), one on cgroup v2. */
+#define ROCKER_MAX_CGROUPS 8
+
+/* Put the calling process in the rocker's cgroups: write "0" (itself) to each cgroup.procs fd
+ * rockerd sent beside the Create reply. Call it after rocker_join_ns: rockerd opened the fds as the
+ * app's uid, and the kernel (v1) moves only a process whose uid is the opener's. Every process
+ * forked afterwards starts there too. Returns NULL, or the step that failed with errno set. */
+ROCKER_HIDDEN const char *rocker_join_cgroups(const int *fds, int n);
+
 /* The one failure report of every process that joins or starts something for rocker:
  * "E<errno> <step>", one write (well under PIPE_BUF). */
 ROCKER_HIDDEN void rocker_report(int fd, const char *step, int err);

@@ -87,7 +87,11 @@ Signals sent to `rocker run` are passed on to CMD. Started from an
 interactive shell, CMD gets the terminal while it runs, so ^C, ^Z and ^\\
 go to CMD and `fg`/`bg` work as usual. `rocker run` exits when CMD does;
 the rocker ends as soon as nothing runs in it any more (processes CMD left
-behind keep it alive: end them with `rocker kill`).""",
+behind keep it alive: end them with `rocker kill`).
+
+The rocker has a cgroup of its own: --memory, --pids and --cpus bound what
+all its processes use together (rockerd applies its own defaults, e.g. 4096
+tasks, to what you leave out, and may refuse values above its ceilings).""",
         sections=(
             ("default dirs", """\
   NAME is PKG's file name without .squashfs.
@@ -102,6 +106,8 @@ behind keep it alive: end them with `rocker kill`).""",
             ("run the package's bin/hello", "rocker run --pkg hello.squashfs -- hello"),
             ("a shell whose writes to /usr and /etc stay in the rocker's data dir",
              "rocker run --pkg hello.squashfs --overlay /usr --overlay /etc -- sh"),
+            ("at most 256 MiB, 200 tasks and half a CPU",
+             "rocker run --pkg hello.squashfs --memory 256M --pids 200 --cpus 0.5 -- hello"),
             ("the exit status is CMD's: this prints 7", "rocker run --pkg hello.squashfs -- sh -c 'exit 7'; echo $?"),
             ("as root, run the app as uid 1000 with dirs of its own",
              "rocker run --pkg /srv/apps/hello.squashfs --uid 1000 --gid 1000 \\\n"
@@ -134,6 +140,9 @@ ones that run as their uid or that they asked for.""",
   AGE        time since it was created
   PROCS      processes in the rocker's PID namespace, the guard included
              ("-" where you may not look into the guard)
+  MEM        memory its cgroup uses now, /its limit if it has one; "!" once
+             the kernel OOM-killed a process in it ("-": limits are off)
+  CPU        CPU time its processes used, /its CPU limit if it has one
   PACKAGE    the package it was built from"""),
         ),
         examples=(
@@ -151,9 +160,11 @@ ones that run as their uid or that they asked for.""",
 Print what is known about the live rocker NAME as one JSON object: the
 fields rockerd reports (RockerInfo in docs/protocol.md: guard_pid,
 guard_pname, app_id, uid, gid, created, caller_uid, app_pkg_path,
-app_exec_dir, app_data_dir, app_overlay_dirs) plus "processes", the number
-of processes in its PID namespace, and "pids", their PIDs on the host with
-the guard first (both null where you may not look).""",
+app_exec_dir, app_data_dir, app_overlay_dirs, the limits asked for, and
+"limits" and "usage" from its cgroup: memory in bytes, cpu_usec, procs,
+oom_kills) plus "processes", the number of processes in its PID namespace,
+and "pids", their PIDs on the host with the guard first (both null where
+you may not look).""",
         examples=(("the data dir of a rocker, with jq", "rocker inspect rk-0a1b2c3d | jq -r .app_data_dir"),),
         exit_status=(("0", "success"), ("1", "no live rocker is called NAME"), EXIT_STATUS_USAGE,
                      EXIT_STATUS_ROCKER),

@@ -7,6 +7,7 @@ import os
 from typing import NoReturn
 
 from ..structs import MAX_OVERLAY_DIRS
+from ..units import parse_size
 from .common import UsageError, client_version
 from .manual import PAGES, PAGES_COMMANDS, epilog
 from .pack import PACK_COMPRESSORS
@@ -78,6 +79,14 @@ def build_parser() -> Parser:
                      help="forward the host's port HOST to the app's PORT (--network bridge); repeatable")
     run.add_argument("-w", "--workdir", metavar="DIR",
                      help="where CMD starts, inside the rocker (default: the current directory, else /)")
+    run.add_argument("--memory", type=parse_size, metavar="SIZE",
+                     help="the most memory the rocker may use (e.g. 256M, 2G; suffixes K, M, G, T: powers "
+                          "of 1024); beyond it the kernel kills a process inside (default: rockerd's)")
+    run.add_argument("--pids", type=_positive, metavar="N",
+                     help="the most processes and threads it may have at once (default: rockerd's, 4096 "
+                          "unless configured)")
+    run.add_argument("--cpus", type=_cpus, metavar="CPUS",
+                     help="the most CPU time it may use, in CPUs (0.5: half of one; default: rockerd's)")
     _socket_option(run)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                      help="the command to run and its arguments; put -- before it if it starts with -")
@@ -107,3 +116,20 @@ def build_parser() -> Parser:
     _socket_option(status)
     return parser
 
+
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return int(text)
+
+
+def _cpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of CPUs: {text!r} (e.g. 0.5, 2)") from None
+    if not 0 < value <= 4096:
+        raise argparse.ArgumentTypeError(f"out of range: {text!r}: above 0, at most 4096")
+    return value

@@ -52,10 +52,32 @@ def cmd_ps(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = [(r.get("guard_pname", "?"), str(r.get("app_id", "?")), str(r.get("uid", "?")),
              str(r.get("guard_pid", "?")), age(now - float(r.get("created") or now)),
-             "-" if r["processes"] is None else str(r["processes"]), str(r.get("app_pkg_path", "")))
-            for r in rockers]
-    print(table(("NAME", "APP ID", "UID", "GUARD PID", "AGE", "PROCS", "PACKAGE"), rows))
+             "-" if r["processes"] is None else str(r["processes"]), *usage_columns(r),
+             str(r.get("app_pkg_path", ""))) for r in rockers]
+    print(table(("NAME", "APP ID", "UID", "GUARD PID", "AGE", "PROCS", "MEM", "CPU", "PACKAGE"), rows))
     return EXIT_OK
+
+
+def size(n: float) -> str:
+    """1126400 -> 1.1M (binary units, as --memory takes them)."""
+    for unit in ("", "K", "M", "G"):
+        if n < 1024:
+            return f"{n:.0f}{unit}" if unit == "" or n >= 10 else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}T"
+
+
+def usage_columns(r: dict[str, Any]) -> tuple[str, str]:
+    """MEM (used, and /limit when there is one; ! after an OOM kill) and CPU (time used, and /CPUs
+    when limited), from the rocker's cgroup; "-" without one (limits off)."""
+    usage, limits = r.get("usage") or {}, r.get("limits") or {}
+    if not usage:
+        return "-", "-"
+    mem = size(usage.get("memory", 0)) + (f"/{size(limits['memory_max'])}" if limits.get("memory_max") else "")
+    if usage.get("oom_kills"):
+        mem += "!"
+    cpu = f"{usage.get('cpu_usec', 0) / 1e6:.2f}s" + (f"/{limits['cpu_max']:g}" if limits.get("cpu_max") else "")
+    return mem, cpu
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

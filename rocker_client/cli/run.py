@@ -97,6 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     req.app_exec_dir, req.app_data_dir = exec_dir, data_dir
     req.app_overlay_dirs = [os.path.abspath(d) for d in args.overlay]
     req.network, req.publish = args.network, list(args.publish)
+    req.memory_max, req.pids_max, req.cpu_max = args.memory, args.pids, args.cpus
 
     env = dict(os.environ)  # CMD's environment: the caller's, with the package's bin/ first on PATH
     env["PATH"] = f"{exec_dir}/bin:{env.get('PATH') or os.defpath}"

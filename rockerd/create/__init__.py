@@ -72,10 +72,12 @@ class Built:
 
 async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | None, packages: PackageCache,
                        slots: WorkSlots, guard_fd: int, first_entry_timeout: float = 10.0,
-                       ready_timeout: float = 5.0, net: tuple[Network, Plan] | None = None) -> Built:
+                       ready_timeout: float = 5.0, net: tuple[Network, Plan] | None = None,
+                       cgroup_fds: list[int] | None = None) -> Built:
     """Build one rocker or undo everything and raise BuildError naming the failed step."""
     ctx = BuildContext(req, name, caller, packages, slots, guard_fd=guard_fd,
-                       first_entry_timeout=first_entry_timeout, ready_timeout=ready_timeout, net=net)
+                       first_entry_timeout=first_entry_timeout, ready_timeout=ready_timeout, net=net,
+                       cgroup_fds=cgroup_fds or [])
     await run_steps(STEPS, ctx, release=ctx.close_fds)  # on success SendMounts closed them
     assert ctx.spawned is not None and ctx.pkg_key is not None and ctx.work_slot is not None
     return Built(ctx.spawned.pid, ctx.spawned.pidfd, ctx.ns_fds, ctx.pkg_key, ctx.work_slot)

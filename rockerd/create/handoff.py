@@ -54,6 +54,7 @@ class BuildContext(HostContext):
     status: socket.socket | None = None  # our end of the guard's status socket
     ns_fds: dict[str, int] = field(default_factory=dict)
     net: tuple[Network, Plan] | None = None  # None: a netns with lo only (rockerd/network/)
+    cgroup_fds: list[int] = field(default_factory=list)  # cgroup.procs the guard joins before it runs
 
 
 def _spawn_pool() -> ThreadPoolExecutor:
@@ -74,7 +75,8 @@ class StartGuard(Step[BuildContext]):
 
     def execute(self, ctx: BuildContext) -> None:
         ctx.starting = asyncio.get_running_loop().run_in_executor(
-            _spawn_pool(), _start_guard, ctx.name, ctx.req, ctx.guard_fd, ctx.first_entry_timeout, ctx.net)
+            _spawn_pool(), _start_guard, ctx.name, ctx.req, ctx.guard_fd, ctx.first_entry_timeout, ctx.net,
+            ctx.cgroup_fds)
 
     async def undo(self, ctx: BuildContext) -> None:
         """Reap a guard that will not be used before the caller hears of the failure: until it is
@@ -93,11 +95,11 @@ class StartGuard(Step[BuildContext]):
 
 
 def _start_guard(name: str, req: RockerRequestModel, guard_fd: int, first_entry_timeout: float,
-                 net: tuple[Network, Plan] | None) -> tuple[Spawned, socket.socket]:
+                 net: tuple[Network, Plan] | None, cgroup_fds: list[int]) -> tuple[Spawned, socket.socket]:
     """start_guard, then its network (lo, or a veth on the bridge) on the same worker thread: netlink
     work that overlaps with the mounts the loop builds meanwhile. Reaps the guard if it fails."""
     spawned, status = start_guard(name, req.uid, req.gid, guard_fd, first_entry_timeout,
-                                  net[1].ns_flags if net else ns.ROCKER_NS)
+                                  net[1].ns_flags if net else ns.ROCKER_NS, cgroup_fds)
     if net is None or net[1].mode == "host":
         return spawned, status
     try:

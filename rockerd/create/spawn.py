@@ -55,6 +55,8 @@ class _Spec(ctypes.Structure):
         ("argv", ctypes.POINTER(ctypes.c_char_p)),
         ("stack", ctypes.c_void_p),
         ("stack_size", ctypes.c_size_t),
+        ("cgroup_fds", ctypes.POINTER(ctypes.c_int)),
+        ("n_cgroup_fds", ctypes.c_int),
     ]
 
 
@@ -82,7 +84,8 @@ class Spawned:
 
 
 def start_guard(name: str, uid: int, gid: int, guard_fd: int,
-                first_entry_timeout: float, ns_flags: int = ns.ROCKER_NS) -> tuple[Spawned, socket.socket]:
+                first_entry_timeout: float, ns_flags: int = ns.ROCKER_NS,
+                cgroup_fds: list[int] | tuple[int, ...] = ()) -> tuple[Spawned, socket.socket]:
     """Start the guard; returns it and our end of its status socket. Raises BuildError.
 
     Safe on a worker thread: the call holds no lock, and the C part releases the GIL."""
@@ -90,7 +93,9 @@ def start_guard(name: str, uid: int, gid: int, guard_fd: int,
     argv = (ctypes.c_char_p * (len(argv_items) + 1))(*argv_items, None)
     stack = ctypes.create_string_buffer(STACK_SIZE)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    spec = _Spec(ns_flags, uid, gid, guard_fd, theirs.fileno(), argv, ctypes.addressof(stack), STACK_SIZE)
+    cgroups = (ctypes.c_int * max(1, len(cgroup_fds)))(*cgroup_fds)  # the guard joins these before it runs
+    spec = _Spec(ns_flags, uid, gid, guard_fd, theirs.fileno(), argv, ctypes.addressof(stack), STACK_SIZE,
+                 cgroups, len(cgroup_fds))
     pidfd = ctypes.c_int(-1)
     try:
         pid = _rocker_spawn()(ctypes.byref(spec), ctypes.byref(pidfd))
@@ -99,7 +104,7 @@ def start_guard(name: str, uid: int, gid: int, guard_fd: int,
     if pid < 0:
         ours.close()
         raise BuildError("start guard", -pid, f"clone: {os.strerror(-pid)}")
-    return Spawned(pid, pidfd.value, (stack, spec, argv)), ours
+    return Spawned(pid, pidfd.value, (stack, spec, argv, cgroups)), ours
 
 
 def send_mounts(status: socket.socket, mounts: list[tuple[str, int]]) -> None:

@@ -56,6 +56,8 @@ struct rocker_spawn {
     char *const *argv;      /* the guard's argv (rocker-guard-proto.h); argv[1] is STATUS_FD */
     void *stack;            /* the child's stack, at least MIN_STACK bytes */
     size_t stack_size;
+    const int *cgroup_fds;  /* the rocker's cgroup.procs, one per hierarchy: the guard joins before it runs */
+    int n_cgroup_fds;
 };
 
 int rocker_spawn(const struct rocker_spawn *s, int *pidfd); /* the entry point, loaded with ctypes */
@@ -81,6 +83,16 @@ static int write_proc(pid_t pid, const char *name, const char *text) {
     int err = write(fd, text, len) == (ssize_t)len ? 0 : errno ? errno : EIO;
     close(fd);
     return err;
+}
+
+/* Put the stopped child in the rocker's cgroups (it waits for "G", so it has run nothing yet):
+ * each of its processes, the app's included, is then born or moved there, never outside. */
+static int join_cgroups(pid_t pid, const int *fds, int n) {
+    char text[16];
+    int len = snprintf(text, sizeof text, "%d", (int)pid);
+    for (int i = 0; i < n; i++)
+        if (write(fds[i], text, (size_t)len) != len) return errno ? errno : EIO;
+    return 0;
 }
 
 static int child(void *p) {
@@ -155,10 +167,15 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
         char uid_map[32], gid_map[32];
         snprintf(uid_map, sizeof uid_map, "0 %d 1", s->uid);
         snprintf(gid_map, sizeof gid_map, "0 %d 1", s->gid);
-        int merr = write_proc(pid, "setgroups", "deny");
+        const char *step = "join the rocker's cgroup";
+        int merr = join_cgroups(pid, s->cgroup_fds, s->n_cgroup_fds);
+        if (!merr) {
+            step = "write uid/gid maps";
+            merr = write_proc(pid, "setgroups", "deny");
+        }
         if (!merr) merr = write_proc(pid, "uid_map", uid_map);
         if (!merr) merr = write_proc(pid, "gid_map", gid_map);
-        if (merr) report(s->status_fd, "write uid/gid maps", merr);
+        if (merr) report(s->status_fd, step, merr);
         if (write(go[1], merr ? "X" : "G", 1) < 0) {} /* on failure EOF stops it too */
     }
     close(go[1]);

@@ -156,6 +156,15 @@ static int app(void *arg)
     fprintf(out, "in.procs=%d\n", procs);
     list_fds(buf, sizeof buf);
     fprintf(out, "in.fds=%s\n", buf);
+    FILE *cg = fopen("/proc/self/cgroup", "r"); /* its cgroups, one line: "N:ctrl:/path;..." */
+    fprintf(out, "in.cgroup=");
+    while (cg && fgets(buf, sizeof buf, cg)) {
+        buf[strcspn(buf, "\n")] = '\0';
+        fprintf(out, "%s;", buf);
+    }
+    fprintf(out, "\n");
+    if (cg)
+        fclose(cg);
     fclose(out);
     close(release_w);
     char c;

@@ -1,0 +1,138 @@
+"""The daemon's side of cgroups: limits for a request, a cgroup per rocker, usage, OOM events, cleanup.
+
+rockerd's service calls this at five points (prepare, started, ended, adopted, info), so the
+create path stays readable and all cgroup knowledge is here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from .. import journal
+from .detect import Hierarchy
+from .limits import FIELDS, LimitPolicy, LimitRefused, Limits
+from .tree import CgroupError, CgroupTree, RockerCgroup
+from .usage import read_usage
+
+log = logging.getLogger("rockerd.cgroups")
+REMOVE_RETRIES = (0.01, 0.05, 0.2, 1.0, 3.0)  # seconds: processes of an ended rocker may take a moment to exit
+
+
+class CgroupManager:
+    def __init__(self, hierarchy: Hierarchy, policy: LimitPolicy | None = None) -> None:
+        self.tree = CgroupTree(hierarchy)
+        self.policy = policy or LimitPolicy()
+        self.live: dict[str, tuple[RockerCgroup, Limits]] = {}
+        self.pending: set[str] = set()  # ended rockers whose cgroup is still busy (a retry is scheduled)
+        if self.tree.enabled:
+            try:
+                self.tree.setup()
+            except CgroupError as e:
+                log.warning("cgroups: cannot set up rockerd's subtree (%s): limits are off", e)
+                self.tree = CgroupTree(Hierarchy("none", reason=str(e)))
+        log.info("cgroups: %s", self.tree.hier.describe() if self.tree.enabled else
+                 f"limits are off ({self.tree.hier.reason})")
+
+    def status(self) -> dict[str, object]:
+        """For the Kernel reply (`rocker status`): one more path rockerd takes on this host."""
+        h = self.tree.hier
+        return {"feature": "cgroups", "fast": h.mode == "v2", "forced": False,
+                "path": h.describe() if h.mode != "none" else f"limits are off: {h.reason}",
+                "fast_since": "4.5 with cgroup v2 mounted"}
+
+    def prepare(self, name: str, req: Any, caller_uid: int) -> tuple[RockerCgroup | None, Limits]:
+        """The rocker's cgroup with its limits applied; LimitRefused when the caller may not have
+        them (above a ceiling, or limits asked for where there are none); CgroupError if the kernel
+        says no."""
+        asked = Limits(**{f: getattr(req, f) for f in FIELDS})
+        if not self.tree.enabled:
+            for f in FIELDS:
+                if getattr(asked, f) is not None:
+                    raise LimitRefused(f, f"limits are off on this host: {self.tree.hier.reason}")
+            return None, Limits()
+        limits = self.policy.resolve(asked, caller_uid)
+        return self.tree.create(name, limits, req.uid, caller_uid), limits
+
+    def discard(self, cg: RockerCgroup | None) -> None:
+        """A build that failed: its cgroup goes at once (nothing ran in it but a reaped guard)."""
+        if cg is not None:
+            cg.close_fds()
+            self._remove(cg.name, 0)
+
+    def started(self, cg: RockerCgroup | None, limits: Limits) -> None:
+        if cg is not None:
+            cg.close_guard_fds()
+            self.live[cg.name] = (cg, limits)
+
+    def adopt(self, name: str) -> None:
+        """A rocker an earlier rockerd left: its cgroup is where that one put it."""
+        if self.tree.enabled and self.tree.exists(name):
+            cg = RockerCgroup(name, self.tree.dirs_of(name))
+            u = read_usage(self.tree, name)
+            cg.oom_seen = u.oom_kills if u else 0
+            self.live[name] = (cg, self.tree.limits_of(name))
+
+    def sweep(self, adopted: set[str]) -> None:
+        """Cgroups of rockers that ended while no rockerd ran: remove them."""
+        if self.tree.enabled:
+            for name in self.tree.leftovers() - adopted:
+                log.info("cgroups: removing %s's cgroup: the rocker ended while rockerd was away", name)
+                self._remove(name, 0)
+
+    def ended(self, name: str, guard_pid: int = 0) -> None:
+        entry = self.live.pop(name, None)
+        if entry is not None:
+            self.check_oom(entry[0], guard_pid)
+            self._remove(name, 0)
+
+    def check_oom(self, cg: RockerCgroup, guard_pid: int = 0) -> None:
+        """A journal event for each rise of the rocker's OOM-kill count since we last looked."""
+        u = read_usage(self.tree, cg.name)
+        if u is not None and u.oom_kills > cg.oom_seen:
+            n = u.oom_kills - cg.oom_seen
+            cg.oom_seen = u.oom_kills
+            journal.event(journal.OOM, f"out of memory in {cg.name}: the kernel killed {n} of its processes "
+                          f"({u.oom_kills} in all)", logging.WARNING, guard_name=cg.name, guard_pid=guard_pid or None,
+                          oom_kills=u.oom_kills)
+
+    def info(self, name: str) -> dict[str, Any]:
+        """`limits` and `usage` (None: no cgroup) for List / `rocker ps` / `rocker inspect`."""
+        entry = self.live.get(name)
+        if entry is None:
+            return {"limits": Limits().as_info(), "usage": None}
+        cg, limits = entry
+        u = read_usage(self.tree, name)
+        if u is not None and u.oom_kills > cg.oom_seen:
+            self.check_oom(cg)
+        return {"limits": limits.as_info(), "usage": u.as_info() if u else None}
+
+    def flush(self, timeout: float = 1.0) -> None:
+        """At rockerd's exit: remove the cgroups of rockers that have ended (no process left), waiting
+        up to `timeout` for those on their way out; live rockers keep theirs (a later rockerd adopts them)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for name in [*self.live, *self.pending]:
+                if self.tree.empty(name) and self.tree.remove(name):
+                    self.live.pop(name, None)
+                    self.pending.discard(name)
+            if not self.pending or time.monotonic() >= deadline:
+                return
+            time.sleep(0.02)
+
+    def _remove(self, name: str, attempt: int) -> None:
+        if self.tree.remove(name) or not self.tree.enabled:
+            self.pending.discard(name)
+            return
+        self.pending.add(name)
+        if attempt >= len(REMOVE_RETRIES):
+            log.warning("cgroups: %s's cgroup is still busy; left in place (rockerd's next start removes it)",
+                        name)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_later(REMOVE_RETRIES[attempt], self._remove, name, attempt + 1)

@@ -1,0 +1,278 @@
+"""rockerd's cgroup subtree: one cgroup per rocker, made before its guard starts, removed after it ends.
+
+Layout (docs/operations.md): v1: MOUNT/rocker/NAME in each of the memory, pids, cpu and cpuacct
+hierarchies; v2: CGROUP/rocker/NAME, where CGROUP is rockerd's own cgroup (its delegated unit's
+under systemd, whose own processes then move to CGROUP/daemon: the kernel lets a cgroup either
+hold processes or hand controllers down, never both) or the root cgroup.
+
+How the processes get in: rockerd writes the guard's PID to each cgroup.procs between its clone and
+its first instruction (rocker-spawn.c); the app joins through the cgroup.procs fds sent beside the
+Create reply, writing "0" (itself) before it runs anything (rocker-join.c). The kernel checks such a
+write against the credentials the fd was *opened* with, so rockerd opens them as the app's uid (v1:
+a task may then be moved only if it runs as that uid, so the fd gives a launcher no power over
+anyone else's processes); the file is that uid's for the open to work, nothing else in the cgroup
+is (its limits stay root's). Every process the app forks starts where its parent is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from dataclasses import dataclass, field
+
+from rocker_sys import proc
+from rocker_sys.libc import SyscallError
+
+from .detect import Hierarchy
+from .limits import CPU_PERIOD_US, Limits
+
+log = logging.getLogger("rockerd.cgroups")
+BASE = "rocker"
+DAEMON = "daemon"  # v2: rockerd's own leaf beside BASE
+ROCKER_PREFIX = "rk-"
+UNLIMITED_V1 = 1 << 62  # memory.limit_in_bytes above this reads as "no limit" (the kernel shows PAGE_COUNTER_MAX)
+
+
+class CgroupError(Exception):
+    """A cgroup step failed: which step, on which path, with which errno."""
+
+    def __init__(self, step: str, err: int, path: str) -> None:
+        super().__init__(step, err, path)
+        self.step, self.errno, self.path = step, err, path
+
+    def __str__(self) -> str:
+        return f"{self.step} {self.path}: {os.strerror(self.errno)}"
+
+
+def _write(path: str, text: str, step: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CgroupError(step, e.errno or errno.EIO, path) from None
+    try:
+        os.write(fd, text.encode())
+    except OSError as e:
+        raise CgroupError(step, e.errno or errno.EIO, path) from None
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096).decode()
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class RockerCgroup:
+    """A rocker's cgroup dirs (one per hierarchy) and, while it is being created, the cgroup.procs
+    fds its processes join through (closed once the Create reply carried them)."""
+
+    name: str
+    dirs: list[str]
+    procs_fds: list[int] = field(default_factory=list)
+    guard_fds: list[int] = field(default_factory=list)  # rockerd's, for the guard only
+    oom_seen: int = 0
+
+    def close_guard_fds(self) -> None:
+        for fd in self.guard_fds:
+            if fd not in self.procs_fds:
+                os.close(fd)
+        self.guard_fds = []
+
+    def close_fds(self) -> None:
+        self.close_guard_fds()
+        for fd in self.procs_fds:
+            os.close(fd)
+        self.procs_fds = []
+
+
+class CgroupTree:
+    """The per-rocker cgroups under one hierarchy (detect.py); a no-op tree when it is "none"."""
+
+    def __init__(self, hierarchy: Hierarchy) -> None:
+        self.hier = hierarchy
+        self.bases: dict[str, str] = {}  # v1: controller -> MOUNT/rocker; v2: "" -> CGROUP/rocker
+
+    @property
+    def enabled(self) -> bool:
+        return self.hier.mode != "none"
+
+    def setup(self) -> None:
+        """Make the base dirs (and on v2 hand the controllers down to them); CgroupError if not possible."""
+        if self.hier.mode == "v1":
+            for ctrl, mount in self.hier.mounts.items():
+                self.bases[ctrl] = self._mkdir_base(os.path.join(mount, BASE))
+        elif self.hier.mode == "v2":
+            mount, own = self.hier.mounts[""], self.hier.own
+            if os.path.basename(own) == DAEMON:  # already in our leaf (systemd's DelegateSubgroup=daemon)
+                own = os.path.dirname(own)
+            top = os.path.join(mount, own.lstrip("/")).rstrip("/")
+            if own != "/" and os.path.basename(self.hier.own) != DAEMON:  # processes live only in leaves
+                leaf = self._mkdir_base(os.path.join(top, DAEMON))
+                _write(os.path.join(leaf, "cgroup.procs"), "0", "move rockerd into")
+            enable = " ".join("+" + c for c in ("memory", "pids", "cpu"))
+            _write(os.path.join(top, "cgroup.subtree_control"), enable, "enable controllers in")
+            base = self._mkdir_base(os.path.join(top, BASE))
+            _write(os.path.join(base, "cgroup.subtree_control"), enable, "enable controllers in")
+            self.bases[""] = base
+
+    @staticmethod
+    def _mkdir_base(path: str) -> str:
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise CgroupError("mkdir", e.errno or errno.EIO, path) from None
+        return path
+
+    def dirs_of(self, name: str) -> list[str]:
+        return [os.path.join(b, name) for b in dict.fromkeys(self.bases.values())]
+
+    def create(self, name: str, limits: Limits, uid: int, caller_uid: int) -> RockerCgroup:
+        """The rocker's cgroup with its limits, the guard's cgroup.procs fds (root's) and the app's:
+        v1: opened as the app's `uid`; v2: root's, and only for a root caller (the kernel's v2
+        check is write access to the common ancestor, whoever is moved: docs/security.md)."""
+        cg = RockerCgroup(name, self.dirs_of(name))
+        made: list[str] = []
+        try:
+            for d in cg.dirs:
+                try:
+                    os.mkdir(d, 0o755)
+                except OSError as e:
+                    raise CgroupError("mkdir", e.errno or errno.EIO, d) from None
+                made.append(d)
+            self._apply(name, limits)
+            procs = [os.path.join(d, "cgroup.procs") for d in cg.dirs]
+            as_uid = self.hier.mode == "v1" and uid != 0
+            if as_uid:
+                for p in procs:
+                    try:
+                        os.chown(p, uid, -1)
+                    except OSError as e:
+                        raise CgroupError("chown", e.errno or errno.EIO, p) from None
+            # the guard's are root's: until it execs, the guard runs as root with the app's euid,
+            # which a v1 fd opened as the app's uid would refuse to move
+            cg.guard_fds = _open_procs(procs, 0)
+            if as_uid:
+                cg.procs_fds = _open_procs(procs, uid)
+            elif self.hier.mode == "v1" or caller_uid == 0:
+                cg.procs_fds = list(cg.guard_fds)
+        except BaseException:
+            cg.close_fds()
+            for d in reversed(made):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+            raise
+        return cg
+
+    def _path(self, name: str, ctrl: str, file: str) -> str:
+        return os.path.join(self.bases[ctrl if self.hier.mode == "v1" else ""], name, file)
+
+    def _apply(self, name: str, lim: Limits) -> None:
+        v1 = self.hier.mode == "v1"
+        if lim.memory_max is not None:
+            if v1:
+                _write(self._path(name, "memory", "memory.limit_in_bytes"), str(lim.memory_max), "set memory limit")
+                sw = self._path(name, "memory", "memory.memsw.limit_in_bytes")
+                if os.path.exists(sw):
+                    _write(sw, str(lim.memory_max), "set memory+swap limit")
+            else:
+                _write(self._path(name, "", "memory.max"), str(lim.memory_max), "set memory limit")
+                sw = self._path(name, "", "memory.swap.max")
+                if os.path.exists(sw):
+                    _write(sw, "0", "set swap limit")
+        if lim.pids_max is not None:
+            _write(self._path(name, "pids", "pids.max"), str(lim.pids_max), "set pids limit")
+        if lim.cpu_max is not None:
+            quota = max(1000, round(lim.cpu_max * CPU_PERIOD_US))
+            if v1:
+                _write(self._path(name, "cpu", "cpu.cfs_period_us"), str(CPU_PERIOD_US), "set cpu period")
+                _write(self._path(name, "cpu", "cpu.cfs_quota_us"), str(quota), "set cpu quota")
+            else:
+                _write(self._path(name, "", "cpu.max"), f"{quota} {CPU_PERIOD_US}", "set cpu limit")
+
+    def limits_of(self, name: str) -> Limits:
+        """Read back a rocker's limits (for one adopted from an earlier rockerd)."""
+        try:
+            if self.hier.mode == "v1":
+                mem = int(_read(self._path(name, "memory", "memory.limit_in_bytes")))
+                quota = int(_read(self._path(name, "cpu", "cpu.cfs_quota_us")))
+                period = int(_read(self._path(name, "cpu", "cpu.cfs_period_us")))
+                memory = None if mem >= UNLIMITED_V1 else mem
+            else:
+                m = _read(self._path(name, "", "memory.max")).strip()
+                memory = None if m == "max" else int(m)
+                q, p = _read(self._path(name, "", "cpu.max")).split()
+                quota, period = (-1 if q == "max" else int(q)), int(p)
+            pids = _read(self._path(name, "pids", "pids.max")).strip()
+        except (OSError, ValueError):
+            return Limits()
+        return Limits(memory, None if pids == "max" else int(pids), None if quota < 0 else quota / period)
+
+    def empty(self, name: str) -> bool:
+        """No process left in the rocker's cgroup (or no cgroup at all)."""
+        for d in self.dirs_of(name):
+            try:
+                if _read(os.path.join(d, "cgroup.procs")).strip():
+                    return False
+            except OSError:
+                continue
+        return True
+
+    def exists(self, name: str) -> bool:
+        return bool(self.bases) and all(os.path.isdir(d) for d in self.dirs_of(name))
+
+    def remove(self, name: str) -> bool:
+        """Remove the rocker's cgroup; False if a dir is still busy (try again shortly).
+
+        Nothing is killed here: the guard's end kills every process of its PID namespace, and what
+        may still be in the cgroup is on its way out (a launcher's intermediate that joined just as
+        the rocker ended: its clone of the app then fails, and it reports the rocker gone)."""
+        done = True
+        for d in self.dirs_of(name):
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    log.warning("cannot remove the cgroup %s of %s: %s", d, name, e.strerror)
+                    continue
+                done = False
+        return done
+
+    def leftovers(self) -> set[str]:
+        """Names of the rocker cgroups under the bases (for adoption's sweep)."""
+        names: set[str] = set()
+        for b in dict.fromkeys(self.bases.values()):
+            with contextlib.suppress(OSError):
+                names.update(e for e in os.listdir(b) if e.startswith(ROCKER_PREFIX))
+        return names
+
+
+def _open_procs(paths: list[str], uid: int) -> list[int]:
+    """Open each cgroup.procs for writing with this thread's euid switched to `uid` (the file's
+    credentials are the opener's, and the kernel checks those at each write)."""
+    fds: list[int] = []
+    if uid:
+        proc.set_thread_euid(uid)
+    try:
+        for p in paths:
+            try:
+                fds.append(os.open(p, os.O_WRONLY | os.O_CLOEXEC))
+            except OSError as e:
+                raise SyscallError(e.errno or errno.EIO, "open", p) from None
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    finally:
+        if uid:
+            proc.set_thread_euid(0)
+    return fds
