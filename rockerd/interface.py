@@ -41,7 +41,10 @@ type RockerInfo (
 
 # Build a rocker. The parameters are the fields of the C RockerRequest.
 # The reply carries the RockerResult fields; app_pid is 0 (the client starts
-# the app) and the namespace fds travel beside the reply.
+# the app) and the namespace fds travel beside the reply, with, unless the
+# request's seccomp is unconfined, the app's syscall filter: a sealed memfd
+# holding a BPF program (struct sock_filter[]) whose index is seccomp. The
+# client installs it in the app after no_new_privs.
 method Create(
 {idl_fields(RockerRequestModel, optional_if_defaulted=True)}
 ) -> (
@@ -49,7 +52,8 @@ method Create(
   app_pid: int,
   guard_pid: int,
   guard_pname: string,
-  namespaces: Namespaces
+  namespaces: Namespaces,
+  seccomp: ?int
 )
 
 # The live rockers.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import unicodedata
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -174,6 +174,9 @@ class RockerRequestModel(BaseModel):
         list[OverlayDir], Field(max_length=MAX_OVERLAY_DIRS), AfterValidator(_overlay_list)
     ] = Field(default_factory=list, description=f"host dirs to overlay copy-on-write (at most {MAX_OVERLAY_DIRS})",
               json_schema_extra=_cli("--overlay", "DIR"))
+    seccomp: Literal["default", "complain", "unconfined"] = Field(
+        "default", description="the app's syscall filter: default, complain or unconfined (root only)",
+        json_schema_extra=_cli("--seccomp", "PROFILE"))
 
     @model_validator(mode="after")
     def _cross_field(self) -> RockerRequestModel:

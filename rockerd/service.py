@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from rocker_sys import ns
 
-from . import interface, journal, kernel, policy
+from . import confine, interface, journal, kernel, policy
 from .create import NS_NAMES, BuildError, PackageCache, WorkSlots, build_rocker
 from .create.warm import DEFAULT_BUDGET
 from .registry import Registry, Rocker
@@ -45,6 +45,7 @@ class RockerService:
         self.packages = PackageCache(self.config.warm_budget)
         self.slots = WorkSlots()
         self.state = StateDir(self.config.state_dir)
+        self.filters = confine.Filters.build()  # once: every Create sends the same programs
         self._adopt()
 
     def interface(self) -> Interface:
@@ -63,6 +64,7 @@ class RockerService:
             raise VarlinkError(ERR + "InvalidRequest", {"field": e.field, "reason": e.reason}) from None
         try:
             policy.check_ids(peer, req)
+            confine.check(req.seccomp, peer.uid)
         except policy.Denied as e:
             self._refuse(peer.uid, str(e))
             raise VarlinkError(ERR + "PermissionDenied", {"reason": str(e)}) from None
@@ -95,9 +97,10 @@ class RockerService:
                       f"uid={req.uid} gid={req.gid} for caller uid {peer.uid} in {ms:.1f} ms",
                       guard_name=name, guard_pid=built.pid, app_id=req.app_id, uid=req.uid, gid=req.gid,
                       caller_uid=peer.uid)
+        fds = [built.ns_fds[n] for n in NS_NAMES]
         return Reply({"err_no": 0, "app_pid": 0, "guard_pid": built.pid, "guard_pname": name,
-                      "namespaces": {n: i for i, n in enumerate(NS_NAMES)}},
-                     [built.ns_fds[n] for n in NS_NAMES])
+                      "namespaces": {n: i for i, n in enumerate(NS_NAMES)},
+                      **self.filters.reply_part(req.seccomp, fds)}, fds)
 
     async def list(self, call: Call) -> Reply:
         self._check_caller_ns(call)

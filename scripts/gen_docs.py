@@ -106,7 +106,7 @@ def _example_create(members: dict[str, Member]) -> tuple[dict[str, Any], dict[st
                          f"sends {sent}: make them agree (is rocker_client/structs.py current?)")
     ns_names = _fields(members["Namespaces"].text)
     reply = {"parameters": {"err_no": 0, "app_pid": 0, "guard_pid": 48213, "guard_pname": "rk-0a1b2c3d",
-                            "namespaces": {n: i for i, n in enumerate(ns_names)}}}
+                            "namespaces": {n: i for i, n in enumerate(ns_names)}, "seccomp": len(ns_names)}}
     if sorted(reply["parameters"]) != sorted(_fields(members["Create"].text, 1)):
         raise SystemExit("gen_docs: the example Create reply no longer matches the interface description")
     return call, reply

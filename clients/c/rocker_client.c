@@ -16,6 +16,7 @@
 #include "lib.h"
 #include "rkjson.h"
 #include "rocker-join.h"
+#include "rocker-seccomp.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -54,8 +55,8 @@ struct fds {
 struct reply {
     char error[256];
     int is_error;
-    long long guard_pid, ns[NNS];
-    int have_pid, have_ns[NNS];
+    long long guard_pid, ns[NNS], seccomp; /* seccomp: index of the app's syscall filter, if any */
+    int have_pid, have_ns[NNS], have_seccomp;
     char pname[16];
     int have_pname;
     char field[128], reason[256];
@@ -314,6 +315,8 @@ static int parse_parameters(struct rkj_in *in, struct reply *r)
             rc = read_str(in, r->field, sizeof r->field, NULL);
         else if (strcmp(key, "reason") == 0)
             rc = read_str(in, r->reason, sizeof r->reason, NULL);
+        else if (strcmp(key, "seccomp") == 0)
+            rc = read_int(in, &r->seccomp, &r->have_seccomp); /* null: unconfined */
         else if (strcmp(key, "namespaces") == 0 && rkj_peek(in) == '{') {
             char name[8];
             int n = 0, kk;
@@ -376,10 +379,10 @@ static ROCKER_ERR remote_err(const char *name)
 
 /* The forked intermediate: plain syscalls only, no locks, no malloc (the caller may have threads).
  * Never returns. */
-__attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], struct fds *all, int w,
-                                                   int (*app)(void *), void *app_args)
+__attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], const struct sock_fprog *filter,
+                                                   struct fds *all, int w, int (*app)(void *), void *app_args)
 {
-    const char *step = rocker_join_ns(ns_fd, 1);
+    const char *step = rocker_join_ns(ns_fd, 1, filter);
     if (step) {
         rocker_report(w, step, errno);
         _exit(1);
@@ -408,8 +411,8 @@ __attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], struct 
 }
 
 /* Fork the intermediate, collect its report. Closes every fd in `all`. */
-static ROCKER_ERR start_inside(const int ns_fd[NNS], struct fds *all, int (*app)(void *), void *app_args,
-                               int *app_pid)
+static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct sock_fprog *filter, struct fds *all,
+                               int (*app)(void *), void *app_args, int *app_pid)
 {
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0) {
@@ -420,7 +423,7 @@ static ROCKER_ERR start_inside(const int ns_fd[NNS], struct fds *all, int (*app)
     pid_t pid = fork();
     if (pid == 0) {
         close(p[0]);
-        intermediate(ns_fd, all, p[1], app, app_args);
+        intermediate(ns_fd, filter, all, p[1], app, app_args);
     }
     int fork_errno = errno;
     close_fds(all);
@@ -524,10 +527,20 @@ __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRe
         close_fds(&fds);
         return result(ROCKER_ERR_recv_resp_failed);
     }
+    struct sock_fprog filter = {0, NULL}; /* read before the fork: the child only installs it */
+    if (r.have_seccomp) {
+        int rc = r.seccomp >= 0 && r.seccomp < fds.n ? rocker_seccomp_read(fds.fd[r.seccomp], &filter) : -EBADF;
+        if (rc < 0) {
+            debug("cannot read the app's syscall filter from the Create reply: %s", strerror(-rc));
+            close_fds(&fds);
+            return result(ROCKER_ERR_recv_resp_failed);
+        }
+    }
     RockerResult res = result(ROCKER_ERR_success);
     res.guard_pid = (int)r.guard_pid;
     memcpy(res.guard_pname, r.pname, sizeof res.guard_pname);
-    res.err_no = start_inside(ns_fd, &fds, app, app_args, &res.app_pid);
+    res.err_no = start_inside(ns_fd, r.have_seccomp ? &filter : NULL, &fds, app, app_args, &res.app_pid);
+    free(filter.filter);
     return res;
 }
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-__all__ = ["JoinFailed", "NativeMissing", "Spec", "app_cap_mask", "exec_library", "library", "prepare_join"]
+__all__ = ["JoinFailed", "NativeMissing", "Spec", "SyscallFilter", "app_cap_mask", "exec_library", "library",
+           "prepare_join", "read_filter"]
 
 
 class NativeMissing(OSError):
@@ -40,7 +41,46 @@ class Spec(ctypes.Structure):
         ("envp", ctypes.POINTER(ctypes.c_char_p)),
         ("stack", ctypes.c_void_p),
         ("stack_size", ctypes.c_size_t),
+        ("filter", ctypes.c_void_p),  # const struct sock_fprog *: the app's syscall filter, NULL for none
     ]
+
+
+class _SockFprog(ctypes.Structure):
+    """struct sock_fprog (linux/filter.h)."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_INSN = 8  # sizeof(struct sock_filter)
+_MAX_INSNS = 4096  # BPF_MAXINSNS
+
+
+class SyscallFilter:
+    """The app's seccomp program, read from rockerd's memfd before any fork or clone, so that the
+    joining process only hands the kernel a pointer (rocker-seccomp.h). Keeps its buffer alive."""
+
+    def __init__(self, program: bytes) -> None:
+        if not program or len(program) % _INSN or len(program) // _INSN > _MAX_INSNS:
+            raise ValueError(f"a seccomp program of {len(program)} bytes is not 1..{_MAX_INSNS} instructions")
+        self._buf = ctypes.create_string_buffer(program, len(program))
+        self._prog = _SockFprog(len(program) // _INSN, ctypes.addressof(self._buf))
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self._prog)
+
+
+def read_filter(fd: int) -> SyscallFilter:
+    """The program in rockerd's sealed memfd (pread: its offset is shared with every holder)."""
+    size = os.fstat(fd).st_size
+    chunks, got = [], 0
+    while got < size:
+        chunk = os.pread(fd, size - got, got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return SyscallFilter(b"".join(chunks))
 
 
 @cache
@@ -74,14 +114,17 @@ class JoinFailed(Exception):
         self.step, self.errno = step, err
 
 
-def prepare_join(ns_fds: list[int]) -> Callable[[bool], None]:
+def prepare_join(ns_fds: list[int], syscall_filter: SyscallFilter | None = None) -> Callable[[bool], None]:
     """A join for a forked child, built before the fork so that the child only makes the call
-    (rocker-join.h says what it does). The call raises JoinFailed naming the step."""
-    spec = Spec((ctypes.c_int * 6)(*ns_fds), -1, -1, None, None, None, None, 0)
+    (rocker-join.h says what it does; `syscall_filter` is installed last). The call raises
+    JoinFailed naming the step."""
+    spec = Spec((ctypes.c_int * 6)(*ns_fds), -1, -1, None, None, None, None, 0,
+                syscall_filter.address if syscall_filter else None)
     step = ctypes.c_char_p()
     fn, ref_spec, ref_step = library().rocker_join, ctypes.byref(spec), ctypes.byref(step)
 
     def join(with_pid: bool) -> None:
+        _keep = syscall_filter  # the program must outlive every call
         rc = fn(ref_spec, 1 if with_pid else 0, ref_step)
         if rc < 0:
             raise JoinFailed((step.value or b"join").decode(), -rc)

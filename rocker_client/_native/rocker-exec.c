@@ -48,6 +48,7 @@ struct rocker_exec {
     char *const *envp;
     void *stack;            /* the children's stacks, at least 2 * MIN_STACK bytes; free once this returns */
     size_t stack_size;
+    const struct sock_fprog *filter; /* the app's syscall filter (rocker-seccomp.h); NULL: none */
 };
 
 struct child_arg {
@@ -96,7 +97,7 @@ static int child(void *p) {
     const struct child_arg *a = p;
     reset_handlers();
     wake_guard();
-    const char *stage = rocker_join_ns(a->e->ns_fds, 0);
+    const char *stage = rocker_join_ns(a->e->ns_fds, 0, a->e->filter);
     if (stage) fail(a->e, stage);
     exec_app(a);
 }
@@ -110,7 +111,7 @@ static int app_of_intermediate(void *p) {
 static int intermediate(void *p) {
     struct child_arg *a = p;
     reset_handlers();
-    const char *stage = rocker_join_ns(a->e->ns_fds, 1);
+    const char *stage = rocker_join_ns(a->e->ns_fds, 1, a->e->filter);
     if (stage) fail(a->e, stage);
     pid_t pid = clone(app_of_intermediate, a->app_stack, CLONE_VM | CLONE_VFORK | CLONE_PARENT | SIGCHLD, a);
     if (pid < 0) fail(a->e, "clone app");
@@ -120,10 +121,10 @@ static int intermediate(void *p) {
 }
 
 /* For a forked, single-threaded child (a callable app, or its intermediate): join the rocker and
- * take the app's credentials, as an Exec child does; only ns_fds of *e is read. Returns 0, or
+ * take the app's credentials, as an Exec child does; only ns_fds and filter of *e are read. Returns 0, or
  * -errno with *stage naming the step that failed. */
 int rocker_join(const struct rocker_exec *e, int with_pid, const char **stage) {
-    const char *failed = rocker_join_ns(e->ns_fds, with_pid);
+    const char *failed = rocker_join_ns(e->ns_fds, with_pid, e->filter);
     if (!failed) return 0;
     int err = errno;
     *stage = failed;
