@@ -95,6 +95,15 @@ def test_uid0_app_cannot_write_any_proc_sys_file(base: Path, pkg: Path) -> None:
 
 
 @pytest.mark.usefixtures("rockerd")
+def test_uid0_app_cannot_write_sysfs(base: Path, pkg: Path) -> None:
+    """/sys is the host's sysfs: its root-owned files (and cgroup2's below it) are read-only in a rocker."""
+    run = run_app(make_req(base, pkg, uid=0), _writable_sysfs)
+    assert run.res.ok, run.res.detail
+    assert "/sys/power/state" in run.report, run.report
+    assert all(v == errno.EROFS for v in run.report.values()), run.report
+
+
+@pytest.mark.usefixtures("rockerd")
 def test_uid0_app_sees_masked_proc_files_empty(base: Path, pkg: Path) -> None:
     """/proc/kcore, /proc/keys, /proc/timer_list, ... read as empty (/dev/null), masked dirs list nothing."""
     host = {p for p in MASKED if os.path.lexists(p)}

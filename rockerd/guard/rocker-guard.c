@@ -45,6 +45,12 @@
 #ifndef SYS_move_mount
 #define SYS_move_mount 429
 #endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
 #ifndef MOVE_MOUNT_F_EMPTY_PATH
 #define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
 #endif
@@ -245,6 +251,11 @@ static void harden_proc(int status) {
                     : mount("/dev/null", p, NULL, MS_BIND, NULL);
         if (r < 0) setup_failed(status, "mask /proc path", p, errno);
     }
+    /* /sys is the host's sysfs, with cgroup2, securityfs, ... below it: read-only, all of it, as
+     * Docker's /sys is (its root-owned files are a uid-0 app's own otherwise: /sys/power/state...). */
+    struct { unsigned long long set, clr, propagation, userns_fd; } ro = { 1 /* MOUNT_ATTR_RDONLY */, 0, 0, 0 };
+    if (syscall(SYS_mount_setattr, AT_FDCWD, "/sys", AT_RECURSIVE, &ro, sizeof ro) < 0 && errno != ENOENT)
+        setup_failed(status, "make /sys read-only", "/sys", errno);
 }
 
 #define MAX_MOUNTS 64
