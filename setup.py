@@ -36,6 +36,7 @@ SPAWN_LIB = "librocker-spawn.so"
 NATIVE_DIR = os.path.join("rocker_client", "_native")
 EXEC_SRC = os.path.join(HERE, NATIVE_DIR, "rocker-exec.c")
 JOIN_SRC = os.path.join(HERE, NATIVE_DIR, "rocker-join.c")  # the join, shared with clients/c
+SECCOMP_SRC = os.path.join(HERE, NATIVE_DIR, "rocker-seccomp.c")  # its syscall filter, shared too
 EXEC_LIB = "librocker-exec.so"
 
 # The one warning set of all rocker's C (clients/c/Makefile and bench/ use it too; tests/test_c_warnings.py)
@@ -79,7 +80,7 @@ def compile_spawn_lib(out: str) -> None:
 
 
 def compile_exec_lib(out: str) -> None:
-    _compile("client's exec library", [[*SO_FLAGS, EXEC_SRC, JOIN_SRC]], out)
+    _compile("client's exec library", [[*SO_FLAGS, EXEC_SRC, JOIN_SRC, SECCOMP_SRC]], out)
 
 
 def _unlink_if_exists(path: str) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 from rocker_sys import ns
 
 from . import execapp, wire
-from ._native import JoinFailed, NativeMissing, prepare_join
+from ._native import JoinFailed, NativeMissing, SyscallFilter, prepare_join, read_filter
 from .errors import RockerErr
 from .execapp import Exec
 from .reports import cause_of_report, failure_report
@@ -76,12 +76,17 @@ def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: 
         guard_pid, name = int(reply["guard_pid"]), str(reply["guard_pname"])
         ns_fds = [_ns_fd(fds, reply["namespaces"], n) for n in NS_ORDER]
         cgroup_fds = [fds[int(i)] for i in reply.get("cgroups") or []]  # the app joins them (rocker-join.h)
-    except (KeyError, TypeError, ValueError, IndexError) as e:
+        seccomp = reply.get("seccomp")  # absent or null: the unconfined profile
+        syscall_filter = None
+        if seccomp is not None:  # read now, and closed: the app must not inherit it
+            syscall_filter = read_filter(fds[int(seccomp)])
+            os.close(fds.pop(int(seccomp)))
+    except (KeyError, TypeError, ValueError, IndexError, OSError) as e:
         for fd in fds:
             os.close(fd)
         return RockerResult.failed(RockerErr.recv_resp_failed, Cause("receive", f"malformed Create reply: {e!r}"))
     try:
-        err, app_pid, cause = _start_inside(ns_fds, app, app_args, cgroup_fds)
+        err, app_pid, cause = _start_inside(ns_fds, app, app_args, cgroup_fds, syscall_filter)
     except NativeMissing as e:
         err, app_pid, cause = RockerErr.sys, 0, Cause("enter", str(e))
     finally:
@@ -99,10 +104,11 @@ def _ns_fd(fds: list[int], namespaces: dict[str, Any], name: str) -> int:
     return fds[int(namespaces[name])]
 
 
-def _start_inside(ns_fds: list[int], app: App, app_args: Any, cgroup_fds: list[int] | None = None) -> Started:
+def _start_inside(ns_fds: list[int], app: App, app_args: Any, cgroup_fds: list[int] | None = None,
+                  syscall_filter: SyscallFilter | None = None) -> Started:
     if isinstance(app, Exec):
-        return execapp.start(ns_fds, app, cgroup_fds)  # no fork of ours at all
-    join = prepare_join(ns_fds, cgroup_fds)  # here once, not in every fork of ours
+        return execapp.start(ns_fds, app, cgroup_fds, syscall_filter)  # no fork of ours at all
+    join = prepare_join(ns_fds, cgroup_fds, syscall_filter)  # here once, not in every fork of ours
     ns_fds = ns_fds + (cgroup_fds or [])  # the app closes all of them before it runs
     if os.geteuid() == 0 and _single_threaded():
         started = _start_direct(ns_fds, join, app, app_args)

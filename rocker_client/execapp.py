@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._native import Spec, library
+from ._native import Spec, SyscallFilter, library
 from .errors import GONE_ERRNOS, RockerErr
 from .reports import cause_of_report, failure_report
 from .structs import Cause
@@ -81,9 +81,11 @@ def _strings(items: Sequence[bytes]) -> ctypes.Array[ctypes.c_char_p]:
     return (ctypes.c_char_p * (len(items) + 1))(*items, None)
 
 
-def start(ns_fds: list[int], app: Exec, cgroup_fds: list[int] | None = None) -> tuple[RockerErr, int, Cause | None]:
+def start(ns_fds: list[int], app: Exec, cgroup_fds: list[int] | None = None,
+          syscall_filter: SyscallFilter | None = None) -> tuple[RockerErr, int, Cause | None]:
     """Start `app` in the rocker whose namespace fds (user, mnt, pid, net, uts, ipc) and
-    cgroup.procs fds are given: (err, app_pid, cause); NativeMissing without librocker-exec.
+    cgroup.procs fds are given, with `syscall_filter` installed last in its join:
+    (err, app_pid, cause); NativeMissing without librocker-exec.
 
     Root joins the PID namespace itself and comes back; anyone else, or root where that join is
     not allowed here (e.g. EPERM in a container), goes through an intermediate."""
@@ -94,16 +96,16 @@ def start(ns_fds: list[int], app: Exec, cgroup_fds: list[int] | None = None) -> 
         except OSError:
             own = -1
         if own >= 0:
-            started = _start(fn, ns_fds, app, own, cgroup_fds or [])
+            started = _start(fn, ns_fds, app, own, cgroup_fds or [], syscall_filter)
             if started is not None:
                 return started
-    started = _start(fn, ns_fds, app, -1, cgroup_fds or [])
+    started = _start(fn, ns_fds, app, -1, cgroup_fds or [], syscall_filter)
     assert started is not None
     return started
 
 
-def _start(fn: Any, ns_fds: list[int], app: Exec, own: int,
-           cgroup_fds: list[int]) -> tuple[RockerErr, int, Cause | None] | None:
+def _start(fn: Any, ns_fds: list[int], app: Exec, own: int, cgroup_fds: list[int],
+           syscall_filter: SyscallFilter | None) -> tuple[RockerErr, int, Cause | None] | None:
     """One try; None when a root caller could not join the PID namespace and should use an intermediate.
     Closes `own`."""
     argv = _strings([os.fsencode(a) for a in app.args()])
@@ -111,7 +113,7 @@ def _start(fn: Any, ns_fds: list[int], app: Exec, own: int,
     stack = ctypes.create_string_buffer(STACK_SIZE)
     r, w = os.pipe2(os.O_CLOEXEC)
     spec = Spec((ctypes.c_int * 6)(*ns_fds), own, w, os.fsencode(app.path), argv, envp, ctypes.addressof(stack),
-                STACK_SIZE)
+                STACK_SIZE, filter=syscall_filter.address if syscall_filter else None)
     spec.set_cgroups(cgroup_fds)
     pid = ctypes.c_int(-1)
     try:

@@ -22,6 +22,7 @@ class RockerRequest:
     app_exec_dir: str = ""  # where the package is mounted, read-only
     app_data_dir: str = ""  # where the app's writes over the overlay dirs are kept
     app_overlay_dirs: list[str] = field(default_factory=list)  # host dirs to overlay copy-on-write (at most 16)
+    seccomp: str = 'default'  # the app's syscall filter: default, complain or unconfined (root only)
     network: str | None = None  # none (lo only), host or bridge; unset: rockerd's default
     publish: list[str] = field(default_factory=list)  # host ports to the app ("8080:80", "53:53/udp")
     # the most memory (bytes, RAM and swap) its processes may use together; the kernel OOM-kills inside the rocker
@@ -37,12 +38,12 @@ class RockerRequest:
 
 
 REQUEST_FIELDS = ("app_id", "uid", "gid", "app_pkg_path", "app_exec_dir", "app_data_dir", "app_overlay_dirs",
-                  "network", "publish", "memory_max", "pids_max", "cpu_max")
+                  "seccomp", "network", "publish", "memory_max", "pids_max", "cpu_max")
 # `rocker run`'s option for each field
 OPTION_OF_FIELD = {"app_id": "--app-id", "uid": "--uid", "gid": "--gid", "app_pkg_path": "--pkg", "app_exec_dir":
-                   "--exec-dir", "app_data_dir": "--data-dir", "app_overlay_dirs": "--overlay", "network":
-                   "--network", "publish": "--publish", "memory_max": "--memory", "pids_max": "--pids", "cpu_max":
-                   "--cpus"}
+                   "--exec-dir", "app_data_dir": "--data-dir", "app_overlay_dirs": "--overlay", "seccomp":
+                   "--seccomp", "network": "--network", "publish": "--publish", "memory_max": "--memory",
+                   "pids_max": "--pids", "cpu_max": "--cpus"}
 # END GENERATED
 
 

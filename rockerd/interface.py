@@ -66,6 +66,9 @@ type RockerInfo (
 # the app) and the namespace fds travel beside the reply, with the rocker's
 # cgroup.procs fds (cgroups: their indexes), which the app writes "0" to
 # before it runs.
+# Unless the request's seccomp is unconfined, the app's syscall filter comes
+# too: a sealed memfd holding a BPF program (struct sock_filter[]) whose index
+# is seccomp. The client installs it in the app after no_new_privs.
 method Create(
 {idl_fields(RockerRequestModel, optional_if_defaulted=True)}
 ) -> (
@@ -75,6 +78,7 @@ method Create(
   guard_pname: string,
   namespaces: Namespaces,
   cgroups: ?[]int
+  seccomp: ?int
 )
 
 # The live rockers.

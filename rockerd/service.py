@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from rocker_sys import ns
 
-from . import interface, journal, kernel, policy
+from . import confine, interface, journal, kernel, policy
 from .cgroups import CgroupError, CgroupManager, LimitPolicy, LimitRefused, Limits, RockerCgroup, detect
 from .create import NS_NAMES, BuildError, PackageCache, WorkSlots, build_rocker
 from .create.warm import DEFAULT_BUDGET
@@ -52,6 +52,7 @@ class RockerService:
         self.state = StateDir(self.config.state_dir)
         self.network = Network(self.config.network)
         self.cgroups = CgroupManager(detect(want=self.config.cgroups), self.config.limit_policy)
+        self.filters = confine.Filters.build()  # once: every Create sends the same programs
         self._adopt()
 
     def interface(self) -> Interface:
@@ -70,6 +71,7 @@ class RockerService:
             raise VarlinkError(ERR + "InvalidRequest", {"field": e.field, "reason": e.reason}) from None
         try:
             policy.check_ids(peer, req)
+            confine.check(req.seccomp, peer.uid)
         except policy.Denied as e:
             self._refuse(peer.uid, str(e))
             raise VarlinkError(ERR + "PermissionDenied", {"reason": str(e)}) from None
@@ -123,6 +125,7 @@ class RockerService:
             reply["cgroups"] = list(range(len(fds), len(fds) + len(cg.procs_fds)))
             fds += cg.procs_fds
             cg.procs_fds = []  # the reply's now: closed once sent
+        reply.update(self.filters.reply_part(req.seccomp, fds))  # the app's syscall filter, last
         return Reply(reply, fds)
 
     def _cgroup_for(self, name: str, req: RockerRequestModel, caller_uid: int) -> tuple[RockerCgroup | None, Limits]:

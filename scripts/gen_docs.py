@@ -107,7 +107,8 @@ def _example_create(members: dict[str, Member]) -> tuple[dict[str, Any], dict[st
     ns_names = _fields(members["Namespaces"].text)
     reply = {"parameters": {"err_no": 0, "app_pid": 0, "guard_pid": 48213, "guard_pname": "rk-0a1b2c3d",
                             "namespaces": {n: i for i, n in enumerate(ns_names)},
-                            "cgroups": [len(ns_names) + i for i in range(4)]}}  # v1: memory, pids, cpu, cpuacct
+                            "cgroups": [len(ns_names) + i for i in range(4)],  # v1: memory, pids, cpu, cpuacct
+                            "seccomp": len(ns_names) + 4}}
     if sorted(reply["parameters"]) != sorted(_fields(members["Create"].text, 1)):
         raise SystemExit("gen_docs: the example Create reply no longer matches the interface description")
     return call, reply

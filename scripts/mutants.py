@@ -167,7 +167,9 @@ class NativeBuild:
                 "rockerd/guard/rocker-spawn.c": (s.compile_spawn_lib, g / s.SPAWN_LIB),
                 "rocker_client/_native/rocker-exec.c": exec_lib,
                 "rocker_client/_native/rocker-join.c": exec_lib,  # the join, shared with clients/c
-                "rocker_client/_native/rocker-join.h": exec_lib}
+                "rocker_client/_native/rocker-join.h": exec_lib,
+                "rocker_client/_native/rocker-seccomp.c": exec_lib,  # the join's syscall filter
+                "rocker_client/_native/rocker-seccomp.h": exec_lib}
 
     def build(self, rel: str | None = None) -> None:
         """Build the output of `rel` (a .c file), or of all of them; raises on a compile error."""

@@ -76,7 +76,7 @@ def live(sock: str, aid: int) -> list[dict[str, Any]]:
 @pytest.fixture
 def run_args(base: Path, pkg: Path, app_id: int) -> list[str]:
     return ["run", "--pkg", str(pkg), "--exec-dir", str(base / "exec"), "--data-dir", str(base / "data"),
-            "--app-id", str(app_id)]
+            "--app-id", str(app_id), "--uid", "0", "--gid", "0"]  # root's apps are nobody's by default
 
 
 def wait_for(what: str, predicate: Any, timeout: float = 10.0) -> Any:

@@ -465,6 +465,8 @@ def ref_request_errors(p: dict[str, Any]) -> list[str]:
                 errs.append(name)
         elif not (type(p[name]) is int and 0 <= p[name] <= hi):
             errs.append(name)
+    if "seccomp" in p and p["seccomp"] not in ("default", "complain", "unconfined"):
+        errs.append("seccomp")
     for name in ("app_pkg_path", "app_exec_dir", "app_data_dir"):
         v = p.get(name)
         ok = ref_path_ok(v) and v != "/" and (name == "app_pkg_path" or not _kernel_fs(v))
@@ -795,7 +797,7 @@ def test_parse_request_matches_reference(cases: Counter, params: Any) -> None:
         return
     assert isinstance(params, dict) and ref_request_errors(params) == [], f"accepted {params!r}"
     assert isinstance(model, RockerRequestModel)
-    assert model.model_dump() == {**{"app_id": 0, "app_overlay_dirs": [], "network": None, "publish": []}, **params}
+    assert model.model_dump() == {**{"app_id": 0, "app_overlay_dirs": [], "network": None, "publish": [], "seccomp": "default"}, **params}
 
 
 FIELD_SHOWN_MAX = 64  # characters of a client-chosen name that a reply or log line may quote

@@ -105,6 +105,8 @@ def test_own_rocker_works(world: tuple[Path, Daemon], app: str) -> None:
 @pytest.mark.parametrize(("uid", "gid", "changes", "needle"), [
     (UID, UID, {"uid": 1001}, "may only ask for a rocker of its own uid"),
     (UID, UID, {"gid": 0}, "may only ask for a gid it holds"),
+    (UID, UID, {"seccomp": "unconfined"}, "seccomp: only root may ask for 'unconfined'"),
+    (UID, UID, {"seccomp": "complain"}, "seccomp: only root may ask for 'complain'"),
     (UID, UID, {"app_exec_dir": "ROOTOWNED"}, "must be owned by uid 1000"),
     (UID, UID, {"app_data_dir": "MISSING"}, "it must exist"),
     (UID, UID, {"app_data_dir": "SYMLINK"}, "it must exist"),

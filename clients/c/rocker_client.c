@@ -16,6 +16,7 @@
 #include "lib.h"
 #include "rkjson.h"
 #include "rocker-join.h"
+#include "rocker-seccomp.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -54,8 +55,8 @@ struct fds {
 struct reply {
     char error[256];
     int is_error;
-    long long guard_pid, ns[NNS];
-    int have_pid, have_ns[NNS];
+    long long guard_pid, ns[NNS], seccomp; /* seccomp: index of the app's syscall filter, if any */
+    int have_pid, have_ns[NNS], have_seccomp;
     long long cgroup[ROCKER_MAX_CGROUPS]; /* indexes of the cgroup.procs fds the app joins */
     int n_cgroup;
     char pname[16];
@@ -340,6 +341,8 @@ static int parse_parameters(struct rkj_in *in, struct reply *r)
             rc = read_str(in, r->reason, sizeof r->reason, NULL);
         else if (strcmp(key, "cgroups") == 0)
             rc = read_cgroup_indexes(in, r);
+        else if (strcmp(key, "seccomp") == 0)
+            rc = read_int(in, &r->seccomp, &r->have_seccomp); /* null: unconfined */
         else if (strcmp(key, "namespaces") == 0 && rkj_peek(in) == '{') {
             char name[8];
             int n = 0, kk;
@@ -408,10 +411,11 @@ struct cgroups {
     int n;
 };
 
-__attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], const struct cgroups *cg, struct fds *all,
-                                                   int w, int (*app)(void *), void *app_args)
+__attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], const struct cgroups *cg,
+                                                   const struct sock_fprog *filter, struct fds *all, int w,
+                                                   int (*app)(void *), void *app_args)
 {
-    const char *step = rocker_join_ns(ns_fd, 1);
+    const char *step = rocker_join_ns(ns_fd, 1, filter);
     if (!step)
         step = rocker_join_cgroups(cg->fd, cg->n);
     if (step) {
@@ -442,7 +446,8 @@ __attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], const s
 }
 
 /* Fork the intermediate, collect its report. Closes every fd in `all`. */
-static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct cgroups *cg, struct fds *all,
+static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct cgroups *cg, const struct sock_fprog *filter,
+                               struct fds *all,
                                int (*app)(void *), void *app_args, int *app_pid)
 {
     int p[2];
@@ -454,7 +459,7 @@ static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct cgroups *cg, s
     pid_t pid = fork();
     if (pid == 0) {
         close(p[0]);
-        intermediate(ns_fd, cg, all, p[1], app, app_args);
+        intermediate(ns_fd, cg, filter, all, p[1], app, app_args);
     }
     int fork_errno = errno;
     close_fds(all);
@@ -567,10 +572,20 @@ __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRe
         close_fds(&fds);
         return result(ROCKER_ERR_recv_resp_failed);
     }
+    struct sock_fprog filter = {0, NULL}; /* read before the fork: the child only installs it */
+    if (r.have_seccomp) {
+        int rc = r.seccomp >= 0 && r.seccomp < fds.n ? rocker_seccomp_read(fds.fd[r.seccomp], &filter) : -EBADF;
+        if (rc < 0) {
+            debug("cannot read the app's syscall filter from the Create reply: %s", strerror(-rc));
+            close_fds(&fds);
+            return result(ROCKER_ERR_recv_resp_failed);
+        }
+    }
     RockerResult res = result(ROCKER_ERR_success);
     res.guard_pid = (int)r.guard_pid;
     memcpy(res.guard_pname, r.pname, sizeof res.guard_pname);
-    res.err_no = start_inside(ns_fd, &cg, &fds, app, app_args, &res.app_pid);
+    res.err_no = start_inside(ns_fd, &cg, r.have_seccomp ? &filter : NULL, &fds, app, app_args, &res.app_pid);
+    free(filter.filter);
     return res;
 }
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-__all__ = ["JoinFailed", "NativeMissing", "Spec", "app_cap_mask", "exec_library", "library", "prepare_join"]
+__all__ = ["JoinFailed", "NativeMissing", "Spec", "SyscallFilter", "app_cap_mask", "exec_library", "library",
+           "prepare_join", "read_filter"]
 
 
 class NativeMissing(OSError):
@@ -42,12 +43,51 @@ class Spec(ctypes.Structure):
         ("stack_size", ctypes.c_size_t),
         ("cgroup_fds", ctypes.POINTER(ctypes.c_int)),
         ("n_cgroup_fds", ctypes.c_int),
+        ("filter", ctypes.c_void_p),  # const struct sock_fprog *: the app's syscall filter, NULL for none
     ]
 
     def set_cgroups(self, fds: list[int]) -> None:
         """The rocker's cgroup.procs fds (from the Create reply); the array lives as long as the spec."""
         self._cgroups = (ctypes.c_int * max(1, len(fds)))(*fds)
         self.cgroup_fds, self.n_cgroup_fds = self._cgroups, len(fds)
+
+
+class _SockFprog(ctypes.Structure):
+    """struct sock_fprog (linux/filter.h)."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_INSN = 8  # sizeof(struct sock_filter)
+_MAX_INSNS = 4096  # BPF_MAXINSNS
+
+
+class SyscallFilter:
+    """The app's seccomp program, read from rockerd's memfd before any fork or clone, so that the
+    joining process only hands the kernel a pointer (rocker-seccomp.h). Keeps its buffer alive."""
+
+    def __init__(self, program: bytes) -> None:
+        if not program or len(program) % _INSN or len(program) // _INSN > _MAX_INSNS:
+            raise ValueError(f"a seccomp program of {len(program)} bytes is not 1..{_MAX_INSNS} instructions")
+        self._buf = ctypes.create_string_buffer(program, len(program))
+        self._prog = _SockFprog(len(program) // _INSN, ctypes.addressof(self._buf))
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self._prog)
+
+
+def read_filter(fd: int) -> SyscallFilter:
+    """The program in rockerd's sealed memfd (pread: its offset is shared with every holder)."""
+    size = os.fstat(fd).st_size
+    chunks, got = [], 0
+    while got < size:
+        chunk = os.pread(fd, size - got, got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return SyscallFilter(b"".join(chunks))
 
 
 @cache
@@ -81,15 +121,19 @@ class JoinFailed(Exception):
         self.step, self.errno = step, err
 
 
-def prepare_join(ns_fds: list[int], cgroup_fds: list[int] | None = None) -> Callable[[bool], None]:
+def prepare_join(ns_fds: list[int], cgroup_fds: list[int] | None = None,
+                 syscall_filter: SyscallFilter | None = None) -> Callable[[bool], None]:
     """A join for a forked child, built before the fork so that the child only makes the call
-    (rocker-join.h says what it does). The call raises JoinFailed naming the step."""
-    spec = Spec((ctypes.c_int * 6)(*ns_fds), -1, -1, None, None, None, None, 0)
+    (rocker-join.h says what it does; `syscall_filter` is installed last). The call raises
+    JoinFailed naming the step."""
+    spec = Spec((ctypes.c_int * 6)(*ns_fds), -1, -1, None, None, None, None, 0,
+                filter=syscall_filter.address if syscall_filter else None)
     spec.set_cgroups(cgroup_fds or [])
     step = ctypes.c_char_p()
     fn, ref_spec, ref_step = library().rocker_join, ctypes.byref(spec), ctypes.byref(step)
 
     def join(with_pid: bool) -> None:
+        _keep = syscall_filter  # the program must outlive every call
         rc = fn(ref_spec, 1 if with_pid else 0, ref_step)
         if rc < 0:
             raise JoinFailed((step.value or b"join").decode(), -rc)

@@ -50,6 +50,7 @@ struct rocker_exec {
     size_t stack_size;
     const int *cgroup_fds;  /* the rocker's cgroup.procs (rocker_join_cgroups), n_cgroup_fds of them */
     int n_cgroup_fds;
+    const struct sock_fprog *filter; /* the app's syscall filter (rocker-seccomp.h); NULL: none */
 };
 
 /* The entry points, loaded with ctypes (rocker_client/_native/__init__.py). */
@@ -98,9 +99,9 @@ static __attribute__((noreturn)) void fail(const struct rocker_exec *e, const ch
     __builtin_unreachable();
 }
 
-/* The whole join: namespaces and credentials, then the rocker's cgroups (as the app's uid). */
+/* The whole join: namespaces, credentials and syscall filter, then the rocker's cgroups (as the app's uid). */
 static const char *join(const struct rocker_exec *e, int with_pid) {
-    const char *stage = rocker_join_ns(e->ns_fds, with_pid);
+    const char *stage = rocker_join_ns(e->ns_fds, with_pid, e->filter);
     return stage ? stage : rocker_join_cgroups(e->cgroup_fds, e->n_cgroup_fds);
 }
 
@@ -133,7 +134,7 @@ static int intermediate(void *p) {
 }
 
 /* For a forked, single-threaded child (a callable app, or its intermediate): join the rocker and
- * take the app's credentials, as an Exec child does; only ns_fds of *e is read. Returns 0, or
+ * take the app's credentials, as an Exec child does; only ns_fds and filter of *e are read. Returns 0, or
  * -errno with *stage naming the step that failed. */
 int rocker_join(const struct rocker_exec *e, int with_pid, const char **stage) {
     const char *failed = join(e, with_pid);

@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE
 #include "rocker-join.h"
+#include "rocker-seccomp.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -45,7 +46,7 @@ static const char *limit_caps(int last)
     return syscall(SYS_capset, &hdr, data) < 0 ? "capset" : NULL;
 }
 
-const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid)
+const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid, const struct sock_fprog *filter)
 {
     int last = last_cap(); /* before setns(mnt): the caller's /proc, whatever the rocker's is */
     if (last < 0)
@@ -69,7 +70,7 @@ const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid)
         return step;
     if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         return "prctl(PR_SET_NO_NEW_PRIVS)";
-    return NULL;
+    return rocker_seccomp_install(filter); /* last: the filter need not allow the join's own steps */
 }
 
 const char *rocker_join_cgroups(const int *fds, int n)

@@ -11,6 +11,7 @@
 #define ROCKER_JOIN_H
 
 #include <linux/capability.h>
+#include <linux/filter.h>
 
 #define ROCKER_HIDDEN __attribute__((visibility("hidden")))
 
@@ -29,9 +30,10 @@ enum { ROCKER_NS_USER, ROCKER_NS_MNT, ROCKER_NS_PID, ROCKER_NS_NET, ROCKER_NS_UT
 /* Join the rocker's namespaces (its PID namespace too if with_pid: for the caller's children
  * from then on) and become its app: no supplementary groups (a root caller's would follow the
  * app otherwise, and cannot be dropped later), uid/gid 0 inside, ROCKER_APP_CAP_MASK as the
- * bounding, permitted and effective sets, no_new_privs. Returns NULL, or the step that failed
- * with errno set. */
-ROCKER_HIDDEN const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid);
+ * bounding, permitted and effective sets, no_new_privs, and last the syscall filter `filter`
+ * (rocker-seccomp.h; NULL: none). Returns NULL, or the step that failed with errno set. */
+ROCKER_HIDDEN const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid,
+                                         const struct sock_fprog *filter);
 
 /* The most cgroup.procs fds a Create reply carries: one per cgroup v1 hierarchy (memory, pids,
  * cpu, cpuacct), one on cgroup v2. */

@@ -74,7 +74,9 @@ Run `rocker COMMAND --help` for a command's options."""),
 Ask rockerd for a new rocker built from the package PKG and run CMD in it.
 CMD is a child of `rocker run` with your environment, stdin, stdout, stderr
 and terminal, so an interactive shell inside works. It runs as root inside
-the rocker, which is --uid/--gid outside, with a reduced capability set.
+the rocker, which is --uid/--gid outside (default: yours; when you are root,
+nobody's: --uid 0 asks for root), with a reduced capability set and the
+syscall filter --seccomp names (default: default; see docs/security.md).
 
 The package is mounted read-only at the exec dir, and its bin/ comes first
 on CMD's PATH. Each --overlay DIR puts a copy-on-write layer over the host's
@@ -96,6 +98,7 @@ tasks, to what you leave out, and may refuse values above its ceilings).""",
             ("default dirs", """\
   NAME is PKG's file name without .squashfs.
   as root     exec dir /run/rocker/apps/NAME, data dir /var/lib/rocker/NAME
+              for an app of uid 0, /var/lib/rocker/uid-UID/NAME for any other
               (rockerd creates missing dirs)
   otherwise   exec dir $XDG_RUNTIME_DIR/rocker/apps/NAME (/run/user/UID/...)
               data dir ${XDG_DATA_HOME:-~/.local/share}/rocker/NAME
@@ -160,11 +163,11 @@ ones that run as their uid or that they asked for.""",
 Print what is known about the live rocker NAME as one JSON object: the
 fields rockerd reports (RockerInfo in docs/protocol.md: guard_pid,
 guard_pname, app_id, uid, gid, created, caller_uid, app_pkg_path,
-app_exec_dir, app_data_dir, app_overlay_dirs, the limits asked for, and
-"limits" and "usage" from its cgroup: memory in bytes, cpu_usec, procs,
-oom_kills) plus "processes", the number of processes in its PID namespace,
-and "pids", their PIDs on the host with the guard first (both null where
-you may not look).""",
+app_exec_dir, app_data_dir, app_overlay_dirs, seccomp, the limits asked
+for, and "limits" and "usage" from its cgroup: memory in bytes, cpu_usec,
+procs, oom_kills) plus "processes", the number of processes in its PID
+namespace, and "pids", their PIDs on the host with the guard first (both
+null where you may not look).""",
         examples=(("the data dir of a rocker, with jq", "rocker inspect rk-0a1b2c3d | jq -r .app_data_dir"),),
         exit_status=(("0", "success"), ("1", "no live rocker is called NAME"), EXIT_STATUS_USAGE,
                      EXIT_STATUS_ROCKER),

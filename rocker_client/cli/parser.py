@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import NoReturn
 
 from ..structs import MAX_OVERLAY_DIRS
@@ -66,10 +65,12 @@ def build_parser() -> Parser:
     run.add_argument("--overlay", action="append", default=[], metavar="DIR",
                      help=f"put a copy-on-write layer over the host dir DIR; repeatable, at most "
                           f"{MAX_OVERLAY_DIRS}; not /, /proc, /sys or /dev")
-    run.add_argument("--uid", type=_id, default=os.getuid(), metavar="UID",
-                     help="the app's uid outside the rocker (default: yours; only root may pick another)")
-    run.add_argument("--gid", type=_id, default=os.getgid(), metavar="GID",
-                     help="the app's gid outside the rocker (default: yours; only root may pick another)")
+    run.add_argument("--uid", type=_id, default=None, metavar="UID",
+                     help="the app's uid outside the rocker (default: yours; root's apps run as nobody, "
+                          "--uid 0 asks for root; only root may pick another)")
+    run.add_argument("--gid", type=_id, default=None, metavar="GID",
+                     help="the app's gid outside the rocker (default: yours; root's apps run as nobody's "
+                          "group; only root may pick another)")
     run.add_argument("--app-id", type=_id, default=0, metavar="N",
                      help="a number of your choosing that `rocker ps` shows (default 0)")
     run.add_argument("--network", choices=("none", "host", "bridge"), metavar="MODE",
@@ -77,6 +78,9 @@ def build_parser() -> Parser:
                           "default: rockerd's --default-network, none unless set")
     run.add_argument("-p", "--publish", action="append", default=[], metavar="HOST:PORT[/udp]",
                      help="forward the host's port HOST to the app's PORT (--network bridge); repeatable")
+    run.add_argument("--seccomp", choices=("default", "complain", "unconfined"), default="default",
+                     metavar="PROFILE", help="the app's syscall filter: default, complain (allow and log what "
+                     "default denies) or unconfined (none); only root may lift it (docs/security.md)")
     run.add_argument("-w", "--workdir", metavar="DIR",
                      help="where CMD starts, inside the rocker (default: the current directory, else /)")
     run.add_argument("--memory", type=parse_size, metavar="SIZE",

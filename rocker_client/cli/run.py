@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,31 @@ from ..structs import OPTION_OF_FIELD, Cause, request_new
 from .common import Failure, UsageError, socket_path, unreachable
 from .pack import check_package
 
+NOBODY = 65534  # the overflow uid/gid, when the user database has no "nobody"
 
-def default_dirs(pkg: str, uid: int | None = None) -> tuple[str, str]:
-    """Exec dir and data dir named after the package file: root's under /run and /var/lib, else XDG."""
+
+def default_ids() -> tuple[int, int]:
+    """The app's uid and gid when --uid/--gid are not given: the caller's, except that root's apps run
+    as nobody (docs/security.md): a uid-0 app holds host root's DAC powers over every dir it is not
+    overlaid on, which nobody should get by leaving out an option. `--uid 0` asks for it."""
+    if os.geteuid() != 0:
+        return os.getuid(), os.getgid()
+    try:
+        pw = pwd.getpwnam("nobody")
+        return pw.pw_uid, pw.pw_gid
+    except KeyError:
+        return NOBODY, NOBODY
+
+
+def default_dirs(pkg: str, uid: int | None = None, app_uid: int = 0) -> tuple[str, str]:
+    """Exec dir and data dir named after the package file: root's under /run and /var/lib, else XDG.
+    Root's data dir for an app of another uid is kept apart (uid-N/), so that the files a uid-0 run
+    left behind are not in the way of an app that may not write over them."""
     stem = Path(pkg).name.removesuffix(".squashfs") or "app"
     uid = os.geteuid() if uid is None else uid
     if uid == 0:
-        return f"/run/rocker/apps/{stem}", f"/var/lib/rocker/{stem}"
+        data = f"/var/lib/rocker/{stem}" if app_uid == 0 else f"/var/lib/rocker/uid-{app_uid}/{stem}"
+        return f"/run/rocker/apps/{stem}", data
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{uid}"
     data = os.environ.get("XDG_DATA_HOME")
     if not data:
@@ -81,10 +100,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("rocker run", "no CMD given: put it after the options, e.g. `rocker run --pkg PKG -- sh`")
     pkg = args.pkg
     check_package(pkg)
+    uid, gid = default_ids()
+    uid = uid if args.uid is None else args.uid
+    gid = gid if args.gid is None else args.gid
     if args.exec_dir and args.data_dir:
         exec_dir, data_dir = os.path.abspath(args.exec_dir), os.path.abspath(args.data_dir)
     else:
-        default_exec, default_data = default_dirs(pkg)
+        default_exec, default_data = default_dirs(pkg, app_uid=uid)
         exec_dir = os.path.abspath(args.exec_dir or default_exec)
         data_dir = os.path.abspath(args.data_dir or default_data)
     if os.geteuid() != 0:
@@ -92,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                              ("data", data_dir, args.data_dir)) if not given])
 
     req = request_new()
-    req.app_id, req.uid, req.gid = args.app_id, args.uid, args.gid
+    req.app_id, req.uid, req.gid, req.seccomp = args.app_id, uid, gid, args.seccomp
     req.app_pkg_path = os.path.realpath(pkg)  # rockerd refuses paths through symlinks
     req.app_exec_dir, req.app_data_dir = exec_dir, data_dir
     req.app_overlay_dirs = [os.path.abspath(d) for d in args.overlay]

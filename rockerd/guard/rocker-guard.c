@@ -32,6 +32,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -45,6 +46,12 @@
 #endif
 #ifndef SYS_move_mount
 #define SYS_move_mount 429
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
 #endif
 #ifndef MOVE_MOUNT_F_EMPTY_PATH
 #define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
@@ -206,6 +213,53 @@ static void setup_failed(int status, const char *step, const char *detail, int e
     die(step, err, 1);
 }
 
+/* What the app must not write or read in the rocker's fresh /proc (and the host's /sys it sees),
+ * whatever its uid: Docker's readonlyPaths and maskedPaths (moby oci/defaults.go), which runc
+ * applies to every container, root or not. A uid-0 rocker's user namespace maps root to host
+ * root, so without this a write to /proc/sys/kernel/core_pattern runs a program as host root.
+ * Read-only: bind-mounted onto itself, then remounted read-only. Masked: /dev/null bound over a
+ * file, an empty read-only tmpfs over a directory. A path this kernel lacks is skipped. The app
+ * keeps no CAP_SYS_ADMIN (rocker-join.h), so it cannot unmount any of them, and a fresh proc
+ * mount is refused while these cover parts of this one (the kernel's mount_too_revealing). */
+static const char *const PROC_READONLY[] = {
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+};
+static const char *const PROC_MASKED[] = {
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi", "/proc/timer_list", "/proc/timer_stats",
+    "/sys/devices/virtual/powercap", "/sys/firmware",
+};
+#define LOCKED_FLAGS (MS_NOSUID | MS_NODEV | MS_NOEXEC) /* proc's own: a remount must keep them */
+
+static void harden_proc(int status) {
+    struct stat st;
+    for (size_t i = 0; i < sizeof PROC_READONLY / sizeof *PROC_READONLY; i++) {
+        const char *p = PROC_READONLY[i];
+        if (mount(p, p, NULL, MS_BIND | MS_REC, NULL) < 0) {
+            if (errno == ENOENT) continue;
+            setup_failed(status, "bind /proc path read-only", p, errno);
+        }
+        if (mount(NULL, p, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | LOCKED_FLAGS, NULL) < 0)
+            setup_failed(status, "remount /proc path read-only", p, errno);
+    }
+    for (size_t i = 0; i < sizeof PROC_MASKED / sizeof *PROC_MASKED; i++) {
+        const char *p = PROC_MASKED[i];
+        if (stat(p, &st) < 0) {
+            if (errno == ENOENT) continue;
+            setup_failed(status, "mask /proc path", p, errno);
+        }
+        int r = S_ISDIR(st.st_mode)
+                    ? mount("tmpfs", p, "tmpfs", MS_RDONLY | LOCKED_FLAGS, "size=0,mode=0555")
+                    : mount("/dev/null", p, NULL, MS_BIND, NULL);
+        if (r < 0) setup_failed(status, "mask /proc path", p, errno);
+    }
+    /* /sys is the host's sysfs, with cgroup2, securityfs, ... below it: read-only, all of it, as
+     * Docker's /sys is (its root-owned files are a uid-0 app's own otherwise: /sys/power/state...). */
+    struct { unsigned long long set, clr, propagation, userns_fd; } ro = { 1 /* MOUNT_ATTR_RDONLY */, 0, 0, 0 };
+    if (syscall(SYS_mount_setattr, AT_FDCWD, "/sys", AT_RECURSIVE, &ro, sizeof ro) < 0 && errno != ENOENT)
+        setup_failed(status, "make /sys read-only", "/sys", errno);
+}
+
 #define MAX_MOUNTS ROCKER_GUARD_MAX_MOUNTS
 static char targets[MAX_MOUNTS * (ROCKER_GUARD_TARGET_MAX + 1)]; /* NUL-separated paths; only what arrives is touched */
 
@@ -219,6 +273,7 @@ static void setup(int status, const char *name) {
         setup_failed(status, "make / rprivate", NULL, errno);
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
         setup_failed(status, "mount /proc", NULL, errno);
+    harden_proc(status);
     if (sethostname(name, strlen(name)) < 0) setup_failed(status, "set hostname", name, errno);
 
     union { struct cmsghdr h; char b[CMSG_SPACE(MAX_MOUNTS * sizeof(int))]; } ctl;
