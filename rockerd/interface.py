@@ -77,7 +77,7 @@ method Create(
   guard_pid: int,
   guard_pname: string,
   namespaces: Namespaces,
-  cgroups: ?[]int
+  cgroups: ?[]int,
   seccomp: ?int
 )
 
