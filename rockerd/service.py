@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from rocker_sys import ns
 
-from . import interface, journal, kernel, policy
-from .create import NS_NAMES, BuildError, PackageCache, WorkSlots, build_rocker
+from . import interface, journal, kernel, policy, rmdata
+from .create import NS_NAMES, BuildError, DataShares, PackageCache, WorkSlots, build_rocker
 from .create.warm import DEFAULT_BUDGET
 from .registry import Registry, Rocker
 from .request import RequestInvalid, parse_request
@@ -44,13 +44,14 @@ class RockerService:
         self.registry = Registry(self._ended)
         self.packages = PackageCache(self.config.warm_budget)
         self.slots = WorkSlots()
+        self.shares = DataShares(self.slots)  # rockers on one data dir share its overlays
         self.state = StateDir(self.config.state_dir)
         self._adopt()
 
     def interface(self) -> Interface:
         return Interface(interface.NAME, interface.DESCRIPTION,
                          {"Create": self.create, "List": self.list, "Kill": self.kill,
-                          "Kernel": self.kernel})
+                          "Kernel": self.kernel, "RemoveData": self.remove_data})
 
     async def create(self, call: Call) -> Reply:
         t0 = time.perf_counter()
@@ -72,7 +73,7 @@ class RockerService:
             built = await build_rocker(req, name, caller=peer, packages=self.packages, slots=self.slots,
                                        guard_fd=self.guard_fd,
                                        first_entry_timeout=self.config.first_entry_timeout,
-                                       ready_timeout=self.config.ready_timeout)
+                                       ready_timeout=self.config.ready_timeout, shares=self.shares)
         except policy.Denied as e:
             self._refuse(peer.uid, str(e))
             raise VarlinkError(ERR + "PermissionDenied", {"reason": str(e)}) from None
@@ -107,6 +108,18 @@ class RockerService:
     async def kernel(self, call: Call) -> Reply:
         k = kernel.current()
         return Reply({"release": k.release, "paths": k.paths()})
+
+    async def remove_data(self, call: Call) -> Reply:
+        """rocker rm-data: rmdata.py does it, as the caller wherever it can."""
+        self._check_caller_ns(call)
+        try:
+            done = await rmdata.remove_data_dir(call.parameters.get("data_dir"), call.peer, self.shares)
+        except (rmdata.RemoveRefused, policy.Denied) as e:
+            kind, reason = (e.kind, e.reason) if isinstance(e, rmdata.RemoveRefused) else ("PermissionDenied", str(e))
+            self._refuse(call.peer.uid, f"RemoveData: {reason}")
+            raise VarlinkError(ERR + kind, {"field": "data_dir", "reason": reason} if kind == "InvalidRequest"
+                               else {"reason": reason}) from None
+        return Reply({"removed": done.removed, "left": done.left})
 
     async def kill(self, call: Call) -> Reply:
         p = call.parameters
@@ -154,7 +167,7 @@ class RockerService:
                       caller_uid=rocker.caller_uid, lifetime_sec=round(lifetime, 3), status=status)
         if rocker.pkg_key is not None:
             self.packages.release(rocker.pkg_key)
-        self.slots.give_back(rocker.request.app_data_dir, rocker.work_slot)
+        self.shares.leave(rocker.name)  # the last one on its data dir gives back the work slot
         self.state.remove(rocker.name)
 
     def _adopt(self) -> None:
@@ -181,7 +194,7 @@ class RockerService:
             age = max(0.0, time.time() - rec.created)
             self.registry.add(Rocker(name=rec.name, pid=rec.pid, pidfd=pidfd, request=req, caller_uid=rec.caller_uid,
                                      created=rec.created, started=time.monotonic() - age, work_slot=rec.work_slot))
-            self.slots.hold(req.app_data_dir, rec.work_slot)
+            self.shares.adopt(rec.name, rec.pid, req, rec.work_slot)
             journal.event(journal.ADOPTED, f"adopted {rec.name} (guard pid {rec.pid}) left by an earlier rockerd",
                           guard_name=rec.name, guard_pid=rec.pid, app_id=req.app_id, uid=req.uid,
                           caller_uid=rec.caller_uid)

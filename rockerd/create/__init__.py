@@ -21,6 +21,8 @@ from rocker_sys.libc import SyscallError
 from ..policy import Peer
 from ..request import RockerRequestModel
 from . import pkgopen
+from .datashare import DataShares
+from .dirsteps import run_host_steps
 from .host import HostContext, host_steps, package_steps
 from .net import loopback_up
 from .packages import PackageCache, PackageKey
@@ -28,7 +30,7 @@ from .spawn import Spawned, reap, send_mounts, start_guard, wait_ready
 from .steps import BuildError, as_build_error, run_steps, undo_steps
 from .workslots import WorkSlots
 
-__all__ = ["NS_NAMES", "BuildError", "Built", "PackageCache", "PackageKey", "WorkSlots", "build_rocker"]
+__all__ = ["NS_NAMES", "BuildError", "Built", "DataShares", "PackageCache", "PackageKey", "WorkSlots", "build_rocker"]
 
 # setns order for entering: user first, so the caller holds the rocker's
 # capabilities when it joins the namespaces that user namespace owns
@@ -57,7 +59,7 @@ def _spawn_pool() -> ThreadPoolExecutor:
 
 async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | None, packages: PackageCache,
                        slots: WorkSlots, guard_fd: int, first_entry_timeout: float = 10.0,
-                       ready_timeout: float = 5.0) -> Built:
+                       ready_timeout: float = 5.0, shares: DataShares | None = None) -> Built:
     """Build one rocker or undo everything and raise BuildError naming the failed step.
 
     The guard is started on a worker thread while this one builds the mounts: the clone into
@@ -68,13 +70,13 @@ async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | Non
     loop = asyncio.get_running_loop()
     starting = loop.run_in_executor(_spawn_pool(), start_guard, name, req.uid, req.gid, guard_fd,
                                     first_entry_timeout)
-    ctx = HostContext(req, name, caller, packages, slots)
+    ctx = HostContext(req, name, caller, packages, slots, shares=shares)
     dirs, package = host_steps(), package_steps()
     steps = [*dirs, *package]
     try:
         opening = pkgopen.start_open(req.app_pkg_path, caller)  # a lookup may hang: off the loop, meanwhile
         try:
-            run_steps(dirs, ctx)  # undoes itself when it fails
+            await run_host_steps(dirs, ctx)  # undoes itself when it fails; joins a shared data dir
         except BaseException:
             pkgopen.abandon(opening)
             raise
@@ -120,6 +122,8 @@ async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | Non
             raise as_build_error(stage, e) from e
         raise
     assert ctx.pkg_key is not None and ctx.work_slot is not None
+    if shares is not None:
+        shares.built(name, spawned.pid)
     return Built(spawned.pid, spawned.pidfd, ns_fds, ctx.pkg_key, ctx.work_slot)
 
 
