@@ -18,7 +18,8 @@ off the event loop with a deadline, goes in three passes:
    (unlinkat from its parent opened as the caller, if the name is still it).
 
 Refused while a rocker uses the dir (datashare.py knows, by inode), and no
-rocker may claim it meanwhile.
+rocker may claim it meanwhile; refused too if the dir holds anything but
+upper/ and work/ at its top (it is not a data dir: a typo must cost nothing).
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ def _run(fn: Callable[..., object], *args: object) -> asyncio.Future[object]:
 async def remove_data_dir(path: object, peer: policy.Peer, shares: DataShares) -> Removal:
     if not isinstance(path, str) or not path.startswith("/") or os.path.normpath(path) != path or path == "/":
         raise RemoveRefused("InvalidRequest", "data_dir must be an absolute, normalised path other than /")
+    opening = _run(_open_as, path, peer)
     try:
-        fd = await asyncio.wait_for(_run(_open_as, path, peer), OPEN_DEADLINE)
+        fd = await asyncio.wait_for(asyncio.shield(opening), OPEN_DEADLINE)
     except TimeoutError:
+        opening.add_done_callback(lambda f: f.exception() is None and os.close(f.result()))  # type: ignore[arg-type]
         raise RemoveRefused("PermissionDenied", f"data dir {path} did not open within {OPEN_DEADLINE:g} s") from None
     assert isinstance(fd, int)
     try:
@@ -109,6 +112,10 @@ def _remove(path: str, data: int, peer: policy.Peer) -> Removal:
     with policy.acting_as(peer):
         top = os.open(".", O_WALK, dir_fd=data)
         try:
+            stray = sorted(set(os.listdir(top)) - {layout.UPPER, layout.WORK})
+            if stray:  # a typo (rocker rm-data /usr) must not cost anything
+                raise RemoveRefused("PermissionDenied", f"{path} does not look like a data dir: it holds "
+                                                        f"{', '.join(stray[:3])}, not only upper/ and work/")
             _walk(top, dev, out, None)
         finally:
             os.close(top)

@@ -175,7 +175,7 @@ def _st_dev(d: str) -> dict[str, Any]:
 
 
 def test_restarted_rockerd_joins_the_adopted_rockers_overlays(daemon: Daemon, base: Path, pkg: Path,
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """rockerd killed with a rocker live on a data dir; the restarted one adopts it, and a new rocker
     on that data dir gets the adopted rocker's overlay (one superblock: each sees the other's writes)."""
     host = str(base / "host")
@@ -188,7 +188,7 @@ def test_restarted_rockerd_joins_the_adopted_rockers_overlays(daemon: Daemon, ba
         daemon.proc.send_signal(signal.SIGKILL)
         daemon.proc.wait()
         d2.append(start_daemon(tmp_path / "d"))
-        os.environ["ROCKER_SOCKET"] = d2[0].socket
+        monkeypatch.setenv("ROCKER_SOCKET", d2[0].socket)
         second = run_app(req, lambda: {**_st_dev(host), "w": Path(f"{host}/second").write_text("2")})
         inner.update(second.report, ok=second.res.ok, detail=second.res.detail)
 
@@ -297,7 +297,10 @@ def test_owner_removes_its_data_dir_after_twenty_runs(owner_world: tuple[Path, D
     assert (base / "victim/keep").read_text() == "root's", "rm-data followed a link out of the data dir"
 
 
-def test_rm_data_refused_while_in_use_and_for_others(owner_world: tuple[Path, Daemon], pkg: Path) -> None:
+def test_rm_data_refused_while_in_use_and_for_others(owner_world: tuple[Path, Daemon], pkg: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused while a rocker uses the dir (naming it), for a dir of another uid, and for a dir
+    that is not a data dir even to root; `rocker inspect` shows the data dir."""
     base, d = owner_world
     data = base / "u/data"
     req = make_req(base / "u", pkg, uid=UID, gid=UID, overlays=(str(base / "shared"),))
@@ -312,7 +315,7 @@ def test_rm_data_refused_while_in_use_and_for_others(owner_world: tuple[Path, Da
         seen["inspect"] = json.loads(ins.stdout)
         seen["name"] = res.guard_pname
 
-    os.environ["ROCKER_SOCKET"] = d.socket
+    monkeypatch.setenv("ROCKER_SOCKET", d.socket)
     run = run_app(req, lambda: {}, try_remove)
     assert run.res.ok, run.res.detail
     code, err = seen["rm"]
@@ -324,4 +327,7 @@ def test_rm_data_refused_while_in_use_and_for_others(owner_world: tuple[Path, Da
                            extra_groups=[], capture_output=True, text=True,
                            env={"ROCKER_SOCKET": d.socket, "PYTHONPATH": str(base / "lib")})
     assert other.returncode == 125 and "is owned by uid 0, not 1001" in other.stderr, other.stderr
+    root = subprocess.run([sys.executable, "-m", "rocker_client.cli", "rm-data", str(base / "shared")],
+                          capture_output=True, text=True, env={**os.environ, "ROCKER_SOCKET": d.socket})
+    assert root.returncode == 125 and "does not look like a data dir: it holds other" in root.stderr, root.stderr
     assert (base / "shared/other/f").exists()

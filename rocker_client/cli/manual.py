@@ -237,8 +237,10 @@ copy-ups of dirs of other owners and overlayfs's work dirs are root's or
 sit in root's sticky dirs, so a plain rm -rf cannot. rockerd removes what
 you may remove as you, and with root's rights only what overlayfs or
 rockerd made there (and empty dirs); it never follows a symlink or crosses
-a mount. DIR must be yours (or you root), and no live rocker may use it:
-that is refused, naming the rocker (`rocker kill` it first).""",
+a mount. DIR must be yours (or you root), hold nothing but upper/ and
+work/ (what rockerd makes: anything else is refused, so a typo such as
+/usr costs nothing), and no live rocker may use it: that is refused, naming
+the rocker (`rocker kill` it first).""",
         examples=(("start an app afresh", "rocker rm-data ~/.local/share/rocker/hello"),),
         exit_status=(("0", "DIR is gone"), EXIT_STATUS_USAGE,
                      ("125", "refused (not yours, in use), or some entries stay: they are not yours and "
