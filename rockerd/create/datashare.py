@@ -114,6 +114,7 @@ class DataShares:
         self._by_name: dict[str, Share] = {}
         self._ids = itertools.count()
         self.stage = Stage()
+        self.stage.call(int)  # its thread and namespace now, not on a create's path (and its fd with the daemon's)
         self.lock = threading.RLock()  # builds run their dir steps on threads (dirsteps.py)
 
     def __len__(self) -> int:
