@@ -97,6 +97,11 @@ type KernelPath (
   fast_since: string
 )
 
+# Delete a data dir no live rocker uses, as its owner: the caller's own rights,
+# and root's only for what overlayfs made inside (whiteouts, copy-ups, work
+# dirs). left counts the entries that stay (someone else's, moved in).
+method RemoveData(data_dir: string) -> (removed: int, left: int)
+
 # The kernel rockerd runs on and the paths it takes there.
 method Kernel() -> (release: string, paths: []KernelPath)
 

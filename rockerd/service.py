@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from rocker_sys import ns
 
-from . import confine, interface, journal, kernel, policy
+from . import confine, interface, journal, kernel, policy, rmdata
 from .cgroups import CgroupError, CgroupManager, LimitPolicy, LimitRefused, Limits, RockerCgroup, detect
-from .create import NS_NAMES, BuildError, PackageCache, WorkSlots, build_rocker
+from .create import NS_NAMES, BuildError, DataShares, PackageCache, WorkSlots, build_rocker
 from .create.warm import DEFAULT_BUDGET
 from .network import NetConfig, Network
 from .registry import Registry, Rocker
@@ -49,6 +49,7 @@ class RockerService:
         self.registry = Registry(self._ended)
         self.packages = PackageCache(self.config.warm_budget)
         self.slots = WorkSlots()
+        self.shares = DataShares(self.slots)  # rockers on one data dir share its overlays
         self.state = StateDir(self.config.state_dir)
         self.network = Network(self.config.network)
         self.cgroups = CgroupManager(detect(want=self.config.cgroups), self.config.limit_policy)
@@ -58,7 +59,7 @@ class RockerService:
     def interface(self) -> Interface:
         return Interface(interface.NAME, interface.DESCRIPTION,
                          {"Create": self.create, "List": self.list, "Kill": self.kill,
-                          "Kernel": self.kernel})
+                          "Kernel": self.kernel, "RemoveData": self.remove_data})
 
     async def create(self, call: Call) -> Reply:
         t0 = time.perf_counter()
@@ -86,7 +87,7 @@ class RockerService:
                                        guard_fd=self.guard_fd,
                                        first_entry_timeout=self.config.first_entry_timeout,
                                        ready_timeout=self.config.ready_timeout, net=(self.network, plan),
-                                       cgroup_fds=cg.guard_fds if cg else None)
+                                       cgroup_fds=cg.guard_fds if cg else None, shares=self.shares)
         except policy.Denied as e:
             self.network.release(name)
             self._refuse(peer.uid, str(e))
@@ -147,6 +148,18 @@ class RockerService:
         k = kernel.current()
         return Reply({"release": k.release, "paths": [*k.paths(), self.cgroups.status()]})
 
+    async def remove_data(self, call: Call) -> Reply:
+        """rocker rm-data: rmdata.py does it, as the caller wherever it can."""
+        self._check_caller_ns(call)
+        try:
+            done = await rmdata.remove_data_dir(call.parameters.get("data_dir"), call.peer, self.shares)
+        except (rmdata.RemoveRefused, policy.Denied) as e:
+            kind, reason = (e.kind, e.reason) if isinstance(e, rmdata.RemoveRefused) else ("PermissionDenied", str(e))
+            self._refuse(call.peer.uid, f"RemoveData: {reason}")
+            raise VarlinkError(ERR + kind, {"field": "data_dir", "reason": reason} if kind == "InvalidRequest"
+                               else {"reason": reason}) from None
+        return Reply({"removed": done.removed, "left": done.left})
+
     async def kill(self, call: Call) -> Reply:
         p = call.parameters
         name, sig = p.get("guard_pname"), p.get("signal")
@@ -194,7 +207,7 @@ class RockerService:
         if rocker.pkg_key is not None:
             self.packages.release(rocker.pkg_key)
         self.network.release(rocker.name)
-        self.slots.give_back(rocker.request.app_data_dir, rocker.work_slot)
+        self.shares.leave(rocker.name)  # the last one on its data dir gives back the work slot
         self.state.remove(rocker.name)
         self.cgroups.ended(rocker.name, rocker.pid)
 
@@ -227,7 +240,7 @@ class RockerService:
             age = max(0.0, time.time() - rec.created)
             self.registry.add(Rocker(name=rec.name, pid=rec.pid, pidfd=pidfd, request=req, caller_uid=rec.caller_uid,
                                      created=rec.created, started=time.monotonic() - age, work_slot=rec.work_slot))
-            self.slots.hold(req.app_data_dir, rec.work_slot)
+            self.shares.adopt(rec.name, rec.pid, req, rec.work_slot)
             self.network.adopt(rec.name, req.network or "none")
             self.cgroups.adopt(rec.name)
             journal.event(journal.ADOPTED, f"adopted {rec.name} (guard pid {rec.pid}) left by an earlier rockerd",

@@ -60,7 +60,8 @@ def test_rockerd_sigkill_keeps_rockers_and_restart_readopts(tmp_path: Path, base
         assert f"adopted {res.guard_pname}" in d2.log_text()
         res2 = enter_rocker(make_req(base, pkg), blocking_app, (r, w))  # same data dir
         assert res2.ok and res2.guard_pname != res.guard_pname
-        assert (base / "data/work/1").is_dir(), "the adopted rocker's work slot was handed out again"
+        assert (base / "data/work/0").is_dir() and not (base / "data/work/1").exists(), \
+            "the second rocker joins the adopted one's overlays and work slot (datashare.py)"
         wire.call(d2.socket, "io.rocker.Rocker.Kill", {"guard_pname": res.guard_pname})
         _, status = os.waitpid(res.app_pid, 0)
         assert os.WIFSIGNALED(status)

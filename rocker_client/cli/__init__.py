@@ -22,6 +22,7 @@ __all__ = ["PAGES", "Page", "build_parser", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "cmd_run"), "ps": ("rockers", "cmd_ps"), "inspect": ("rockers", "cmd_inspect"),
     "kill": ("rockers", "cmd_kill"), "pack": ("pack", "cmd_pack"), "status": ("status", "cmd_status"),
+    "rm-data": ("datadir", "cmd_rm_data"), "diff": ("datadir", "cmd_diff"),
 }
 
 

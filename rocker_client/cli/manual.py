@@ -42,6 +42,8 @@ inside mapped to one uid outside. rocker talks to rockerd over a unix socket."""
   ps        list the live rockers
   inspect   print one live rocker as JSON
   kill      signal a rocker's guard (ends the rocker)
+  diff      show what an app wrote over the host: added, changed, deleted
+  rm-data   delete a data dir that no rocker uses
   status    show whether rockerd is up, its version and how many rockers live
 
 Run `rocker COMMAND --help` for a command's options."""),
@@ -216,6 +218,47 @@ APP.squashfs is replaced only when the new image is complete.""",
                                              "rocker run --pkg hello.squashfs -- hello"),),
         exit_status=(("0", "the package was written"), EXIT_STATUS_USAGE,
                      ("125", "mksquashfs is missing or failed; DIR is not a directory")),
+    ),
+    Page(
+        name="diff",
+        summary="show what an app wrote over the host: added, changed, deleted",
+        synopsis="rocker diff NAME|DIR",
+        description="""\
+List what the overlays of a data dir hold, as paths on the host: the data
+dir of the live rocker NAME, or the data dir DIR (a path: it contains a /).
+Each line is a kind and a path:
+
+  A PATH    added: the host has no PATH (a dir ends in /)
+  C PATH    changed: the app's PATH hides the host's (a dir ends in / when
+            the app replaced it whole; needs root to tell)
+  D PATH    deleted: the app removed the host's PATH (a whiteout)
+
+Rockers on one data dir share it, so this is what all of them wrote. It
+reads <DIR>/upper/ as you: run it as the data dir's owner or root.""",
+        sections=(("the same with find", """\
+  find DIR/upper -mindepth 1 \\( -type c -printf 'D /%P\\n' \\) -o -printf 'A /%P\\n'"""),),
+        examples=(("what the app of rk-0a1b2c3d wrote to /etc", "rocker diff rk-0a1b2c3d | grep ' /etc/'"),),
+        exit_status=(("0", "success"), ("1", "no live rocker is called NAME"), EXIT_STATUS_USAGE,
+                     ("125", "rockerd is unreachable, or there is no data dir at DIR")),
+    ),
+    Page(
+        name="rm-data",
+        summary="delete a data dir that no rocker uses",
+        synopsis="rocker rm-data DIR",
+        description="""\
+Delete the data dir DIR and everything in it, through rockerd: whiteouts,
+copy-ups of dirs of other owners and overlayfs's work dirs are root's or
+sit in root's sticky dirs, so a plain rm -rf cannot. rockerd removes what
+you may remove as you, and with root's rights only what overlayfs or
+rockerd made there (and empty dirs); it never follows a symlink or crosses
+a mount. DIR must be yours (or you root), hold nothing but upper/ and
+work/ (what rockerd makes: anything else is refused, so a typo such as
+/usr costs nothing), and no live rocker may use it: that is refused, naming
+the rocker (`rocker kill` it first).""",
+        examples=(("start an app afresh", "rocker rm-data ~/.local/share/rocker/hello"),),
+        exit_status=(("0", "DIR is gone"), EXIT_STATUS_USAGE,
+                     ("125", "refused (not yours, in use), or some entries stay: they are not yours and "
+                             "rocker did not make them")),
     ),
     Page(
         name="status",

@@ -115,6 +115,14 @@ def build_parser() -> Parser:
     kill.add_argument("names", nargs="+", metavar="NAME", help="the rockers' names, as `rocker ps` shows them")
     _socket_option(kill)
 
+    rm_data = page("rm-data")
+    rm_data.add_argument("dir", metavar="DIR", help="the data dir to delete")
+    _socket_option(rm_data)
+
+    diff = page("diff")
+    diff.add_argument("target", metavar="NAME|DIR", help="a live rocker's name, or a data dir (a path)")
+    _socket_option(diff)
+
     status = page("status")
     status.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     _socket_option(status)

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from ..policy import Peer
 from ..request import RockerRequestModel
+from .datashare import DataShares
+from .dirsteps import HostDirs
 from .handoff import (
     NS_NAMES,
     BringLoUp,
@@ -31,7 +33,15 @@ from .handoff import (
     SendMounts,
     StartGuard,
 )
-from .host import EnsureExecAndDataDirs, MountOverlays, MountPackage, PrepareOverlayLayers, VerifyOverlayRoots
+from .host import (
+    ClaimDataDir,
+    EnsureExecAndDataDirs,
+    MountOverlays,
+    MountPackage,
+    PrepareOverlayLayers,
+    ShareOverlays,
+    VerifyOverlayRoots,
+)
 from .packages import PackageCache, PackageKey
 from .steps import BuildError, Step, run_steps
 from .workslots import WorkSlots
@@ -39,17 +49,22 @@ from .workslots import WorkSlots
 if TYPE_CHECKING:
     from ..network import Network, Plan
 
-__all__ = ["NS_NAMES", "STEPS", "BuildError", "Built", "PackageCache", "PackageKey", "WorkSlots", "build_rocker"]
+__all__ = ["NS_NAMES", "STEPS", "BuildError", "Built", "DataShares", "PackageCache", "PackageKey", "WorkSlots",
+           "build_rocker"]
 
 # The build, in order: a new step is one line here (docs/architecture.md, "Create steps").
 # A step that only starts work (StartGuard, OpenPackage) is awaited by a later one.
 STEPS: tuple[Step[BuildContext], ...] = (
     StartGuard(),             # the clone, on a worker thread from now (handoff.py)
     OpenPackage(),            # the caller's package path, opened off the loop from now
-    EnsureExecAndDataDirs(),  # host.py: exec and data dirs, opened as the caller
-    PrepareOverlayLayers(),   # upper and work dirs below the data dir
-    MountOverlays(),          # detached overlay mounts
-    VerifyOverlayRoots(),
+    HostDirs(                 # dirsteps.py: these on a worker thread, with a deadline (a hung NFS/FUSE path)
+        EnsureExecAndDataDirs(),  # host.py: exec and data dirs, opened as the caller
+        ClaimDataDir(),           # datashare.py: join the data dir's live overlays, or start them
+        PrepareOverlayLayers(),   # upper and work dirs below the data dir
+        MountOverlays(),          # detached overlay mounts
+        VerifyOverlayRoots(),
+        ShareOverlays(),          # the first rocker's overlays staged, clones for each rocker
+    ),
     PackageOpened(),          # waits for OpenPackage
     MountPackage(),           # a clone of the package's shared squashfs mount
     GuardStarted(),           # waits for StartGuard; undo reaps the guard
@@ -73,11 +88,13 @@ class Built:
 async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | None, packages: PackageCache,
                        slots: WorkSlots, guard_fd: int, first_entry_timeout: float = 10.0,
                        ready_timeout: float = 5.0, net: tuple[Network, Plan] | None = None,
-                       cgroup_fds: list[int] | None = None) -> Built:
+                       cgroup_fds: list[int] | None = None, shares: DataShares | None = None) -> Built:
     """Build one rocker or undo everything and raise BuildError naming the failed step."""
-    ctx = BuildContext(req, name, caller, packages, slots, guard_fd=guard_fd,
+    ctx = BuildContext(req, name, caller, packages, slots, shares=shares, guard_fd=guard_fd,
                        first_entry_timeout=first_entry_timeout, ready_timeout=ready_timeout, net=net,
                        cgroup_fds=cgroup_fds or [])
     await run_steps(STEPS, ctx, release=ctx.close_fds)  # on success SendMounts closed them
     assert ctx.spawned is not None and ctx.pkg_key is not None and ctx.work_slot is not None
+    if shares is not None:
+        shares.built(name, ctx.spawned.pid)
     return Built(ctx.spawned.pid, ctx.spawned.pidfd, ctx.ns_fds, ctx.pkg_key, ctx.work_slot)

@@ -18,6 +18,7 @@ from rocker_sys import mount as m
 from .. import kernel, policy
 from ..request import RockerRequestModel
 from . import layout
+from .datashare import DataShares, Share
 from .overlay_plan import OverlayGroup, plan_overlays
 from .packages import PackageCache, PackageKey
 from .pkgopen import open_package
@@ -42,6 +43,9 @@ class HostContext:
     data_owner: policy.Peer | None = None  # whom dirs below the data dir are made as
     expect: dict[str, fs.DirSpec] = field(default_factory=dict)  # overlay dir -> its upper's (host's) attrs
     pkg_fd: int | None = None  # the package, opened off the loop (pkgopen.py)
+    shares: DataShares | None = None  # None: every rocker builds its own overlays (tests of single steps)
+    share: Share | None = None  # the data dir's share this rocker is a member of
+    joined: bool = False  # it clones the share's overlays instead of building them
 
     def close_fds(self) -> None:
         if self.pkg_fd is not None:
@@ -82,6 +86,47 @@ class EnsureExecAndDataDirs(Step[HostContext]):
         fs.remove_created(ctx.created)
 
 
+class ClaimDataDir(Step[HostContext]):
+    """Join the data dir's live overlays or start them (datashare.py); a different set is refused."""
+
+    def describe(self) -> str:
+        return "claim data dir"
+
+    def execute(self, ctx: HostContext) -> None:
+        if ctx.shares is not None:
+            ctx.share, ctx.joined = ctx.shares.claim(ctx.name, ctx.req, ctx.dir_fds["data"])
+            if ctx.joined:
+                ctx.work_slot = ctx.share.slot
+
+    def undo(self, ctx: HostContext) -> None:
+        if ctx.share is not None:
+            assert ctx.shares is not None
+            ctx.shares.leave(ctx.name)
+            ctx.share = None
+            if ctx.joined:
+                ctx.work_slot = None  # the share's, not this rocker's to give back
+
+
+class ShareOverlays(Step[HostContext]):
+    """The first rocker on a data dir stages its overlays (datashare.py); each rocker gets clones of them."""
+
+    def describe(self) -> str:
+        return "share overlays"
+
+    def execute(self, ctx: HostContext) -> None:
+        share = ctx.share
+        if share is None:
+            return
+        assert ctx.shares is not None
+        if ctx.joined:
+            ctx.mounts += ctx.shares.clones(share)
+            return
+        share.slot = ctx.work_slot
+        if ctx.mounts:  # only overlays so far: the package comes after
+            mounts, ctx.mounts = ctx.mounts, []
+            ctx.mounts = ctx.shares.publish(share, mounts)
+
+
 class PrepareOverlayLayers(Step[HostContext]):
     """Plan the overlays (overlay_plan.py); open each one's lower dir as the caller (no symlinks);
     give each overlay dir an upper that mirrors the host dir and this rocker a work dir.
@@ -98,6 +143,8 @@ class PrepareOverlayLayers(Step[HostContext]):
 
     def execute(self, ctx: HostContext) -> None:
         """In three passes, so that each set of credentials is taken once (acting_as costs ~15 us)."""
+        if ctx.joined:
+            return
         r = ctx.req
         ctx.data_owner = policy.data_dir_owner(ctx.caller, ctx.dir_fds["data"])
         ctx.work_slot = ctx.slots.take(r.app_data_dir)
@@ -201,6 +248,8 @@ class PrepareOverlayLayers(Step[HostContext]):
         return fd
 
     def undo(self, ctx: HostContext) -> None:
+        if ctx.joined:
+            return
         if ctx.made_in_data:
             try:
                 data = fs.open_nofollow(ctx.req.app_data_dir, fs.O_PATH_DIR)
@@ -254,6 +303,8 @@ class VerifyOverlayRoots(Step[HostContext]):
         return "verify overlays"
 
     def execute(self, ctx: HostContext) -> None:
+        if ctx.joined:
+            return
         for target, mfd in ctx.mounts:
             want = ctx.expect.get(target)
             if want is None or want.owner is None:
@@ -273,6 +324,8 @@ class MountOverlays(Step[HostContext]):
         return "mount overlays"
 
     def execute(self, ctx: HostContext) -> None:
+        if ctx.joined:
+            return
         dirs = ctx.req.app_overlay_dirs
         for k, group in enumerate(ctx.overlays):
             what = f"overlay {group.lower}"

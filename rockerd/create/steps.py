@@ -84,6 +84,29 @@ async def undo_steps(done: Sequence[Step[C]], ctx: C) -> None:
         raise asyncio.CancelledError
 
 
+def run_plain_steps(steps: Sequence[Step[C]], ctx: C) -> None:
+    """run_steps for steps that never wait (their execute and undo return None), on a worker
+    thread that has no event loop: dirsteps.py runs the host's dir steps so."""
+    done: list[Step[C]] = []
+    for step in steps:
+        try:
+            step.execute(ctx)
+        except Exception as e:
+            undo_plain_steps([*done, step], ctx)
+            if getattr(e, "passthrough", False):
+                raise
+            raise as_build_error(step.describe(), e) from e
+        done.append(step)
+
+
+def undo_plain_steps(done: Sequence[Step[C]], ctx: C) -> None:
+    for step in reversed(done):
+        try:
+            step.undo(ctx)
+        except Exception:
+            log.exception("undo of %r failed", step.describe())
+
+
 def as_build_error(step: str, e: BaseException) -> BuildError:
     if isinstance(e, BuildError):
         return e
