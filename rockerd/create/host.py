@@ -21,6 +21,7 @@ from . import layout
 from .overlay_plan import OverlayGroup, plan_overlays
 from .packages import PackageCache, PackageKey
 from .pkgopen import open_package
+from .stage import clone_subdirs
 from .steps import BuildError, Step
 from .workslots import WorkSlots
 
@@ -287,9 +288,10 @@ class MountOverlays(Step[HostContext]):
                 ctx.mounts.append((dirs[group.members[0]], mfd))
                 continue
             ctx.dir_fds[f"overlay{k}"] = mfd  # the clones keep it mounted once this goes
-            for i in group.members:
-                ctx.mounts.append((dirs[i], m.clone_subdir(mfd, dirs[i][len(group.lower):].lstrip("/"),
-                                                           f"overlay {dirs[i]}")))
+            members = [dirs[i] for i in group.members]
+            clones = clone_subdirs(mfd, [d[len(group.lower):].lstrip("/") for d in members],
+                                   [f"overlay {d}" for d in members])
+            ctx.mounts += zip(members, clones, strict=True)
 
 
 def _set_layers(fsfd: int, lower: int, upper: int, work: int, what: str) -> None:
