@@ -21,7 +21,7 @@ from . import layout
 from .overlay_plan import OverlayGroup, plan_overlays
 from .packages import PackageCache, PackageKey
 from .pkgopen import open_package
-from .stage import clone_subdirs
+from .stage import clone_subdirs, sharing
 from .steps import BuildError, Step
 from .workslots import WorkSlots
 
@@ -102,7 +102,7 @@ class PrepareOverlayLayers(Step[HostContext]):
         r = ctx.req
         ctx.data_owner = policy.data_dir_owner(ctx.caller, ctx.dir_fds["data"])
         ctx.work_slot = ctx.slots.take(r.app_data_dir)
-        ctx.overlays = plan_overlays(r.app_overlay_dirs)
+        ctx.overlays = plan_overlays(r.app_overlay_dirs, share=sharing())
         host: dict[str, os.stat_result] = {}  # overlay dir -> what its overlay shows there
         with policy.acting_as(ctx.caller):  # the host side, walked as the caller
             for k, group in enumerate(ctx.overlays):

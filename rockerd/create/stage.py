@@ -18,6 +18,7 @@ the namespace is the thread's, so a crashed daemon leaves nothing staged.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -35,14 +36,28 @@ log = logging.getLogger("rockerd.stage")
 STAGE = "/stage"  # where a shared overlay is attached in the thread's namespace, for its clones
 _HOST_ROOT_AT = "/proc"  # where the tmpfs is first attached (any dir would do; /proc is always there)
 
-Job = tuple[Callable[[], list[int]], Future[list[int]]]
+Job = tuple[Callable[[], list[int]], Future[list[int]], Callable[[], None] | None]
+
+
+def sharing() -> bool:
+    """Whether dirs on one mount may share an overlay: where the kernel clones out of detached
+    mounts, or where the staging namespace could be made (else: one overlay per dir, as before)."""
+    if kernel.current().tree_clone:
+        return True
+    return _stager().up()
 
 
 def clone_subdirs(mfd: int, rels: Sequence[str], whats: Sequence[str]) -> list[int]:
     """A detached clone of each dir `rels[i]` below the detached mount `mfd` (all or none)."""
     if kernel.current().tree_clone:
         return _clones(mfd, rels, whats)
-    return _stager().run(lambda: _staged_clones(mfd, rels, whats))
+    return staged_clones(mfd, rels, whats)
+
+
+def staged_clones(mfd: int, rels: Sequence[str], whats: Sequence[str]) -> list[int]:
+    """The clones made on the stage thread, `mfd` attached there meanwhile; it is detached once
+    the caller has them (~55 us of umount the create does not wait for), before the next job."""
+    return _stager().run(lambda: _attach_and_clone(mfd, rels, whats), then=_detach_stage)
 
 
 def _clones(mfd: int, rels: Sequence[str], whats: Sequence[str]) -> list[int]:
@@ -57,13 +72,19 @@ def _clones(mfd: int, rels: Sequence[str], whats: Sequence[str]) -> list[int]:
     return out
 
 
-def _staged_clones(mfd: int, rels: Sequence[str], whats: Sequence[str]) -> list[int]:
-    """On the stage thread: attach, clone, detach (lazily: our fd of it keeps it busy)."""
+def _attach_and_clone(mfd: int, rels: Sequence[str], whats: Sequence[str]) -> list[int]:
     m.move_mount(mfd, STAGE)
+    return _clones(mfd, rels, whats)
+
+
+def _detach_stage() -> None:
+    """Lazily (MNT_DETACH): the caller's fd of the overlay keeps it busy. EINVAL: nothing was
+    attached (move_mount failed)."""
     try:
-        return _clones(mfd, rels, whats)
-    finally:
         m.umount(STAGE, m.MNT_DETACH)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            log.error("cannot detach the staged overlay: %s", e)
 
 
 class _Stager:
@@ -75,10 +96,15 @@ class _Stager:
         self.thread = threading.Thread(target=self._serve, name="rockerd-stage", daemon=True)
         self.thread.start()
 
-    def run(self, job: Callable[[], list[int]]) -> list[int]:
+    def up(self) -> bool:
+        """Whether the namespace was made (waits for the thread's set-up the first time)."""
+        return self._ready.exception() is None
+
+    def run(self, job: Callable[[], list[int]], then: Callable[[], None] | None = None) -> list[int]:
+        """`job`'s result, made on the thread; `then` runs there after the caller has it."""
         self._ready.result()  # raises what set-up raised, for every job
         done: Future[list[int]] = Future()
-        self._jobs.put((job, done))
+        self._jobs.put((job, done, then))
         return done.result()
 
     def _serve(self) -> None:
@@ -90,11 +116,14 @@ class _Stager:
             return
         self._ready.set_result(None)
         while True:
-            job, done = self._jobs.get()
+            job, done, then = self._jobs.get()
             try:
                 done.set_result(job())
             except BaseException as e:
                 done.set_exception(e)
+            finally:
+                if then is not None:
+                    then()
 
 
 def _enter_private_namespace() -> None:
