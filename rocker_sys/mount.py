@@ -14,6 +14,7 @@ from .libc import check, libc, syscall
 
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
@@ -92,6 +93,10 @@ def _b(s: str | None) -> bytes | None:
 
 def umount(target: str, flags: int = 0) -> None:
     check(libc.umount2(_b(target), ctypes.c_int(flags)), "umount2", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    syscall(nr.PIVOT_ROOT, _b(new_root), _b(put_old), call="pivot_root", target=new_root)
 
 
 def clone_tree(fd: int, what: str) -> int:

@@ -14,9 +14,9 @@ import platform
 _COMMON = {"PIDFD_SEND_SIGNAL": 424, "OPEN_TREE": 428, "MOVE_MOUNT": 429, "FSOPEN": 430, "FSCONFIG": 431,
            "FSMOUNT": 432, "PIDFD_OPEN": 434, "CLOSE_RANGE": 436, "OPENAT2": 437}
 TABLES: dict[str, dict[str, int]] = {
-    "x86_64": {"CLONE": 56, "SETGROUPS": 116, "SETRESUID": 117, "SETNS": 308,
+    "x86_64": {"CLONE": 56, "SETGROUPS": 116, "SETRESUID": 117, "SETNS": 308, "PIVOT_ROOT": 155,
                **_COMMON},
-    "aarch64": {"CLONE": 220, "SETGROUPS": 159, "SETRESUID": 147, "SETNS": 268,
+    "aarch64": {"CLONE": 220, "SETGROUPS": 159, "SETRESUID": 147, "SETNS": 268, "PIVOT_ROOT": 41,
                 **_COMMON},
 }
 MACHINE = platform.machine()
@@ -29,6 +29,7 @@ CLONE = _table["CLONE"]
 SETGROUPS = _table["SETGROUPS"]
 SETRESUID = _table["SETRESUID"]
 SETNS = _table["SETNS"]
+PIVOT_ROOT = _table["PIVOT_ROOT"]
 PIDFD_SEND_SIGNAL = _table["PIDFD_SEND_SIGNAL"]
 OPEN_TREE = _table["OPEN_TREE"]
 MOVE_MOUNT = _table["MOVE_MOUNT"]

@@ -39,7 +39,8 @@ OVERLAY_FD = Fallback("overlay-fd", "6.13", "overlay layers as fds (fsconfig low
                       "overlay layers as /proc/self/fd/N strings")
 TREE_CLONE = Fallback("tree-clone", "6.15",
                       "package and shared-overlay dirs cloned from detached mounts (open_tree)",
-                      "a new mount of the package's shared superblock per rocker, one overlay per dir")
+                      "a new mount of the package's shared superblock per rocker; shared-overlay dirs "
+                      "cloned in a private mount namespace of a rockerd thread")
 FALLBACKS = (OVERLAY_FD, TREE_CLONE)
 
 

@@ -128,10 +128,9 @@ def test_app_sees_the_path_taken(mode_daemon: tuple[str, Daemon], base: Path, pk
     assert {"ro", "nosuid", "nodev"} <= set(opts.split(",")), opts
     if kernel.TREE_CLONE.name in fast:
         assert source.startswith("/dev/loop"), source
-        assert rep["dev"][1] == rep["dev"][2], "a and b should share one overlayfs"
     else:
         assert source.startswith("/proc/self/fd/"), f"expected a new mount of the loop fd, got {source}"
-        assert rep["dev"][1] != rep["dev"][2], "without tree clones each dir has its own overlayfs"
+    assert rep["dev"][1] == rep["dev"][2], "a and b should share one overlayfs (without tree clones: stage.py)"
     for d in dirs:
         fstype, _, super_opts, opts = mounts[d]
         assert fstype == "overlay" and {"nosuid", "nodev"} <= set(opts.split(",")), mounts[d]
@@ -141,6 +140,43 @@ def test_app_sees_the_path_taken(mode_daemon: tuple[str, Daemon], base: Path, pk
         assert sorted(os.listdir(d)) == ["keep"], "the app changed the host dir"
     assert rep["read"] == ["host a", "host b"]
     assert wait_until(lambda: loops_backing(pkg) == [], 3 * SLOW), "the package's loop device outlived its last rocker"
+
+
+def _private_namespaces(pid: int) -> dict[int, str]:
+    """The threads of `pid` in a mount namespace other than its own: their mountinfo."""
+    own = os.readlink(f"/proc/{pid}/ns/mnt")
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if os.readlink(f"/proc/{pid}/task/{tid}/ns/mnt") != own:
+            out[int(tid)] = Path(f"/proc/{pid}/task/{tid}/mountinfo").read_text()
+    return out
+
+
+def test_staging_namespace_holds_nothing(mode_daemon: tuple[str, Daemon], base: Path, pkg: Path) -> None:
+    """Without tree clones, the dirs of a shared overlay are cloned in a private mount namespace of
+    one rockerd thread (stage.py): it holds only its tmpfs (no copy of a host mount, which would keep
+    that file system busy), neither while a rocker lives nor after; on the fast path it is never made."""
+    mode, d = mode_daemon
+    host = base / "host"
+    dirs = [str(host / "a"), str(host / "b")]
+    for x in dirs:
+        Path(x).mkdir(parents=True)
+    fast = kernel.TREE_CLONE.name in expect(mode)
+
+    def holds_nothing() -> bool:  # the staged overlay is detached just after the clones: allow for that
+        spaces = _private_namespaces(d.proc.pid)
+        if fast or len(spaces) != 1:
+            return spaces == {} if fast else False
+        lines = next(iter(spaces.values())).splitlines()
+        return len(lines) == 1 and lines[0].split()[4] == "/" and " - tmpfs " in lines[0]
+
+    seen: list[bool] = []
+    run = run_app(make_req(base, pkg, overlays=tuple(dirs)), lambda: {"dev": [os.stat(x).st_dev for x in dirs]},
+                  while_alive=lambda _: seen.append(wait_until(holds_nothing, 1 * SLOW)))
+    assert run.res.ok, run.res.detail
+    assert run.report["dev"][0] == run.report["dev"][1], run.report
+    seen.append(wait_until(holds_nothing, 1 * SLOW))
+    assert seen == [True, True], _private_namespaces(d.proc.pid)
 
 
 def _assert_one_loop(pkg: Path) -> None:
@@ -212,3 +248,28 @@ def test_requirements_and_minimum() -> None:
     assert kernel.MINIMUM == "5.11"
     assert kernel.parse_force("all") == {f.name for f in kernel.FALLBACKS}
     assert kernel.probe("tree-clone").fast == HAS.fast - {"tree-clone"}
+
+
+STAGE_CHILD = """
+import json, os
+from rocker_sys import mount as m, ns
+ns.unshare(ns.CLONE_NEWNS)
+m.mount(None, "/", None, m.MS_REC | (1 << 20))  # MS_SHARED, as systemd leaves the host's mounts
+before = open("/proc/thread-self/mountinfo").read()
+from rockerd.create import stage
+fsfd = m.fsopen("tmpfs")
+m.fsconfig_create(fsfd, "t")
+mfd = m.fsmount(fsfd, 0, "t")
+os.mkdir("d", dir_fd=mfd)
+clones = stage.staged_clones(mfd, ["d"], ["t/d"])
+print(json.dumps({"clones": len(clones), "same": open("/proc/thread-self/mountinfo").read() == before}))
+"""
+
+
+def test_stage_namespace_propagates_nothing() -> None:
+    """Under systemd the host's mounts are shared: the staging namespace (stage.py) makes its copy
+    private before it mounts anything, or its tmpfs and each staged overlay would show up on the
+    host. Run in a child in a mount namespace of its own, whose / is made shared."""
+    p = subprocess.run([sys.executable, "-c", STAGE_CHILD], capture_output=True, text=True, timeout=30 * SLOW)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"clones": 1, "same": True}, p.stdout

@@ -22,6 +22,7 @@ from .datashare import DataShares, Share
 from .overlay_plan import OverlayGroup, plan_overlays
 from .packages import PackageCache, PackageKey
 from .pkgopen import open_package
+from .stage import clone_subdirs, sharing
 from .steps import BuildError, Step
 from .workslots import WorkSlots
 
@@ -148,7 +149,7 @@ class PrepareOverlayLayers(Step[HostContext]):
         r = ctx.req
         ctx.data_owner = policy.data_dir_owner(ctx.caller, ctx.dir_fds["data"])
         ctx.work_slot = ctx.slots.take(r.app_data_dir)
-        ctx.overlays = plan_overlays(r.app_overlay_dirs)
+        ctx.overlays = plan_overlays(r.app_overlay_dirs, share=sharing())
         host: dict[str, os.stat_result] = {}  # overlay dir -> what its overlay shows there
         with policy.acting_as(ctx.caller):  # the host side, walked as the caller
             for k, group in enumerate(ctx.overlays):
@@ -340,9 +341,10 @@ class MountOverlays(Step[HostContext]):
                 ctx.mounts.append((dirs[group.members[0]], mfd))
                 continue
             ctx.dir_fds[f"overlay{k}"] = mfd  # the clones keep it mounted once this goes
-            for i in group.members:
-                ctx.mounts.append((dirs[i], m.clone_subdir(mfd, dirs[i][len(group.lower):].lstrip("/"),
-                                                           f"overlay {dirs[i]}")))
+            members = [dirs[i] for i in group.members]
+            clones = clone_subdirs(mfd, [d[len(group.lower):].lstrip("/") for d in members],
+                                   [f"overlay {d}" for d in members])
+            ctx.mounts += zip(members, clones, strict=True)
 
 
 def _set_layers(fsfd: int, lower: int, upper: int, work: int, what: str) -> None:

@@ -12,7 +12,8 @@ upper/<ancestor>, so the layout does not change), and a dir that sits on
 another mount keeps an overlay of its own.
 
 Before Linux 6.15 a dir inside a detached mount cannot be cloned: there
-every dir gets an overlay of its own (kernel.py probes which).
+the clones are made where the overlay is attached for a moment, in a mount
+namespace of one rockerd thread (stage.py).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from dataclasses import dataclass
 
 from rocker_sys import fs
 from rocker_sys.libc import SyscallError
-
-from .. import kernel
 
 
 @dataclass(frozen=True)
@@ -45,18 +44,17 @@ def common_dir(paths: Sequence[str]) -> str:
     return "/" + "/".join(parts[0][:n])
 
 
-def plan_overlays(dirs: Sequence[str], share: bool | None = None) -> list[OverlayGroup]:
+def plan_overlays(dirs: Sequence[str], share: bool = True) -> list[OverlayGroup]:
     """Group dirs by the ancestor that reaches them on one mount; the deepest first.
 
     Deepest first, because an overlay over an ancestor has its upper above
     the others' uppers: mounted before them, overlayfs would see each of
     those inside a live overlay's upper (a warning, or EBUSY with index=on).
     A dir that cannot be reached (missing, a symlink) is left alone, so that
-    preparing it names the problem. `share`: whether dirs may share an overlay
-    (default: whether this kernel clones subdirs of detached mounts).
+    preparing it names the problem. `share`: whether dirs may share an overlay.
     """
     groups: list[OverlayGroup] = []
-    if kernel.current().tree_clone if share is None else share:
+    if share:
         _split(dirs, list(range(len(dirs))), groups)
     else:
         groups = [OverlayGroup(d, (i,)) for i, d in enumerate(dirs)]
