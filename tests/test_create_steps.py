@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from rockerd import create, kernel
-from rockerd.create import handoff, net, pkgopen, spawn
+from rockerd.create import dirsteps, handoff, pkgopen, spawn
 from rockerd.create.steps import BuildError, Step, run_steps
 from rockerd.guard import guard_binary
+from rockerd.network import netns as net
 from rockerd.request import parse_request
 
 # --- the runner alone ------------------------------------------------------------------------------------
@@ -131,7 +132,8 @@ def world(base: Path, pkg: Path) -> Iterator[dict]:
     if not had_netns:  # a forked app of a later test in this process would inherit it
         os.close(net._own_netns())
         net._own_netns.cache_clear()
-    for mod, attr in ((handoff, "_spawner"), (pkgopen, "_pool")):  # no thread of ours may outlive the test
+    # no thread of ours may outlive the test
+    for mod, attr in ((handoff, "_spawner"), (pkgopen, "_pool"), (dirsteps, "_pool")):
         pool = getattr(mod, attr)
         if pool is not None:
             pool.shutdown(wait=True)
