@@ -50,6 +50,7 @@ from .reports import cause_of_report, failure_report
 from .structs import Cause, RockerRequest, RockerResult
 
 CREATE = "io.rocker.Rocker.Create"
+JOIN = "io.rocker.Rocker.Join"
 NS_ORDER = ("user", "mnt", "pid", "net", "uts", "ipc")  # user first: it owns the others
 
 App = Callable[[Any], "int | None"]
@@ -66,10 +67,31 @@ def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: 
     `res.detail`); this never raises. The socket is `socket`, else `$ROCKER_SOCKET`,
     else `/run/rocker/rockerd.sock`.
     """
+    return _enter(CREATE, lambda: req.to_params(), app, app_args, socket)
+
+
+def join_rocker(guard_pname: str, app: App, app_args: Any = None, *, socket: str | None = None) -> RockerResult:
+    """Run `app(app_args)` in a new process inside the live rocker `guard_pname` (`rocker exec`).
+
+    The same as `enter_rocker` once rockerd has answered: the process joins the
+    rocker's namespaces as its first app did (same PID namespace, same mounts, same
+    ids and capabilities) and is the caller's child. Only root and the uid the
+    rocker runs as may join it (PermissionDenied: `err_no` param_invalid); a rocker
+    that has ended is NoSuchRocker (`err_no` enter_rocker_failed, `cause.kind`
+    "NoSuchRocker"). This never raises.
+    """
+    if not isinstance(guard_pname, str):
+        return RockerResult.failed(RockerErr.param_invalid, Cause("guard_pname", "guard_pname must be a string"))
+    return _enter(JOIN, lambda: {"guard_pname": guard_pname}, app, app_args, socket)
+
+
+def _enter(method: str, params: Callable[[], dict[str, Any]], app: App, app_args: Any,
+           socket: str | None) -> RockerResult:
+    """Create or Join, then start the app inside with the fds the reply brought."""
     if not callable(app):
         return RockerResult.failed(RockerErr.param_invalid, Cause("app", "app must be callable"))
     try:
-        reply, fds = wire.call(socket or wire.default_socket_path(), CREATE, req.to_params())
+        reply, fds = wire.call(socket or wire.default_socket_path(), method, params())
     except wire.WireError as e:
         return RockerResult.failed(*wire_failure(e))
     try:
@@ -78,7 +100,8 @@ def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: 
     except (KeyError, TypeError, ValueError, IndexError) as e:
         for fd in fds:
             os.close(fd)
-        return RockerResult.failed(RockerErr.recv_resp_failed, Cause("receive", f"malformed Create reply: {e!r}"))
+        what = method.rpartition(".")[2]
+        return RockerResult.failed(RockerErr.recv_resp_failed, Cause("receive", f"malformed {what} reply: {e!r}"))
     try:
         err, app_pid, cause = _start_inside(ns_fds, app, app_args)
     except NativeMissing as e:
@@ -288,7 +311,8 @@ def _run_app(app: App, app_args: Any) -> None:
 
 _ERR_OF_REMOTE = {"InvalidRequest": RockerErr.param_invalid, "PermissionDenied": RockerErr.param_invalid,
                   "InvalidParameter": RockerErr.param_invalid, "ProtocolViolation": RockerErr.param_invalid,
-                  "BuildFailed": RockerErr.build_rocker_failed, "LimitReached": RockerErr.build_rocker_failed}
+                  "BuildFailed": RockerErr.build_rocker_failed, "LimitReached": RockerErr.build_rocker_failed,
+                  "NoSuchRocker": RockerErr.enter_rocker_failed}
 
 
 def wire_failure(e: wire.WireError) -> tuple[RockerErr, Cause]:
@@ -296,7 +320,9 @@ def wire_failure(e: wire.WireError) -> tuple[RockerErr, Cause]:
     if isinstance(e, wire.RemoteError):
         kind = e.name.rsplit(".", 1)[-1]
         p = e.parameters or {}
-        reason = str(p.get("reason") or p.get("parameter") or p.get("guard_pname") or e.name)
+        reason = str(p.get("reason") or p.get("parameter") or e.name)
+        if kind == "NoSuchRocker":
+            reason = f"no live rocker is called {p.get('guard_pname')!r}"
         code = p.get("errno")
         cause = Cause(kind, reason, field=str(p.get("field") or ("request" if "field" in p else "")),
                       step=str(p.get("step") or ""), errno=code if type(code) is int else 0)

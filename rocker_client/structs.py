@@ -22,6 +22,7 @@ class RockerRequest:
     app_exec_dir: str = ""  # where the package is mounted, read-only
     app_data_dir: str = ""  # where the app's writes over the overlay dirs are kept
     app_overlay_dirs: list[str] = field(default_factory=list)  # host dirs to overlay copy-on-write (at most 16)
+    app_pkg_sha256: str | None = None  # the package's SHA-256 (64 hex digits), if given: other content is refused
 
     def to_params(self) -> dict[str, object]:
         """the request as the parameters of `io.rocker.Rocker.Create`."""
@@ -29,10 +30,12 @@ class RockerRequest:
         return {k: list(v) if isinstance(v, list) else v for k, v in params.items() if v is not None}
 
 
-REQUEST_FIELDS = ("app_id", "uid", "gid", "app_pkg_path", "app_exec_dir", "app_data_dir", "app_overlay_dirs")
+REQUEST_FIELDS = ("app_id", "uid", "gid", "app_pkg_path", "app_exec_dir", "app_data_dir", "app_overlay_dirs",
+                  "app_pkg_sha256")
 # `rocker run`'s option for each field
 OPTION_OF_FIELD = {"app_id": "--app-id", "uid": "--uid", "gid": "--gid", "app_pkg_path": "--pkg", "app_exec_dir":
-                   "--exec-dir", "app_data_dir": "--data-dir", "app_overlay_dirs": "--overlay"}
+                   "--exec-dir", "app_data_dir": "--data-dir", "app_overlay_dirs": "--overlay", "app_pkg_sha256":
+                   "--pkg-sha256"}
 # END GENERATED
 
 

@@ -136,6 +136,12 @@ def _overlay_list(dirs: list[str]) -> list[str]:
     return dirs
 
 
+def _sha256(digest: str) -> str:
+    if len(digest) != 64 or digest.strip("0123456789abcdef"):
+        raise ValueError("must be 64 lowercase hex digits (a SHA-256, as sha256sum prints it)")
+    return digest
+
+
 _Path = Annotated[str, AfterValidator(check_path)]
 PkgPath = Annotated[_Path, AfterValidator(_pkg_path)]
 MountDir = Annotated[_Path, AfterValidator(_mount_dir)]
@@ -174,6 +180,10 @@ class RockerRequestModel(BaseModel):
         list[OverlayDir], Field(max_length=MAX_OVERLAY_DIRS), AfterValidator(_overlay_list)
     ] = Field(default_factory=list, description=f"host dirs to overlay copy-on-write (at most {MAX_OVERLAY_DIRS})",
               json_schema_extra=_cli("--overlay", "DIR"))
+
+    app_pkg_sha256: Annotated[str, AfterValidator(_sha256)] | None = Field(
+        None, description="the package's SHA-256 (64 hex digits), if given: other content is refused",
+        json_schema_extra=_cli("--pkg-sha256", "HEX"))
 
     @model_validator(mode="after")
     def _cross_field(self) -> RockerRequestModel:

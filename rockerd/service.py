@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from rocker_sys import ns
 
-from . import interface, journal, kernel, policy
-from .create import NS_NAMES, BuildError, PackageCache, WorkSlots, build_rocker
+from . import entry, interface, journal, kernel, policy
+from .create import BuildError, PackageCache, WorkSlots, build_rocker
 from .create.warm import DEFAULT_BUDGET
 from .registry import Registry, Rocker
 from .request import RequestInvalid, parse_request
@@ -49,8 +49,8 @@ class RockerService:
 
     def interface(self) -> Interface:
         return Interface(interface.NAME, interface.DESCRIPTION,
-                         {"Create": self.create, "List": self.list, "Kill": self.kill,
-                          "Kernel": self.kernel})
+                         {"Create": self.create, "Join": self.join, "List": self.list,
+                          "Kill": self.kill, "Kernel": self.kernel})
 
     async def create(self, call: Call) -> Reply:
         t0 = time.perf_counter()
@@ -95,9 +95,25 @@ class RockerService:
                       f"uid={req.uid} gid={req.gid} for caller uid {peer.uid} in {ms:.1f} ms",
                       guard_name=name, guard_pid=built.pid, app_id=req.app_id, uid=req.uid, gid=req.gid,
                       caller_uid=peer.uid)
-        return Reply({"err_no": 0, "app_pid": 0, "guard_pid": built.pid, "guard_pname": name,
-                      "namespaces": {n: i for i, n in enumerate(NS_NAMES)}},
-                     [built.ns_fds[n] for n in NS_NAMES])
+        return entry.entry_reply(rocker, built.ns_fds)
+
+    async def join(self, call: Call) -> Reply:
+        """A live rocker's namespace fds, for a second process in it (rocker exec); root and its uid only."""
+        name = call.parameters.get("guard_pname")
+        if not isinstance(name, str):
+            raise VarlinkError(ERR + "InvalidRequest", {"field": "guard_pname", "reason": "must be a string"})
+        self._check_caller_ns(call)
+        try:
+            rocker = self.registry.get(name)
+            if rocker is None:
+                raise entry.Gone(name)
+            entry.check_join(call.peer, rocker)
+            return entry.entry_reply(rocker, entry.live_ns_fds(rocker))
+        except entry.Gone:
+            raise VarlinkError(ERR + "NoSuchRocker", {"guard_pname": name}) from None
+        except policy.Denied as e:
+            self._refuse(call.peer.uid, f"Join: {e}")
+            raise VarlinkError(ERR + "PermissionDenied", {"reason": str(e)}) from None
 
     async def list(self, call: Call) -> Reply:
         self._check_caller_ns(call)

@@ -394,8 +394,8 @@ def render_api() -> str:
            "the pieces fit, in docs/architecture.md.", "",
            "## The Python API", "", _module_doc(rocker_client), "",
            "```python", "from rocker_client import " + ", ".join(sorted(rocker_client.__all__)), "```", ""]
-    order = ["enter_rocker", "Exec", "request_new", "RockerRequest", "RockerResult", "RockerErr", "get_guardname",
-             "default_socket_path"]
+    order = ["enter_rocker", "join_rocker", "Exec", "request_new", "RockerRequest", "RockerResult", "RockerErr",
+             "get_guardname", "default_socket_path"]
     missing = sorted(set(rocker_client.__all__) - set(order))
     if missing:
         raise SystemExit(f"gen_docs: rocker_client exports {missing}: add them to render_api's order")
@@ -489,8 +489,10 @@ def render_structs() -> str:
               '        """the request as the parameters of `io.rocker.Rocker.Create`."""',
               "        params = {name: getattr(self, name) for name in REQUEST_FIELDS}",
               "        return {k: list(v) if isinstance(v, list) else v for k, v in params.items() if v is not None}",
-              "", "", f"REQUEST_FIELDS = ({names}{',' if len(model.model_fields) == 1 else ''})",
-              "# `rocker run`'s option for each field"]
+              "", ""]
+    lines += textwrap.wrap(f"REQUEST_FIELDS = ({names}{',' if len(model.model_fields) == 1 else ''})", 116,
+                           subsequent_indent=" " * 18, break_long_words=False, break_on_hyphens=False)
+    lines += ["# `rocker run`'s option for each field"]
     lines += textwrap.wrap("OPTION_OF_FIELD = {" + ", ".join(options) + "}", 116, subsequent_indent=" " * 19,
                            break_long_words=False, break_on_hyphens=False)
     body = BEGIN + "\n".join(lines) + "\n" + END

@@ -39,6 +39,7 @@ inside mapped to one uid outside. rocker talks to rockerd over a unix socket."""
         sections=(
             ("commands", """\
   run       run a command in a new rocker
+  exec      run another command in a live rocker
   ps        list the live rockers
   inspect   print one live rocker as JSON
   kill      signal a rocker's guard (ends the rocker)
@@ -56,14 +57,14 @@ Run `rocker COMMAND --help` for a command's options."""),
         ),
         exit_status=(
             ("0", "success"),
-            ("1", "no live rocker has that name (inspect, kill)"),
+            ("1", "no live rocker has that name (exec, inspect, kill)"),
             EXIT_STATUS_USAGE,
             ("125", "rocker failed: rockerd is unreachable, the package is missing, or rockerd refused "
                     "or could not build the rocker"),
-            ("126", "run: CMD was found in the rocker but could not be executed"),
-            ("127", "run: CMD was not found in the rocker"),
-            ("128+N", "run: CMD was killed by signal N"),
-            ("other", "run: CMD's own exit status"),
+            ("126", "run, exec: CMD was found in the rocker but could not be executed"),
+            ("127", "run, exec: CMD was not found in the rocker"),
+            ("128+N", "run, exec: CMD was killed by signal N"),
+            ("other", "run, exec: CMD's own exit status"),
         ),
     ),
     Page(
@@ -102,6 +103,8 @@ behind keep it alive: end them with `rocker kill`).""",
             ("run the package's bin/hello", "rocker run --pkg hello.squashfs -- hello"),
             ("a shell whose writes to /usr and /etc stay in the rocker's data dir",
              "rocker run --pkg hello.squashfs --overlay /usr --overlay /etc -- sh"),
+            ("run it only if it is the package you published (rockerd checks the file it mounts)",
+             "rocker run --pkg hello.squashfs --pkg-sha256 \"$(cat hello.sha256)\" -- hello"),
             ("the exit status is CMD's: this prints 7", "rocker run --pkg hello.squashfs -- sh -c 'exit 7'; echo $?"),
             ("as root, run the app as uid 1000 with dirs of its own",
              "rocker run --pkg /srv/apps/hello.squashfs --uid 1000 --gid 1000 \\\n"
@@ -114,6 +117,39 @@ behind keep it alive: end them with `rocker kill`).""",
             EXIT_STATUS_USAGE,
             ("125", "no rocker: rockerd is unreachable, the package is missing, rockerd refused the request "
                     "or could not build the rocker, or --workdir does not exist inside"),
+            ("126", "CMD was found in the rocker but could not be executed"),
+            ("127", "CMD was not found in the rocker"),
+        ),
+    ),
+    Page(
+        name="exec",
+        summary="run another command in a live rocker",
+        synopsis="rocker exec [-w DIR] NAME [--] CMD [ARG...]",
+        description="""\
+Run CMD in the live rocker NAME, beside what already runs there: in its PID
+namespace (CMD sees the other processes, the guard as PID 1), its mounts
+(the package at the exec dir, its overlays with what was written to them),
+its hostname and its network, as root inside with the same capability set
+as the rocker's first command. It is what `docker exec` and `machinectl
+shell` are to their containers; no nsenter needed.
+
+Only root and the uid the rocker runs as may do this: rockerd refuses
+anyone else.
+
+CMD is a child of `rocker exec`, with your environment (the package's bin/
+first on PATH), stdin, stdout, stderr and terminal, and the signal, terminal
+and exit status handling of `rocker run`. CMD keeps the rocker alive while
+it runs.""",
+        examples=(
+            ("a shell in a running rocker", "rocker exec rk-0a1b2c3d sh"),
+            ("what runs in it", "rocker exec rk-0a1b2c3d -- ps -ef"),
+        ),
+        exit_status=(
+            ("CMD's", "CMD exited: its exit status"),
+            ("128+N", "CMD was killed by signal N"),
+            ("1", "no live rocker is called NAME (or it ended meanwhile)"),
+            EXIT_STATUS_USAGE,
+            ("125", "rockerd is unreachable, or refused: you are neither root nor the rocker's uid"),
             ("126", "CMD was found in the rocker but could not be executed"),
             ("127", "CMD was not found in the rocker"),
         ),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._job import Job, run_command
+from .._job import Job, Launch, run_command
 from ..enter import enter_rocker
 from ..errors import RockerErr
-from ..structs import OPTION_OF_FIELD, Cause, request_new
+from ..structs import OPTION_OF_FIELD, Cause, RockerResult, request_new
 from .common import Failure, UsageError, socket_path, unreachable
 from .pack import check_package
 
@@ -74,11 +75,7 @@ def _prepare_own_dirs(dirs: list[tuple[str, str]]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cmd = list(args.cmd)
-    if cmd[:1] == ["--"]:
-        cmd = cmd[1:]
-    if not cmd:
-        raise UsageError("rocker run", "no CMD given: put it after the options, e.g. `rocker run --pkg PKG -- sh`")
+    cmd = command_of(args, "rocker run", "rocker run --pkg PKG -- sh")
     pkg = args.pkg
     check_package(pkg)
     if args.exec_dir and args.data_dir:
@@ -96,17 +93,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     req.app_pkg_path = os.path.realpath(pkg)  # rockerd refuses paths through symlinks
     req.app_exec_dir, req.app_data_dir = exec_dir, data_dir
     req.app_overlay_dirs = [os.path.abspath(d) for d in args.overlay]
+    if args.pkg_sha256 is not None:
+        req.app_pkg_sha256 = args.pkg_sha256.strip().lower()
 
-    env = dict(os.environ)  # CMD's environment: the caller's, with the package's bin/ first on PATH
-    env["PATH"] = f"{exec_dir}/bin:{env.get('PATH') or os.defpath}"
     path = socket_path(args)
+    return run_job(lambda launch: enter_rocker(req, run_command, launch, socket=path),
+                   job_env(exec_dir), cmd, args.workdir,
+                   lambda res: _run_failure(res.err_no, res.cause or Cause("?", "?"), path, req.to_params()))
+
+
+def job_env(exec_dir: str) -> dict[str, str]:
+    """CMD's environment: the caller's, with the package's bin/ first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{exec_dir}/bin:{env.get('PATH') or os.defpath}"
+    return env
+
+
+def run_job(start: Callable[[Launch], RockerResult], env: dict[str, str], cmd: list[str], workdir: str | None,
+            failure: Callable[[RockerResult], Failure], prog: str = "rocker run") -> int:
+    """Start CMD in a rocker as a job of ours (run and exec alike) and wait for it: its exit status."""
     job = Job.prepare()
     try:
-        res = enter_rocker(req, run_command, job.launch(cmd, env, args.workdir), socket=path)
+        res = start(job.launch(cmd, env, workdir, prog))
         if res.cause is not None:
-            raise _run_failure(res.err_no, res.cause, path, req.to_params())
+            raise failure(res)
         job.started(res.app_pid)
         return job.wait()
     finally:
         job.close()
 
+
+def command_of(args: argparse.Namespace, prog: str, example: str) -> list[str]:
+    """CMD from the command line, without the `--` that may precede it."""
+    cmd = list(args.cmd)
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError(prog, f"no CMD given: put it after the options, e.g. `{example}`")
+    return cmd

@@ -72,14 +72,14 @@ async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | Non
     dirs, package = host_steps(), package_steps()
     steps = [*dirs, *package]
     try:
-        opening = pkgopen.start_open(req.app_pkg_path, caller)  # a lookup may hang: off the loop, meanwhile
+        opening = pkgopen.start_open(req.app_pkg_path, caller, req.app_pkg_sha256)  # off the loop, meanwhile
         try:
             run_steps(dirs, ctx)  # undoes itself when it fails
         except BaseException:
             pkgopen.abandon(opening)
             raise
         try:
-            ctx.pkg_fd = await pkgopen.opened(opening, req.app_pkg_path)
+            ctx.pkg_fd = await pkgopen.opened(opening, req.app_pkg_path, pkgopen.deadline(req.app_pkg_sha256))
             run_steps(package, ctx)
         except BaseException:
             undo_steps(dirs, ctx)

@@ -20,18 +20,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from rocker_sys import fs
 
 from .. import policy
+from . import pkgdigest
 from .steps import BuildError, as_build_error
 
 STEP = "mount package"
 DEADLINE = 5.0  # seconds an open may take (a hung lookup keeps only its own thread)
+DIGEST_DEADLINE = 120.0  # seconds an open and a sha256 may take: 4 GiB at 35 MB/s
 THREADS = 8  # opens at once; a ninth waits, within its own deadline
 
 _pool: ThreadPoolExecutor | None = None
 
 
-def open_package(path: str, caller: policy.Peer | None) -> int:
+def open_package(path: str, caller: policy.Peer | None, sha256: str | None = None) -> int:
     """The package at `path` as an O_RDONLY|O_NONBLOCK fd, opened as the caller; refuses
-    anything but a regular file before opening it for reading."""
+    anything but a regular file before opening it for reading, and, when `sha256` is given,
+    a file with other content (pkgdigest.py: hashed from this very fd)."""
     uid = caller.uid if caller is not None else 0
     with policy.acting_as(caller):
         try:
@@ -56,15 +59,28 @@ def open_package(path: str, caller: policy.Peer | None) -> int:
     if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):  # cannot happen: say so if it does
         os.close(fd)
         raise BuildError(STEP, errno.EIO, f"package {path} changed while being opened")
+    if sha256 is not None:
+        try:
+            pkgdigest.verify(fd, path, sha256)
+        except BaseException as e:
+            os.close(fd)
+            if isinstance(e, OSError):
+                raise as_build_error(STEP, e) from None
+            raise
     return fd
 
 
-def start_open(path: str, caller: policy.Peer | None) -> Future[int]:
+def deadline(sha256: str | None) -> float:
+    """How long the open may take: a digest reads the whole file."""
+    return DEADLINE if sha256 is None else DIGEST_DEADLINE
+
+
+def start_open(path: str, caller: policy.Peer | None, sha256: str | None = None) -> Future[int]:
     """open_package on a worker thread, from now: the build goes on meanwhile on the loop."""
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="rockerd-open")
-    return _pool.submit(open_package, path, caller)
+    return _pool.submit(open_package, path, caller, sha256)
 
 
 async def opened(cf: Future[int], path: str, deadline: float = DEADLINE) -> int:
