@@ -33,11 +33,12 @@ same code the C client runs; every process that joins reports a failure as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from rocker_sys import ns
@@ -58,19 +59,24 @@ Join = Callable[[bool], None]  # the native join, made before the fork; its argu
 Started = tuple[RockerErr, int, "Cause | None"]
 
 
-def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: str | None = None) -> RockerResult:
+def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: str | None = None,
+                 cwd: str | None = None, env: Mapping[str, str] | None = None) -> RockerResult:
     """Ask rockerd for a rocker, enter it and run `app(app_args)` in a new process inside.
 
     That process is the caller's child: `os.waitpid(res.app_pid, 0)` returns its
-    status, and `app`'s int return value is its exit code. Failures come back as
-    `res.err_no` (the seed's numbers) with the reason in `res.cause` (and as text in
-    `res.detail`); this never raises. The socket is `socket`, else `$ROCKER_SOCKET`,
-    else `/run/rocker/rockerd.sock`.
+    status, and `app`'s int return value is its exit code. It starts in the dir `cwd`
+    inside the rocker (default: the rocker's `/`) with `env` as its whole environment
+    (default: the caller's); for an `Exec` app these fill in the Exec's own `cwd` and
+    `env` where it has none. A `cwd` that does not exist inside is `app_exec_failed`
+    (step "chdir DIR"). Failures come back as `res.err_no` (the seed's numbers) with
+    the reason in `res.cause` (and as text in `res.detail`); this never raises. The
+    socket is `socket`, else `$ROCKER_SOCKET`, else `/run/rocker/rockerd.sock`.
     """
-    return _enter(CREATE, lambda: req.to_params(), app, app_args, socket)
+    return _enter(CREATE, lambda: req.to_params(), app, app_args, socket, cwd, env)
 
 
-def join_rocker(guard_pname: str, app: App, app_args: Any = None, *, socket: str | None = None) -> RockerResult:
+def join_rocker(guard_pname: str, app: App, app_args: Any = None, *, socket: str | None = None,
+                cwd: str | None = None, env: Mapping[str, str] | None = None) -> RockerResult:
     """Run `app(app_args)` in a new process inside the live rocker `guard_pname` (`rocker exec`).
 
     The same as `enter_rocker` once rockerd has answered: the process joins the
@@ -82,14 +88,18 @@ def join_rocker(guard_pname: str, app: App, app_args: Any = None, *, socket: str
     """
     if not isinstance(guard_pname, str):
         return RockerResult.failed(RockerErr.param_invalid, Cause("guard_pname", "guard_pname must be a string"))
-    return _enter(JOIN, lambda: {"guard_pname": guard_pname}, app, app_args, socket)
+    return _enter(JOIN, lambda: {"guard_pname": guard_pname}, app, app_args, socket, cwd, env)
 
 
 def _enter(method: str, params: Callable[[], dict[str, Any]], app: App, app_args: Any,
-           socket: str | None) -> RockerResult:
+           socket: str | None, cwd: str | None, env: Mapping[str, str] | None) -> RockerResult:
     """Create or Join, then start the app inside with the fds the reply brought."""
     if not callable(app):
         return RockerResult.failed(RockerErr.param_invalid, Cause("app", "app must be callable"))
+    try:
+        app = _with_place(app, cwd, env)
+    except ValueError as e:
+        return RockerResult.failed(RockerErr.param_invalid, Cause("app", str(e)))
     try:
         reply, fds = wire.call(socket or wire.default_socket_path(), method, params())
     except wire.WireError as e:
@@ -112,6 +122,31 @@ def _enter(method: str, params: Callable[[], dict[str, Any]], app: App, app_args
     if cause is not None:
         return RockerResult.failed(err, cause, guard_pid, name)
     return RockerResult(err, app_pid, guard_pid, name)
+
+
+class _Placed:
+    """A callable app with the dir and environment it starts with (applied in its own process)."""
+
+    def __init__(self, app: App, cwd: str | None, env: Mapping[str, str] | None) -> None:
+        self.app, self.cwd, self.env = app, cwd, env
+
+    def __call__(self, app_args: Any) -> int | None:
+        return self.app(app_args)
+
+
+def _with_place(app: App, cwd: str | None, env: Mapping[str, str] | None) -> App:
+    if cwd is None and env is None:
+        return app
+    if isinstance(app, Exec):  # the Exec's own settings win; the native start applies them
+        return replace(app, cwd=app.cwd if app.cwd is not None else cwd, env=app.env if app.env is not None else env)
+    if cwd is not None and (not isinstance(cwd, str) or not cwd or "\0" in cwd):
+        raise ValueError("cwd must be a non-empty string without NUL bytes")
+    if env is not None:
+        env = dict(env)
+        if not all(isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
+                   for k, v in env.items()):
+            raise ValueError("env: names are non-empty strings without '=', values strings, neither with NUL")
+    return _Placed(app, cwd, env)
 
 
 def _start_inside(ns_fds: list[int], app: App, app_args: Any) -> Started:
@@ -236,6 +271,7 @@ def _become_app(ns_fds: list[int], join: Join, w: int, app: App, app_args: Any) 
     then run the app; never returns."""
     try:
         _join_or_exit(join, w, with_pid=False)
+        _take_place(app, w, in_pid_ns=True)
         _app_main(ns_fds, w, app, app_args)
     finally:
         os._exit(1)
@@ -245,6 +281,7 @@ def _intermediate(ns_fds: list[int], join: Join, w: int, app: App, app_args: Any
     """Runs in the forked child; never returns."""
     try:
         _join_or_exit(join, w, with_pid=True)
+        _take_place(app, w, in_pid_ns=False)  # the app inherits both
         try:
             app_pid = ns.clone(ns.CLONE_PARENT)
         except OSError as e:
@@ -264,6 +301,30 @@ def _join_or_exit(join: Join, w: int, *, with_pid: bool) -> None:
     except JoinFailed as f:
         os.write(w, failure_report(f.errno, f.step))
         os._exit(1)
+
+
+def _take_place(app: App, w: int, *, in_pid_ns: bool) -> None:
+    """In the rocker, before the app runs: its cwd (a failure is reported like a failed exec) and env.
+
+    An intermediate is not in the rocker's PID namespace: when it fails here, a child of it enters
+    and leaves, so the guard sees an app come and go and ends the rocker now, not at its timeout."""
+    if not isinstance(app, _Placed):
+        return
+    if app.cwd is not None:
+        try:
+            os.chdir(app.cwd)
+        except OSError as e:
+            if not in_pid_ns:
+                with contextlib.suppress(OSError):
+                    pid = ns.clone(0)
+                    if pid == 0:
+                        os._exit(127)
+                    os.waitpid(pid, 0)
+            os.write(w, failure_report(e.errno or 0, "chdir", app.cwd))
+            os._exit(127)
+    if app.env is not None:
+        os.environ.clear()
+        os.environ.update(app.env)
 
 
 def _app_main(ns_fds: list[int], w: int, app: App, app_args: Any) -> None:
@@ -299,6 +360,8 @@ def _run_app(app: App, app_args: Any) -> None:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:
+        import traceback  # here only: the CLI's start time (issue 21)
+
         traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):

@@ -517,7 +517,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {STRUCTS.relative_to(ROOT)}")
         importlib.reload(importlib.import_module("rocker_client.structs"))
         importlib.reload(rocker_client)
-    for path, text in ((STRUCTS, structs), (PROTOCOL, render_protocol()), (API, render_api())):
+    import manpages  # scripts/manpages.py: man pages and completions, from the same help text
+
+    for path, text in ((STRUCTS, structs), (PROTOCOL, render_protocol()), (API, render_api()),
+                       *manpages.outputs().items()):
         current = path.read_text() if path.exists() else None
         if current == text:
             continue

@@ -40,6 +40,7 @@ class Spec(ctypes.Structure):
         ("envp", ctypes.POINTER(ctypes.c_char_p)),
         ("stack", ctypes.c_void_p),
         ("stack_size", ctypes.c_size_t),
+        ("cwd", ctypes.c_char_p),
     ]
 
 
@@ -77,7 +78,7 @@ class JoinFailed(Exception):
 def prepare_join(ns_fds: list[int]) -> Callable[[bool], None]:
     """A join for a forked child, built before the fork so that the child only makes the call
     (rocker-join.h says what it does). The call raises JoinFailed naming the step."""
-    spec = Spec((ctypes.c_int * 6)(*ns_fds), -1, -1, None, None, None, None, 0)
+    spec = Spec((ctypes.c_int * 6)(*ns_fds), -1, -1, None, None, None, None, 0, None)
     step = ctypes.c_char_p()
     fn, ref_spec, ref_step = library().rocker_join, ctypes.byref(spec), ctypes.byref(step)
 

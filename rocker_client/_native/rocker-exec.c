@@ -48,6 +48,7 @@ struct rocker_exec {
     char *const *envp;
     void *stack;            /* the children's stacks, at least 2 * MIN_STACK bytes; free once this returns */
     size_t stack_size;
+    const char *cwd;        /* chdir here, inside the rocker, right before the exec; NULL: stay at / */
 };
 
 struct child_arg {
@@ -78,6 +79,10 @@ static void wake_guard(void) {
 
 static __attribute__((noreturn)) void exec_app(const struct child_arg *a) {
     const struct rocker_exec *e = a->e;
+    if (e->cwd && syscall(SYS_chdir, e->cwd) < 0) {
+        rocker_report(e->report_fd, "chdir", errno);
+        syscall(SYS_exit, 127);
+    }
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &a->caller_mask, NULL, _NSIG / 8);
     syscall(SYS_execve, e->path, e->argv, e->envp);
     rocker_report(e->report_fd, "exec", errno);

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from .._job import run_command
 from ..enter import join_rocker
 from ..errors import RockerErr
 from ..structs import RockerResult
 from .common import EXIT_NO_SUCH_ROCKER, Daemon, Failure, socket_path
-from .run import _run_failure, command_of, job_env, run_job
+from .environ import command_env
+from .run import _run_failure, command_of, run_job
 
 
 def _join_failure(res: RockerResult, name: str, path: str) -> Failure:
@@ -32,6 +32,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     path = socket_path(args)
     with Daemon(path) as d:  # the exec dir, for PATH; a rocker List does not show us is Join's to refuse
         info = next((r for r in d.rockers() if r.get("guard_pname") == args.name), {})
-    env = job_env(info["app_exec_dir"]) if isinstance(info.get("app_exec_dir"), str) else dict(os.environ)
+    exec_dir = info.get("app_exec_dir")
+    env = command_env(args, exec_dir if isinstance(exec_dir, str) else None, "rocker exec")
     return run_job(lambda launch: join_rocker(args.name, run_command, launch, socket=path), env, cmd, args.workdir,
                    lambda res: _join_failure(res, args.name, path), "rocker exec")

@@ -74,7 +74,9 @@ Run `rocker COMMAND --help` for a command's options."""),
         description="""\
 Ask rockerd for a new rocker built from the package PKG and run CMD in it.
 CMD is a child of `rocker run` with your environment, stdin, stdout, stderr
-and terminal, so an interactive shell inside works. It runs as root inside
+and terminal, so an interactive shell inside works. The environment is yours
+less rocker's own ROCKER_* variables (pass one on with --env NAME), then what
+--env-file and --env set; --clear-env starts from nothing instead. It runs as root inside
 the rocker, which is --uid/--gid outside, with a reduced capability set.
 
 The package is mounted read-only at the exec dir, and its bin/ comes first
@@ -105,6 +107,8 @@ behind keep it alive: end them with `rocker kill`).""",
              "rocker run --pkg hello.squashfs --overlay /usr --overlay /etc -- sh"),
             ("run it only if it is the package you published (rockerd checks the file it mounts)",
              "rocker run --pkg hello.squashfs --pkg-sha256 \"$(cat hello.sha256)\" -- hello"),
+            ("a clean environment with two variables",
+             "rocker run --pkg hello.squashfs --clear-env -e LANG=C.UTF-8 --env-file app.env -- hello"),
             ("the exit status is CMD's: this prints 7", "rocker run --pkg hello.squashfs -- sh -c 'exit 7'; echo $?"),
             ("as root, run the app as uid 1000 with dirs of its own",
              "rocker run --pkg /srv/apps/hello.squashfs --uid 1000 --gid 1000 \\\n"
@@ -136,9 +140,10 @@ shell` are to their containers; no nsenter needed.
 Only root and the uid the rocker runs as may do this: rockerd refuses
 anyone else.
 
-CMD is a child of `rocker exec`, with your environment (the package's bin/
-first on PATH), stdin, stdout, stderr and terminal, and the signal, terminal
-and exit status handling of `rocker run`. CMD keeps the rocker alive while
+CMD is a child of `rocker exec`, with your environment as `rocker run` makes
+it (--env, --env-file, --clear-env; the package's bin/ first on PATH), stdin,
+stdout, stderr and terminal, and the signal, terminal and exit status
+handling of `rocker run`. CMD keeps the rocker alive while
 it runs.""",
         examples=(
             ("a shell in a running rocker", "rocker exec rk-0a1b2c3d sh"),

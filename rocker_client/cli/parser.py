@@ -8,6 +8,7 @@ from typing import NoReturn
 
 from ..structs import MAX_OVERLAY_DIRS
 from .common import UsageError, client_version
+from .environ import add_env_options
 from .manual import PAGES, PAGES_COMMANDS, epilog
 from .pack import PACK_COMPRESSORS
 
@@ -76,6 +77,7 @@ def build_parser() -> Parser:
                      help="a number of your choosing that `rocker ps` shows (default 0)")
     run.add_argument("-w", "--workdir", metavar="DIR",
                      help="where CMD starts, inside the rocker (default: the current directory, else /)")
+    add_env_options(run)
     _socket_option(run)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                      help="the command to run and its arguments; put -- before it if it starts with -")
@@ -83,6 +85,7 @@ def build_parser() -> Parser:
     exe = page("exec")
     exe.add_argument("-w", "--workdir", metavar="DIR",
                      help="where CMD starts, inside the rocker (default: the current directory, else /)")
+    add_env_options(exe)
     _socket_option(exe)
     exe.add_argument("name", metavar="NAME", help="the rocker's name, as `rocker ps` shows it")
     exe.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",

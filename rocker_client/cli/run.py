@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .._job import Job, Launch, run_command
@@ -13,12 +12,14 @@ from ..enter import enter_rocker
 from ..errors import RockerErr
 from ..structs import OPTION_OF_FIELD, Cause, RockerResult, request_new
 from .common import Failure, UsageError, socket_path, unreachable
+from .environ import command_env
+from .loghint import with_hint
 from .pack import check_package
 
 
 def default_dirs(pkg: str, uid: int | None = None) -> tuple[str, str]:
     """Exec dir and data dir named after the package file: root's under /run and /var/lib, else XDG."""
-    stem = Path(pkg).name.removesuffix(".squashfs") or "app"
+    stem = os.path.basename(pkg.rstrip("/")).removesuffix(".squashfs") or "app"
     uid = os.geteuid() if uid is None else uid
     if uid == 0:
         return f"/run/rocker/apps/{stem}", f"/var/lib/rocker/{stem}"
@@ -53,15 +54,14 @@ def _run_failure(err: RockerErr, cause: Cause, path: str, params: dict[str, Any]
         return Failure(f"rockerd refused the request: {_refusal(cause, params)}: fix that option "
                        "(see `rocker run --help`)")
     if err == RockerErr.build_rocker_failed:
-        return Failure(f"rockerd could not build the rocker: {cause}: see rockerd's log "
-                       "(`journalctl -u rockerd`) for more")
+        return Failure(with_hint(f"rockerd could not build the rocker: {cause}", path))
     if err in (RockerErr.send_req_failed, RockerErr.recv_resp_failed):
         return Failure(f"lost rockerd at {path}: {cause}: check that it still runs (`rocker status`)")
     if err == RockerErr.enter_rocker_failed:
         return Failure(f"could not enter the new rocker: {cause}: see docs/operations.md")
     if err == RockerErr.app_exec_failed:
         return Failure(f"could not start CMD in the rocker: {cause}")
-    return Failure(f"rockerd failed ({err.name}): {cause}: see rockerd's log")
+    return Failure(with_hint(f"rockerd failed ({err.name}): {cause}", path))
 
 
 def _prepare_own_dirs(dirs: list[tuple[str, str]]) -> None:
@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     req = request_new()
     req.app_id, req.uid, req.gid = args.app_id, args.uid, args.gid
-    req.app_pkg_path = os.path.realpath(pkg)  # rockerd refuses paths through symlinks
+    req.app_pkg_path = os.path.abspath(pkg)  # rockerd follows symlinks as the caller, where it opens it
     req.app_exec_dir, req.app_data_dir = exec_dir, data_dir
     req.app_overlay_dirs = [os.path.abspath(d) for d in args.overlay]
     if args.pkg_sha256 is not None:
@@ -98,15 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     path = socket_path(args)
     return run_job(lambda launch: enter_rocker(req, run_command, launch, socket=path),
-                   job_env(exec_dir), cmd, args.workdir,
+                   command_env(args, exec_dir, "rocker run"), cmd, args.workdir,
                    lambda res: _run_failure(res.err_no, res.cause or Cause("?", "?"), path, req.to_params()))
-
-
-def job_env(exec_dir: str) -> dict[str, str]:
-    """CMD's environment: the caller's, with the package's bin/ first on PATH."""
-    env = dict(os.environ)
-    env["PATH"] = f"{exec_dir}/bin:{env.get('PATH') or os.defpath}"
-    return env
 
 
 def run_job(start: Callable[[Launch], RockerResult], env: dict[str, str], cmd: list[str], workdir: str | None,
