@@ -82,7 +82,7 @@ def test_a_failed_path_names_the_component_and_why(tree: Path, rel: str, err: in
     for caller in (None, Caller()):
         e = _refusal(str(tree / rel), caller)
         assert isinstance(e, BuildError) and e.errno == err, e
-        assert str(e).endswith(f"package {tree / rel}: {says.format(tree=tree)}"), str(e)
+        assert f"package {tree / rel}: {says.format(tree=tree)}" in str(e), str(e)
 
 
 def test_rockerds_own_files_are_not_a_package(tree: Path) -> None:

@@ -50,7 +50,8 @@ def open_package(path: str, caller: policy.Peer | None, sha256: str | None = Non
         except OSError as e:
             where = _failing_component(path, uid)
             if e.errno != errno.EACCES or policy.is_root(caller):
-                raise BuildError(STEP, e.errno or errno.EIO, f"package {path}: {where or e.strerror}") from None
+                why = f"{where} ({e.strerror})" if where else e.strerror
+                raise BuildError(STEP, e.errno or errno.EIO, f"package {path}: {why}") from None
             raise policy.Denied(f"package {path} is not readable by uid {uid}: {where}") from None
         try:
             st = os.fstat(ref)
@@ -131,6 +132,8 @@ def start_open(path: str, caller: policy.Peer | None, sha256: str | None = None)
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="rockerd-open")
+    if sha256 is None:  # the two-argument call, as before app_pkg_sha256
+        return _pool.submit(open_package, path, caller)
     return _pool.submit(open_package, path, caller, sha256)
 
 
