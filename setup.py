@@ -120,4 +120,10 @@ class PlatformDistribution(Distribution):
         return True
 
 
-setup(distclass=PlatformDistribution, cmdclass={"build_py": BuildPyWithGuard})
+# rocker(1), rockerd(8) and the completions (scripts/manpages.py) go to the environment's prefix:
+# man(1) looks in PREFIX/share/man for programs in PREFIX/bin that are on PATH.
+SHARE_FILES = [("share/man/man1", ["share/man/man1/rocker.1"]), ("share/man/man8", ["share/man/man8/rockerd.8"]),
+               ("share/bash-completion/completions", ["share/bash-completion/completions/rocker"]),
+               ("share/zsh/site-functions", ["share/zsh/site-functions/_rocker"])]
+
+setup(distclass=PlatformDistribution, cmdclass={"build_py": BuildPyWithGuard}, data_files=SHARE_FILES)

@@ -65,6 +65,7 @@ class Launch:
     tty_fd: int = -1  # take the terminal with this fd before exec; -1: leave it
     ignored: frozenset[int] = frozenset()  # signals `rocker run` found ignored (nohup): CMD inherits that
     mask: frozenset[int] = frozenset()  # the signal mask `rocker run` started with
+    prog: str = "rocker run"  # names the command in CMD's messages (rocker exec too)
 
 
 def run_command(launch: Launch) -> int:
@@ -88,7 +89,8 @@ def run_command(launch: Launch) -> int:
         try:
             os.chdir(launch.workdir)
         except OSError as e:
-            _say(f"--workdir {launch.workdir}: {e.strerror} in the rocker: name a directory that exists there")
+            _say(launch.prog,
+                 f"--workdir {launch.workdir}: {e.strerror} in the rocker: name a directory that exists there")
             return EXIT_ROCKER
     else:
         try:
@@ -101,19 +103,20 @@ def run_command(launch: Launch) -> int:
         os.execvpe(cmd, launch.argv, launch.env)
     except FileNotFoundError:
         if "/" in cmd:
-            _say(f"{cmd}: no such file in the rocker: check the path (see --exec-dir for where the package is)")
+            _say(launch.prog,
+                 f"{cmd}: no such file in the rocker: check the path (see --exec-dir for where the package is)")
         else:
-            _say(f"{cmd}: command not found in the rocker: give its path, or put it in the package's bin/")
+            _say(launch.prog, f"{cmd}: command not found in the rocker: give its path, or put it in the package's bin/")
         return EXIT_NOT_FOUND
     except OSError as e:
-        _say(f"{cmd}: cannot execute in the rocker: {e.strerror}: check that it is an executable file "
+        _say(launch.prog, f"{cmd}: cannot execute in the rocker: {e.strerror}: check that it is an executable file "
              "the app's uid may run")
         return EXIT_CANNOT_RUN
 
 
-def _say(message: str) -> None:
+def _say(prog: str, message: str) -> None:
     try:
-        os.write(2, f"rocker run: {message}\n".encode(errors="replace"))
+        os.write(2, f"{prog}: {message}\n".encode(errors="replace"))
     except OSError:
         pass
 
@@ -218,15 +221,15 @@ class Job:
             signal.pthread_sigmask(signal.SIG_BLOCK, job.forwarded)
         return job
 
-    def launch(self, argv: list[str], env: dict[str, str], workdir: str | None) -> Launch:
+    def launch(self, argv: list[str], env: dict[str, str], workdir: str | None, prog: str = "rocker run") -> Launch:
         return Launch(argv, env, workdir, os.getcwd() if _cwd_exists() else "/", own_group=self.job_mode,
                       tty_fd=self.terminal.fd if self.job_mode and self.terminal else -1,
-                      ignored=self.ignored, mask=self.initial_mask)
+                      ignored=self.ignored, mask=self.initial_mask, prog=prog)
 
     def _hold(self, sig: int, _frame: object) -> None:
         """A signal before CMD exists: hold it; a second terminating one gives up at once."""
         if sig in _TERMINATING and sig in self.held:
-            _say("interrupted while the rocker was being set up")
+            _say("rocker", "interrupted while the rocker was being set up")
             os._exit(128 + sig)
         self.held.append(sig)
 

@@ -33,11 +33,12 @@ same code the C client runs; every process that joins reports a failure as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from rocker_sys import ns
@@ -50,6 +51,7 @@ from .reports import cause_of_report, failure_report
 from .structs import Cause, RockerRequest, RockerResult
 
 CREATE = "io.rocker.Rocker.Create"
+JOIN = "io.rocker.Rocker.Join"
 NS_ORDER = ("user", "mnt", "pid", "net", "uts", "ipc")  # user first: it owns the others
 
 App = Callable[[Any], "int | None"]
@@ -57,19 +59,49 @@ Join = Callable[[bool], None]  # the native join, made before the fork; its argu
 Started = tuple[RockerErr, int, "Cause | None"]
 
 
-def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: str | None = None) -> RockerResult:
+def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: str | None = None,
+                 cwd: str | None = None, env: Mapping[str, str] | None = None) -> RockerResult:
     """Ask rockerd for a rocker, enter it and run `app(app_args)` in a new process inside.
 
     That process is the caller's child: `os.waitpid(res.app_pid, 0)` returns its
-    status, and `app`'s int return value is its exit code. Failures come back as
-    `res.err_no` (the seed's numbers) with the reason in `res.cause` (and as text in
-    `res.detail`); this never raises. The socket is `socket`, else `$ROCKER_SOCKET`,
-    else `/run/rocker/rockerd.sock`.
+    status, and `app`'s int return value is its exit code. It starts in the dir `cwd`
+    inside the rocker (default: the rocker's `/`) with `env` as its whole environment
+    (default: the caller's); for an `Exec` app these fill in the Exec's own `cwd` and
+    `env` where it has none. A `cwd` that does not exist inside is `app_exec_failed`
+    (step "chdir DIR"). Failures come back as `res.err_no` (the seed's numbers) with
+    the reason in `res.cause` (and as text in `res.detail`); this never raises. The
+    socket is `socket`, else `$ROCKER_SOCKET`, else `/run/rocker/rockerd.sock`.
     """
+    return _enter(CREATE, lambda: req.to_params(), app, app_args, socket, cwd, env)
+
+
+def join_rocker(guard_pname: str, app: App, app_args: Any = None, *, socket: str | None = None,
+                cwd: str | None = None, env: Mapping[str, str] | None = None) -> RockerResult:
+    """Run `app(app_args)` in a new process inside the live rocker `guard_pname` (`rocker exec`).
+
+    The same as `enter_rocker` once rockerd has answered: the process joins the
+    rocker's namespaces as its first app did (same PID namespace, same mounts, same
+    ids and capabilities) and is the caller's child. Only root and the uid the
+    rocker runs as may join it (PermissionDenied: `err_no` param_invalid); a rocker
+    that has ended is NoSuchRocker (`err_no` enter_rocker_failed, `cause.kind`
+    "NoSuchRocker"). This never raises.
+    """
+    if not isinstance(guard_pname, str):
+        return RockerResult.failed(RockerErr.param_invalid, Cause("guard_pname", "guard_pname must be a string"))
+    return _enter(JOIN, lambda: {"guard_pname": guard_pname}, app, app_args, socket, cwd, env)
+
+
+def _enter(method: str, params: Callable[[], dict[str, Any]], app: App, app_args: Any,
+           socket: str | None, cwd: str | None, env: Mapping[str, str] | None) -> RockerResult:
+    """Create or Join, then start the app inside with the fds the reply brought."""
     if not callable(app):
         return RockerResult.failed(RockerErr.param_invalid, Cause("app", "app must be callable"))
     try:
-        reply, fds = wire.call(socket or wire.default_socket_path(), CREATE, req.to_params())
+        app = _with_place(app, cwd, env)
+    except ValueError as e:
+        return RockerResult.failed(RockerErr.param_invalid, Cause("app", str(e)))
+    try:
+        reply, fds = wire.call(socket or wire.default_socket_path(), method, params())
     except wire.WireError as e:
         return RockerResult.failed(*wire_failure(e))
     try:
@@ -84,7 +116,8 @@ def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: 
     except (KeyError, TypeError, ValueError, IndexError, OSError) as e:
         for fd in fds:
             os.close(fd)
-        return RockerResult.failed(RockerErr.recv_resp_failed, Cause("receive", f"malformed Create reply: {e!r}"))
+        what = method.rpartition(".")[2]
+        return RockerResult.failed(RockerErr.recv_resp_failed, Cause("receive", f"malformed {what} reply: {e!r}"))
     try:
         err, app_pid, cause = _start_inside(ns_fds, app, app_args, cgroup_fds, syscall_filter)
     except NativeMissing as e:
@@ -95,6 +128,31 @@ def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: 
     if cause is not None:
         return RockerResult.failed(err, cause, guard_pid, name)
     return RockerResult(err, app_pid, guard_pid, name)
+
+
+class _Placed:
+    """A callable app with the dir and environment it starts with (applied in its own process)."""
+
+    def __init__(self, app: App, cwd: str | None, env: Mapping[str, str] | None) -> None:
+        self.app, self.cwd, self.env = app, cwd, env
+
+    def __call__(self, app_args: Any) -> int | None:
+        return self.app(app_args)
+
+
+def _with_place(app: App, cwd: str | None, env: Mapping[str, str] | None) -> App:
+    if cwd is None and env is None:
+        return app
+    if isinstance(app, Exec):  # the Exec's own settings win; the native start applies them
+        return replace(app, cwd=app.cwd if app.cwd is not None else cwd, env=app.env if app.env is not None else env)
+    if cwd is not None and (not isinstance(cwd, str) or not cwd or "\0" in cwd):
+        raise ValueError("cwd must be a non-empty string without NUL bytes")
+    if env is not None:
+        env = dict(env)
+        if not all(isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
+                   for k, v in env.items()):
+            raise ValueError("env: names are non-empty strings without '=', values strings, neither with NUL")
+    return _Placed(app, cwd, env)
 
 
 def _ns_fd(fds: list[int], namespaces: dict[str, Any], name: str) -> int:
@@ -228,6 +286,7 @@ def _become_app(ns_fds: list[int], join: Join, w: int, app: App, app_args: Any) 
     then run the app; never returns."""
     try:
         _join_or_exit(join, w, with_pid=False)
+        _take_place(app, w, in_pid_ns=True)
         _app_main(ns_fds, w, app, app_args)
     finally:
         os._exit(1)
@@ -237,6 +296,7 @@ def _intermediate(ns_fds: list[int], join: Join, w: int, app: App, app_args: Any
     """Runs in the forked child; never returns."""
     try:
         _join_or_exit(join, w, with_pid=True)
+        _take_place(app, w, in_pid_ns=False)  # the app inherits both
         try:
             app_pid = ns.clone(ns.CLONE_PARENT)
         except OSError as e:
@@ -256,6 +316,30 @@ def _join_or_exit(join: Join, w: int, *, with_pid: bool) -> None:
     except JoinFailed as f:
         os.write(w, failure_report(f.errno, f.step))
         os._exit(1)
+
+
+def _take_place(app: App, w: int, *, in_pid_ns: bool) -> None:
+    """In the rocker, before the app runs: its cwd (a failure is reported like a failed exec) and env.
+
+    An intermediate is not in the rocker's PID namespace: when it fails here, a child of it enters
+    and leaves, so the guard sees an app come and go and ends the rocker now, not at its timeout."""
+    if not isinstance(app, _Placed):
+        return
+    if app.cwd is not None:
+        try:
+            os.chdir(app.cwd)
+        except OSError as e:
+            if not in_pid_ns:
+                with contextlib.suppress(OSError):
+                    pid = ns.clone(0)
+                    if pid == 0:
+                        os._exit(127)
+                    os.waitpid(pid, 0)
+            os.write(w, failure_report(e.errno or 0, "chdir", app.cwd))
+            os._exit(127)
+    if app.env is not None:
+        os.environ.clear()
+        os.environ.update(app.env)
 
 
 def _app_main(ns_fds: list[int], w: int, app: App, app_args: Any) -> None:
@@ -292,6 +376,8 @@ def _run_app(app: App, app_args: Any) -> None:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:
+        import traceback  # here only: the CLI's start time (issue 21)
+
         traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):
@@ -304,7 +390,8 @@ def _run_app(app: App, app_args: Any) -> None:
 
 _ERR_OF_REMOTE = {"InvalidRequest": RockerErr.param_invalid, "PermissionDenied": RockerErr.param_invalid,
                   "InvalidParameter": RockerErr.param_invalid, "ProtocolViolation": RockerErr.param_invalid,
-                  "BuildFailed": RockerErr.build_rocker_failed, "LimitReached": RockerErr.build_rocker_failed}
+                  "BuildFailed": RockerErr.build_rocker_failed, "LimitReached": RockerErr.build_rocker_failed,
+                  "NoSuchRocker": RockerErr.enter_rocker_failed}
 
 
 def wire_failure(e: wire.WireError) -> tuple[RockerErr, Cause]:
@@ -312,7 +399,9 @@ def wire_failure(e: wire.WireError) -> tuple[RockerErr, Cause]:
     if isinstance(e, wire.RemoteError):
         kind = e.name.rsplit(".", 1)[-1]
         p = e.parameters or {}
-        reason = str(p.get("reason") or p.get("parameter") or p.get("guard_pname") or e.name)
+        reason = str(p.get("reason") or p.get("parameter") or e.name)
+        if kind == "NoSuchRocker":
+            reason = f"no live rocker is called {p.get('guard_pname')!r}"
         code = p.get("errno")
         cause = Cause(kind, reason, field=str(p.get("field") or ("request" if "field" in p else "")),
                       step=str(p.get("step") or ""), errno=code if type(code) is int else 0)

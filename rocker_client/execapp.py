@@ -39,8 +39,9 @@ STACK_SIZE = 64 * 1024
 class Exec:
     """The app is the program at `path` inside the rocker (an absolute path, or relative to the
     rocker's `/`; not looked up in `$PATH`), run with `argv` (default: `[path]`) and `env`
-    (default: the caller's environment when it is started); `app_args` is not used. It inherits
-    the caller's fds that are not close-on-exec, as a forked app would.
+    (default: the caller's environment when it is started), in the dir `cwd` inside the rocker
+    (default: its `/`); `app_args` is not used. It inherits the caller's fds that are not
+    close-on-exec, as a forked app would.
 
     `enter_rocker` starts it without forking the caller and reports a failed exec as
     `app_exec_failed` (with the reason) instead of an app that exits 1. Called as a function,
@@ -50,8 +51,11 @@ class Exec:
     path: str
     argv: Sequence[str] | None = None
     env: Mapping[str, str] | None = None
+    cwd: str | None = None
 
     def __post_init__(self) -> None:
+        if self.cwd is not None and (not isinstance(self.cwd, str) or not self.cwd or "\0" in self.cwd):
+            raise ValueError("Exec: cwd must be a non-empty string without NUL bytes")
         if not isinstance(self.path, str) or not self.path or "\0" in self.path:
             raise ValueError("Exec: path must be a non-empty string without NUL bytes")
         if self.argv is not None:
@@ -74,6 +78,8 @@ class Exec:
         return self.env if self.env is not None else os.environ
 
     def __call__(self, _app_args: Any = None) -> int:
+        if self.cwd is not None:
+            os.chdir(self.cwd)
         os.execve(self.path, self.args(), self.environ())  # raises on failure: the app exits 1
 
 
@@ -113,7 +119,8 @@ def _start(fn: Any, ns_fds: list[int], app: Exec, own: int, cgroup_fds: list[int
     stack = ctypes.create_string_buffer(STACK_SIZE)
     r, w = os.pipe2(os.O_CLOEXEC)
     spec = Spec((ctypes.c_int * 6)(*ns_fds), own, w, os.fsencode(app.path), argv, envp, ctypes.addressof(stack),
-                STACK_SIZE, filter=syscall_filter.address if syscall_filter else None)
+                STACK_SIZE, filter=syscall_filter.address if syscall_filter else None,
+                cwd=None if app.cwd is None else os.fsencode(app.cwd))
     spec.set_cgroups(cgroup_fds)
     pid = ctypes.c_int(-1)
     try:
@@ -147,8 +154,9 @@ def _outcome(rc: int, pid: int, report: bytes, app: Exec, own: int) -> tuple[Roc
     elif pid > 0:
         os.waitpid(pid, 0)  # the app exited after its report (-1: an intermediate failed, already reaped)
     cause = cause_of_report(report)
-    if cause.step == "exec":
-        cause = Cause("app", cause.reason, step=f"exec {app.path}", errno=cause.errno)
+    if cause.step in ("exec", "chdir"):
+        cause = Cause("app", cause.reason, step=f"{cause.step} {app.path if cause.step == 'exec' else app.cwd}",
+                      errno=cause.errno)
     return (RockerErr.app_exec_failed if cause.kind == "app" else RockerErr.enter_rocker_failed), 0, cause
 
 

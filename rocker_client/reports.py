@@ -16,7 +16,7 @@ import os
 from .errors import GONE_ERRNOS, GONE_WHY
 from .structs import Cause
 
-APP_STEPS = ("exec", "clone app", "fork app")  # what failed is starting the app, not entering
+APP_STEPS = ("exec", "chdir", "clone app", "fork app")  # what failed is starting the app, not entering
 
 
 def failure_report(err: int, step: str, detail: str = "") -> bytes:
@@ -40,6 +40,6 @@ def cause_of_report(data: bytes) -> Cause:
         return Cause("enter", "the process entering the rocker died")
     err, step, detail = parse_report(data, "enter")
     reason = f"{detail}: {os.strerror(err)}" if detail else os.strerror(err)
-    if err in GONE_ERRNOS and step != "exec":  # an exec's ENOENT is the program's, not the rocker's
+    if err in GONE_ERRNOS and step not in ("exec", "chdir"):  # their ENOENT is the program's or dir's
         return Cause("gone", reason + GONE_WHY, step=step, errno=err)
     return Cause("app" if step in APP_STEPS else "enter", reason, step=step, errno=err)

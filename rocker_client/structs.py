@@ -30,6 +30,7 @@ class RockerRequest:
     memory_max: int | None = None
     pids_max: int | None = None  # the most processes and threads it may have at once (absent: rockerd's default)
     cpu_max: float | None = None  # the most CPU time it may use, in CPUs (0.5: half of one; absent: rockerd's default)
+    app_pkg_sha256: str | None = None  # the package's SHA-256 (64 hex digits), if given: other content is refused
 
     def to_params(self) -> dict[str, object]:
         """the request as the parameters of `io.rocker.Rocker.Create`."""
@@ -38,12 +39,12 @@ class RockerRequest:
 
 
 REQUEST_FIELDS = ("app_id", "uid", "gid", "app_pkg_path", "app_exec_dir", "app_data_dir", "app_overlay_dirs",
-                  "seccomp", "network", "publish", "memory_max", "pids_max", "cpu_max")
+                  "seccomp", "network", "publish", "memory_max", "pids_max", "cpu_max", "app_pkg_sha256")
 # `rocker run`'s option for each field
 OPTION_OF_FIELD = {"app_id": "--app-id", "uid": "--uid", "gid": "--gid", "app_pkg_path": "--pkg", "app_exec_dir":
                    "--exec-dir", "app_data_dir": "--data-dir", "app_overlay_dirs": "--overlay", "seccomp":
                    "--seccomp", "network": "--network", "publish": "--publish", "memory_max": "--memory",
-                   "pids_max": "--pids", "cpu_max": "--cpus"}
+                   "pids_max": "--pids", "cpu_max": "--cpus", "app_pkg_sha256": "--pkg-sha256"}
 # END GENERATED
 
 

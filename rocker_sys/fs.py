@@ -45,6 +45,14 @@ def open_nofollow(path: str, flags: int, dir_fd: int = AT_FDCWD, *, same_mount: 
                    ctypes.c_size_t(ctypes.sizeof(how)), call="openat2", target=path)
 
 
+def open_following(path: str, flags: int) -> int:
+    """Open `path` following symlinks as the calling thread's credentials allow, but never a /proc
+    magic link (/proc/self/fd/N, /proc/PID/root: ELOOP), which would name the opener's own files."""
+    how = _OpenHow(flags=flags | os.O_CLOEXEC, mode=0, resolve=RESOLVE_NO_MAGICLINKS)
+    return syscall(nr.OPENAT2, ctypes.c_int(AT_FDCWD), path.encode(), ctypes.byref(how),
+                   ctypes.c_size_t(ctypes.sizeof(how)), call="openat2", target=path)
+
+
 def components(path: str) -> list[str]:
     return [p for p in path.split("/") if p]
 

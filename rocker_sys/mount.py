@@ -10,7 +10,7 @@ import ctypes
 import os
 
 from . import fs, nr
-from .libc import check, libc, syscall
+from .libc import SyscallError, check, libc, syscall
 
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
@@ -50,19 +50,79 @@ def fsopen(fstype: str) -> int:
     return syscall(nr.FSOPEN, _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC), call="fsopen", target=fstype)
 
 
+class KernelSaid(SyscallError):
+    """A failed fsconfig with what the kernel wrote to the fs context about it (`messages`, its own
+    words, e.g. "overlay: filesystem on upper not supported as upperdir") and what to do."""
+
+    def __init__(self, err: int, call: str, target: str, messages: list[str], advice: str = "") -> None:
+        super().__init__(err, call, target)
+        self.messages = messages
+        said = "; ".join(messages)
+        self.strerror = (f"{self.strerror}{': the kernel says: ' + said if said else ''}"
+                         f"{': ' + advice if advice else ''}")
+
+
+def fs_messages(fsfd: int) -> list[str]:
+    """The messages the kernel left on an fs context ("e overlay: ..." for an error; w, i for less),
+    one per read until ENODATA; each as the kernel wrote it, without the level letter."""
+    out = []
+    for _ in range(32):  # the kernel keeps at most 8
+        try:
+            data = os.read(fsfd, 1024)
+        except OSError:
+            break
+        if not data:
+            break
+        text = data.decode(errors="replace").strip()
+        out.append(text[2:] if text[1:2] == " " and text[:1] in "ewi" else text)
+    return out
+
+
+# Filesystems overlayfs cannot take as upper (and work) dir, by statfs f_type (linux/magic.h).
+_NOT_UPPER = {0x794C7630: "overlayfs", 0x6969: "NFS", 0x4D44: "vfat", 0x65735546: "a FUSE filesystem",
+              0xFF534D42: "CIFS/SMB", 0x517B: "SMB", 0x73717368: "squashfs", 0x9660: "iso9660"}
+UPPER_ADVICE = ("keep the data dir on a local filesystem overlayfs can write to (ext4, xfs, btrfs, tmpfs), "
+                "not on NFS, vfat, FUSE or another overlay")
+
+
+def fs_type(fd: int) -> int:
+    """statfs f_type of the filesystem `fd` lies on (the first field of struct statfs, a long)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes on 64-bit Linux
+    check(libc.fstatfs(ctypes.c_int(fd), buf), "fstatfs")
+    return ctypes.c_long.from_buffer(buf).value
+
+
+def _advice(key: str, fd: int | None) -> str:
+    if key not in ("upperdir", "workdir"):
+        return ""
+    name = None
+    if fd is not None:
+        try:
+            name = _NOT_UPPER.get(fs_type(fd))
+        except OSError:
+            pass
+    return f"the {key} is on {name}: {UPPER_ADVICE}" if name else ""
+
+
+def _fsconfig(fsfd: int, cmd: int, key: str | None, value: str | None, aux: int, target: str,
+              call: str = "fsconfig", advice: str = "") -> None:
+    try:
+        syscall(nr.FSCONFIG, ctypes.c_int(fsfd), ctypes.c_uint(cmd), _b(key), _b(value), ctypes.c_int(aux),
+                call=call, target=target)
+    except SyscallError as e:
+        raise KernelSaid(e.errno or 0, call, target, fs_messages(fsfd), advice) from None
+
+
 def fsconfig_string(fsfd: int, key: str, value: str, what: str) -> None:
-    syscall(nr.FSCONFIG, ctypes.c_int(fsfd), ctypes.c_uint(FSCONFIG_SET_STRING), _b(key), _b(value),
-            ctypes.c_int(0), call="fsconfig", target=f"{what} {key}={value}")
+    _fsconfig(fsfd, FSCONFIG_SET_STRING, key, value, 0, f"{what} {key}={value}")
 
 
 def fsconfig_flag(fsfd: int, key: str, what: str) -> None:
-    syscall(nr.FSCONFIG, ctypes.c_int(fsfd), ctypes.c_uint(FSCONFIG_SET_FLAG), _b(key), None,
-            ctypes.c_int(0), call="fsconfig", target=f"{what} {key}")
+    _fsconfig(fsfd, FSCONFIG_SET_FLAG, key, None, 0, f"{what} {key}")
 
 
 def fsconfig_fd(fsfd: int, key: str, fd: int, what: str) -> None:
-    syscall(nr.FSCONFIG, ctypes.c_int(fsfd), ctypes.c_uint(FSCONFIG_SET_FD), _b(key), None,
-            ctypes.c_int(fd), call="fsconfig", target=f"{what} {key}")
+    _fsconfig(fsfd, FSCONFIG_SET_FD, key, None, fd, f"{what} {key}", advice=_advice(key, fd))
 
 
 def fd_path(fd: int) -> str:
@@ -71,9 +131,15 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def fsconfig_create(fsfd: int, what: str) -> None:
-    syscall(nr.FSCONFIG, ctypes.c_int(fsfd), ctypes.c_uint(FSCONFIG_CMD_CREATE), None, None,
-            ctypes.c_int(0), call="fsconfig(create)", target=what)
+def fsconfig_create(fsfd: int, what: str, advice: str = "") -> None:
+    """Create the superblock; a refusal carries the kernel's own messages, and `advice` if it
+    mentions the upper or work dir (overlayfs checks those here)."""
+    try:
+        _fsconfig(fsfd, FSCONFIG_CMD_CREATE, None, None, 0, what, call="fsconfig(create)")
+    except KernelSaid as e:
+        if not any("upper" in m or "work" in m for m in e.messages):
+            raise
+        raise KernelSaid(e.errno or 0, "fsconfig(create)", what, e.messages, advice or UPPER_ADVICE) from None
 
 
 def fsmount(fsfd: int, attrs: int, what: str) -> int:

@@ -9,7 +9,7 @@ import, by name: 117, setresuid on x86_64, is ptrace on aarch64, so a wrong tabl
 
 from __future__ import annotations
 
-import platform
+import os
 
 _COMMON = {"PIDFD_SEND_SIGNAL": 424, "OPEN_TREE": 428, "MOVE_MOUNT": 429, "FSOPEN": 430, "FSCONFIG": 431,
            "FSMOUNT": 432, "PIDFD_OPEN": 434, "CLOSE_RANGE": 436, "OPENAT2": 437}
@@ -19,7 +19,7 @@ TABLES: dict[str, dict[str, int]] = {
     "aarch64": {"CLONE": 220, "SETGROUPS": 159, "SETRESUID": 147, "SETNS": 268, "PIVOT_ROOT": 41,
                 **_COMMON},
 }
-MACHINE = platform.machine()
+MACHINE = os.uname().machine  # platform.machine(), without importing platform (CLI start time)
 try:
     _table = TABLES[MACHINE]
 except KeyError:

@@ -81,6 +81,16 @@ method Create(
   seccomp: ?int
 )
 
+# Enter a live rocker again (rocker exec): its namespace fds, in the same reply as
+# Create's. Root and the uid the rocker runs as may; anyone else gets PermissionDenied.
+method Join(guard_pname: string) -> (
+  err_no: int,
+  app_pid: int,
+  guard_pid: int,
+  guard_pname: string,
+  namespaces: Namespaces
+)
+
 # The live rockers.
 method List() -> (rockers: []RockerInfo)
 

@@ -177,6 +177,12 @@ def _publish_list(specs: list[str]) -> list[str]:
     return specs
 
 
+def _sha256(digest: str) -> str:
+    if len(digest) != 64 or digest.strip("0123456789abcdef"):
+        raise ValueError("must be 64 lowercase hex digits (a SHA-256, as sha256sum prints it)")
+    return digest
+
+
 _Path = Annotated[str, AfterValidator(check_path)]
 PkgPath = Annotated[_Path, AfterValidator(_pkg_path)]
 MountDir = Annotated[_Path, AfterValidator(_mount_dir)]
@@ -236,6 +242,10 @@ class RockerRequestModel(BaseModel):
     cpu_max: Annotated[float, Field(gt=0, le=CPUS_MAX)] | None = Field(
         None, description="the most CPU time it may use, in CPUs (0.5: half of one; absent: rockerd's default)",
         json_schema_extra=_cli("--cpus", "CPUS"))
+
+    app_pkg_sha256: Annotated[str, AfterValidator(_sha256)] | None = Field(
+        None, description="the package's SHA-256 (64 hex digits), if given: other content is refused",
+        json_schema_extra=_cli("--pkg-sha256", "HEX"))
 
     @model_validator(mode="after")
     def _cross_field(self) -> RockerRequestModel:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from rocker_sys import ns
 
-from . import confine, interface, journal, kernel, policy, rmdata
+from . import confine, entry, interface, journal, kernel, policy, rmdata
 from .cgroups import CgroupError, CgroupManager, LimitPolicy, LimitRefused, Limits, RockerCgroup, detect
-from .create import NS_NAMES, BuildError, DataShares, PackageCache, WorkSlots, build_rocker
+from .create import BuildError, DataShares, PackageCache, WorkSlots, build_rocker
 from .create.warm import DEFAULT_BUDGET
 from .network import NetConfig, Network
 from .registry import Registry, Rocker
@@ -58,7 +58,7 @@ class RockerService:
 
     def interface(self) -> Interface:
         return Interface(interface.NAME, interface.DESCRIPTION,
-                         {"Create": self.create, "List": self.list, "Kill": self.kill,
+                         {"Create": self.create, "Join": self.join, "List": self.list, "Kill": self.kill,
                           "Kernel": self.kernel, "RemoveData": self.remove_data})
 
     async def create(self, call: Call) -> Reply:
@@ -118,16 +118,10 @@ class RockerService:
                       f"uid={req.uid} gid={req.gid} for caller uid {peer.uid} in {ms:.1f} ms",
                       guard_name=name, guard_pid=built.pid, app_id=req.app_id, uid=req.uid, gid=req.gid,
                       caller_uid=peer.uid)
-        names = [n for n in NS_NAMES if n in built.ns_fds]  # host network: no net fd
-        fds = [built.ns_fds[n] for n in names]
-        reply = {"err_no": 0, "app_pid": 0, "guard_pid": built.pid, "guard_pname": name,
-                 "namespaces": {n: i for i, n in enumerate(names)}}
-        if cg is not None:  # the app joins through these before it runs (rocker-join.c)
-            reply["cgroups"] = list(range(len(fds), len(fds) + len(cg.procs_fds)))
-            fds += cg.procs_fds
+        cgroup_fds = cg.procs_fds if cg is not None else []
+        if cg is not None:
             cg.procs_fds = []  # the reply's now: closed once sent
-        reply.update(self.filters.reply_part(req.seccomp, fds))  # the app's syscall filter, last
-        return Reply(reply, fds)
+        return entry.entry_reply(rocker, built.ns_fds, cgroup_fds, self.filters)
 
     def _cgroup_for(self, name: str, req: RockerRequestModel, caller_uid: int) -> tuple[RockerCgroup | None, Limits]:
         try:
@@ -137,6 +131,31 @@ class RockerService:
             raise VarlinkError(ERR + "InvalidRequest", {"field": e.field, "reason": e.reason}) from None
         except CgroupError as e:
             raise BuildError("create the rocker's cgroup", e.errno, str(e)) from None
+
+    async def join(self, call: Call) -> Reply:
+        """A live rocker's namespace fds, for a second process in it (rocker exec); root and its uid only."""
+        name = call.parameters.get("guard_pname")
+        if not isinstance(name, str):
+            raise VarlinkError(ERR + "InvalidRequest", {"field": "guard_pname", "reason": "must be a string"})
+        self._check_caller_ns(call)
+        try:
+            rocker = self.registry.get(name)
+            if rocker is None:
+                raise entry.Gone(name)
+            entry.check_join(call.peer, rocker)
+            ns_fds = entry.live_ns_fds(rocker)
+            try:
+                cgroup_fds = self.cgroups.join_fds(rocker.name, rocker.uid, call.peer.uid)
+            except BaseException:
+                for fd in ns_fds.values():
+                    os.close(fd)
+                raise
+            return entry.entry_reply(rocker, ns_fds, cgroup_fds, self.filters)
+        except entry.Gone:
+            raise VarlinkError(ERR + "NoSuchRocker", {"guard_pname": name}) from None
+        except policy.Denied as e:
+            self._refuse(call.peer.uid, f"Join: {e}")
+            raise VarlinkError(ERR + "PermissionDenied", {"reason": str(e)}) from None
 
     async def list(self, call: Call) -> Reply:
         self._check_caller_ns(call)

@@ -399,8 +399,8 @@ def render_api() -> str:
            "the pieces fit, in docs/architecture.md.", "",
            "## The Python API", "", _module_doc(rocker_client), "",
            "```python", "from rocker_client import " + ", ".join(sorted(rocker_client.__all__)), "```", ""]
-    order = ["enter_rocker", "Exec", "request_new", "RockerRequest", "RockerResult", "RockerErr", "get_guardname",
-             "default_socket_path"]
+    order = ["enter_rocker", "join_rocker", "Exec", "request_new", "RockerRequest", "RockerResult", "RockerErr",
+             "get_guardname", "default_socket_path"]
     missing = sorted(set(rocker_client.__all__) - set(order))
     if missing:
         raise SystemExit(f"gen_docs: rocker_client exports {missing}: add them to render_api's order")
@@ -524,7 +524,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {STRUCTS.relative_to(ROOT)}")
         importlib.reload(importlib.import_module("rocker_client.structs"))
         importlib.reload(rocker_client)
-    for path, text in ((STRUCTS, structs), (PROTOCOL, render_protocol()), (API, render_api())):
+    import manpages  # scripts/manpages.py: man pages and completions, from the same help text
+
+    for path, text in ((STRUCTS, structs), (PROTOCOL, render_protocol()), (API, render_api()),
+                       *manpages.outputs().items()):
         current = path.read_text() if path.exists() else None
         if current == text:
             continue

@@ -18,3 +18,6 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
+# rocker(1), rockerd(8) and the bash/zsh completions (scripts/manpages.py), where man(1) looks for the
+# pages of programs in .venv/bin once it is on PATH (an editable install skips setup.py's data_files)
+mkdir -p .venv/share && cp -r share/. .venv/share/

@@ -172,7 +172,7 @@ def terminal() -> Iterator[list[Pty]]:
 
 # -- the manual -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", [[], ["run"], ["ps"], ["inspect"], ["kill"], ["status"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["exec"], ["ps"], ["inspect"], ["kill"], ["status"]])
 def test_every_help_reads_like_a_man_page(command: list[str]) -> None:
     res = rocker(*command, "--help")
     assert res.returncode == 0, res.stderr
@@ -580,7 +580,8 @@ def test_pack_makes_a_reproducible_root_owned_package(base: Path) -> None:
     (["run", "--pkg", "x.squashfs"], "rocker run: no CMD given"),
     (["run", "--", "true"], "rocker run: the following arguments are required: --pkg"),
     (["run", "--pkg", "x.squashfs", "--uid", "me", "--", "true"], "rocker run: argument --uid: not a number"),
-    (["frob"], "rocker: unknown command 'frob': the commands are run, ps, inspect, kill, pack, diff, rm-data, status"),
+    (["frob"], "rocker: unknown command 'frob': the commands are run, exec, ps, inspect, kill, pack, diff, rm-data, "
+               "status"),
     (["kill", "-s", "NOPE", "rk-x"], "rocker kill: unknown signal 'NOPE'"),
     (["inspect"], "rocker inspect: the following arguments are required: NAME"),
     ([], "rocker: no command given"),

@@ -44,6 +44,7 @@ class Spec(ctypes.Structure):
         ("cgroup_fds", ctypes.POINTER(ctypes.c_int)),
         ("n_cgroup_fds", ctypes.c_int),
         ("filter", ctypes.c_void_p),  # const struct sock_fprog *: the app's syscall filter, NULL for none
+        ("cwd", ctypes.c_char_p),
     ]
 
     def set_cgroups(self, fds: list[int]) -> None:

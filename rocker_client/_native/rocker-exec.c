@@ -51,6 +51,7 @@ struct rocker_exec {
     const int *cgroup_fds;  /* the rocker's cgroup.procs (rocker_join_cgroups), n_cgroup_fds of them */
     int n_cgroup_fds;
     const struct sock_fprog *filter; /* the app's syscall filter (rocker-seccomp.h); NULL: none */
+    const char *cwd;        /* chdir here, inside the rocker, right before the exec; NULL: stay at / */
 };
 
 /* The entry points, loaded with ctypes (rocker_client/_native/__init__.py). */
@@ -86,6 +87,10 @@ static void wake_guard(void) {
 
 static __attribute__((noreturn)) void exec_app(const struct child_arg *a) {
     const struct rocker_exec *e = a->e;
+    if (e->cwd && syscall(SYS_chdir, e->cwd) < 0) {
+        rocker_report(e->report_fd, "chdir", errno);
+        syscall(SYS_exit, 127);
+    }
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &a->caller_mask, NULL, _NSIG / 8);
     syscall(SYS_execve, e->path, e->argv, e->envp);
     rocker_report(e->report_fd, "exec", errno);

@@ -20,7 +20,8 @@ __all__ = ["PAGES", "Page", "build_parser", "main"]
 
 # command -> (module, function): a command imports only what it uses (start time, issue 21)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("run", "cmd_run"), "ps": ("rockers", "cmd_ps"), "inspect": ("rockers", "cmd_inspect"),
+    "run": ("run", "cmd_run"), "exec": ("join", "cmd_exec"), "ps": ("rockers", "cmd_ps"),
+    "inspect": ("rockers", "cmd_inspect"),
     "kill": ("rockers", "cmd_kill"), "pack": ("pack", "cmd_pack"), "status": ("status", "cmd_status"),
     "rm-data": ("datadir", "cmd_rm_data"), "diff": ("datadir", "cmd_diff"),
 }

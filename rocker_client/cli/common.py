@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import wire
+from .loghint import with_hint
 
 EXIT_OK = 0
 EXIT_NO_SUCH_ROCKER = 1
@@ -103,7 +104,7 @@ class Daemon:
         try:
             reply = self.call(LIST)
         except wire.RemoteError as e:
-            raise Failure(f"rockerd could not list the rockers: {e}: see rockerd's log") from None
+            raise Failure(with_hint(f"rockerd could not list the rockers: {e}", self.path)) from None
         rockers = reply.get("rockers")
         if not isinstance(rockers, list) or not all(isinstance(r, dict) for r in rockers):
             raise Failure("rockerd sent a malformed List reply: is the client older than the daemon? "

@@ -39,6 +39,7 @@ inside mapped to one uid outside. rocker talks to rockerd over a unix socket."""
         sections=(
             ("commands", """\
   run       run a command in a new rocker
+  exec      run another command in a live rocker
   ps        list the live rockers
   inspect   print one live rocker as JSON
   kill      signal a rocker's guard (ends the rocker)
@@ -58,14 +59,14 @@ Run `rocker COMMAND --help` for a command's options."""),
         ),
         exit_status=(
             ("0", "success"),
-            ("1", "no live rocker has that name (inspect, kill)"),
+            ("1", "no live rocker has that name (exec, inspect, kill)"),
             EXIT_STATUS_USAGE,
             ("125", "rocker failed: rockerd is unreachable, the package is missing, or rockerd refused "
                     "or could not build the rocker"),
-            ("126", "run: CMD was found in the rocker but could not be executed"),
-            ("127", "run: CMD was not found in the rocker"),
-            ("128+N", "run: CMD was killed by signal N"),
-            ("other", "run: CMD's own exit status"),
+            ("126", "run, exec: CMD was found in the rocker but could not be executed"),
+            ("127", "run, exec: CMD was not found in the rocker"),
+            ("128+N", "run, exec: CMD was killed by signal N"),
+            ("other", "run, exec: CMD's own exit status"),
         ),
     ),
     Page(
@@ -75,10 +76,12 @@ Run `rocker COMMAND --help` for a command's options."""),
         description="""\
 Ask rockerd for a new rocker built from the package PKG and run CMD in it.
 CMD is a child of `rocker run` with your environment, stdin, stdout, stderr
-and terminal, so an interactive shell inside works. It runs as root inside
-the rocker, which is --uid/--gid outside (default: yours; when you are root,
-nobody's: --uid 0 asks for root), with a reduced capability set and the
-syscall filter --seccomp names (default: default; see docs/security.md).
+and terminal, so an interactive shell inside works. The environment is yours
+less rocker's own ROCKER_* variables (pass one on with --env NAME), then what
+--env-file and --env set; --clear-env starts from nothing instead. It runs as
+root inside the rocker, which is --uid/--gid outside (default: yours; when
+you are root, nobody's: --uid 0 asks for root), with a reduced capability set
+and the syscall filter --seccomp names (default: default; see docs/security.md).
 
 The package is mounted read-only at the exec dir, and its bin/ comes first
 on CMD's PATH. Each --overlay DIR puts a copy-on-write layer over the host's
@@ -113,6 +116,10 @@ tasks, to what you leave out, and may refuse values above its ceilings).""",
              "rocker run --pkg hello.squashfs --overlay /usr --overlay /etc -- sh"),
             ("at most 256 MiB, 200 tasks and half a CPU",
              "rocker run --pkg hello.squashfs --memory 256M --pids 200 --cpus 0.5 -- hello"),
+            ("run it only if it is the package you published (rockerd checks the file it mounts)",
+             "rocker run --pkg hello.squashfs --pkg-sha256 \"$(cat hello.sha256)\" -- hello"),
+            ("a clean environment with two variables",
+             "rocker run --pkg hello.squashfs --clear-env -e LANG=C.UTF-8 --env-file app.env -- hello"),
             ("the exit status is CMD's: this prints 7", "rocker run --pkg hello.squashfs -- sh -c 'exit 7'; echo $?"),
             ("as root, run the app as uid 1000 with dirs of its own",
              "rocker run --pkg /srv/apps/hello.squashfs --uid 1000 --gid 1000 \\\n"
@@ -125,6 +132,40 @@ tasks, to what you leave out, and may refuse values above its ceilings).""",
             EXIT_STATUS_USAGE,
             ("125", "no rocker: rockerd is unreachable, the package is missing, rockerd refused the request "
                     "or could not build the rocker, or --workdir does not exist inside"),
+            ("126", "CMD was found in the rocker but could not be executed"),
+            ("127", "CMD was not found in the rocker"),
+        ),
+    ),
+    Page(
+        name="exec",
+        summary="run another command in a live rocker",
+        synopsis="rocker exec [-w DIR] NAME [--] CMD [ARG...]",
+        description="""\
+Run CMD in the live rocker NAME, beside what already runs there: in its PID
+namespace (CMD sees the other processes, the guard as PID 1), its mounts
+(the package at the exec dir, its overlays with what was written to them),
+its hostname and its network, as root inside with the same capability set
+as the rocker's first command. It is what `docker exec` and `machinectl
+shell` are to their containers; no nsenter needed.
+
+Only root and the uid the rocker runs as may do this: rockerd refuses
+anyone else.
+
+CMD is a child of `rocker exec`, with your environment as `rocker run` makes
+it (--env, --env-file, --clear-env; the package's bin/ first on PATH), stdin,
+stdout, stderr and terminal, and the signal, terminal and exit status
+handling of `rocker run`. CMD keeps the rocker alive while
+it runs.""",
+        examples=(
+            ("a shell in a running rocker", "rocker exec rk-0a1b2c3d sh"),
+            ("what runs in it", "rocker exec rk-0a1b2c3d -- ps -ef"),
+        ),
+        exit_status=(
+            ("CMD's", "CMD exited: its exit status"),
+            ("128+N", "CMD was killed by signal N"),
+            ("1", "no live rocker is called NAME (or it ended meanwhile)"),
+            EXIT_STATUS_USAGE,
+            ("125", "rockerd is unreachable, or refused: you are neither root nor the rocker's uid"),
             ("126", "CMD was found in the rocker but could not be executed"),
             ("127", "CMD was not found in the rocker"),
         ),

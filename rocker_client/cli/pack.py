@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from .common import EXIT_OK, Failure
 
@@ -44,7 +43,7 @@ def check_package(pkg: str) -> None:
     """What can be told without rockerd: the package exists, is a file, is a squashfs image."""
     if os.path.isdir(pkg):
         raise Failure(f"package {pkg} is a directory: pack it into an image first, e.g. "
-                      f"`rocker pack {pkg.rstrip('/')} -o {Path(pkg).name or 'app'}.squashfs`")
+                      f"`rocker pack {pkg.rstrip('/')} -o {os.path.basename(pkg.rstrip('/')) or 'app'}.squashfs`")
     try:
         with open(pkg, "rb") as f:
             magic = f.read(4)

@@ -8,6 +8,7 @@ from typing import NoReturn
 from ..structs import MAX_OVERLAY_DIRS
 from ..units import parse_size
 from .common import UsageError, client_version
+from .environ import add_env_options
 from .manual import PAGES, PAGES_COMMANDS, epilog
 from .pack import PACK_COMPRESSORS
 
@@ -59,6 +60,9 @@ def build_parser() -> Parser:
 
     run = page("run")
     run.add_argument("--pkg", required=True, metavar="PKG", help="the app's package: a squashfs image")
+    run.add_argument("--pkg-sha256", metavar="HEX",
+                     help="refuse the package unless its SHA-256 is HEX (as sha256sum prints it); rockerd checks "
+                          "the file it mounts")
     run.add_argument("--exec-dir", metavar="DIR", help="where the package is mounted (default: see below)")
     run.add_argument("--data-dir", metavar="DIR",
                      help="where the app's writes to overlaid dirs are kept (default: see below)")
@@ -91,8 +95,18 @@ def build_parser() -> Parser:
                           "unless configured)")
     run.add_argument("--cpus", type=_cpus, metavar="CPUS",
                      help="the most CPU time it may use, in CPUs (0.5: half of one; default: rockerd's)")
+    add_env_options(run)
     _socket_option(run)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
+                     help="the command to run and its arguments; put -- before it if it starts with -")
+
+    exe = page("exec")
+    exe.add_argument("-w", "--workdir", metavar="DIR",
+                     help="where CMD starts, inside the rocker (default: the current directory, else /)")
+    add_env_options(exe)
+    _socket_option(exe)
+    exe.add_argument("name", metavar="NAME", help="the rocker's name, as `rocker ps` shows it")
+    exe.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                      help="the command to run and its arguments; put -- before it if it starts with -")
 
     ps = page("ps")

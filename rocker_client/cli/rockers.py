@@ -12,6 +12,7 @@ from typing import Any
 from .. import wire
 from ..guardname import get_guardname
 from .common import EXIT_NO_SUCH_ROCKER, EXIT_OK, KILL, Daemon, Failure, UsageError, age, find, say, socket_path, table
+from .loghint import with_hint
 
 
 def pid_namespaces() -> dict[int, list[int]]:
@@ -117,7 +118,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
                 if e.name.endswith(".NoSuchRocker"):
                     missing.append(f"no live rocker is called {name!r}: `rocker ps` lists the live ones")
                     continue
-                raise Failure(f"rockerd could not signal {name}: {e}: see rockerd's log") from None
+                raise Failure(with_hint(f"rockerd could not signal {name}: {e}", d.path)) from None
     for message in missing:
         say(message)
     return EXIT_NO_SUCH_ROCKER if missing else EXIT_OK

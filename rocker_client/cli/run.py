@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from .._job import Job, run_command
+from .._job import Job, Launch, run_command
 from ..enter import enter_rocker
 from ..errors import RockerErr
-from ..structs import OPTION_OF_FIELD, Cause, request_new
+from ..structs import OPTION_OF_FIELD, Cause, RockerResult, request_new
 from .common import Failure, UsageError, socket_path, unreachable
+from .environ import command_env
+from .loghint import with_hint
 from .pack import check_package
 
 NOBODY = 65534  # the overflow uid/gid, when the user database has no "nobody"
@@ -35,7 +37,7 @@ def default_dirs(pkg: str, uid: int | None = None, app_uid: int = 0) -> tuple[st
     """Exec dir and data dir named after the package file: root's under /run and /var/lib, else XDG.
     Root's data dir for an app of another uid is kept apart (uid-N/), so that the files a uid-0 run
     left behind are not in the way of an app that may not write over them."""
-    stem = Path(pkg).name.removesuffix(".squashfs") or "app"
+    stem = os.path.basename(pkg.rstrip("/")).removesuffix(".squashfs") or "app"
     uid = os.geteuid() if uid is None else uid
     if uid == 0:
         data = f"/var/lib/rocker/{stem}" if app_uid == 0 else f"/var/lib/rocker/uid-{app_uid}/{stem}"
@@ -71,15 +73,14 @@ def _run_failure(err: RockerErr, cause: Cause, path: str, params: dict[str, Any]
         return Failure(f"rockerd refused the request: {_refusal(cause, params)}: fix that option "
                        "(see `rocker run --help`)")
     if err == RockerErr.build_rocker_failed:
-        return Failure(f"rockerd could not build the rocker: {cause}: see rockerd's log "
-                       "(`journalctl -u rockerd`) for more")
+        return Failure(with_hint(f"rockerd could not build the rocker: {cause}", path))
     if err in (RockerErr.send_req_failed, RockerErr.recv_resp_failed):
         return Failure(f"lost rockerd at {path}: {cause}: check that it still runs (`rocker status`)")
     if err == RockerErr.enter_rocker_failed:
         return Failure(f"could not enter the new rocker: {cause}: see docs/operations.md")
     if err == RockerErr.app_exec_failed:
         return Failure(f"could not start CMD in the rocker: {cause}")
-    return Failure(f"rockerd failed ({err.name}): {cause}: see rockerd's log")
+    return Failure(with_hint(f"rockerd failed ({err.name}): {cause}", path))
 
 
 def _prepare_own_dirs(dirs: list[tuple[str, str]]) -> None:
@@ -93,11 +94,7 @@ def _prepare_own_dirs(dirs: list[tuple[str, str]]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cmd = list(args.cmd)
-    if cmd[:1] == ["--"]:
-        cmd = cmd[1:]
-    if not cmd:
-        raise UsageError("rocker run", "no CMD given: put it after the options, e.g. `rocker run --pkg PKG -- sh`")
+    cmd = command_of(args, "rocker run", "rocker run --pkg PKG -- sh")
     pkg = args.pkg
     check_package(pkg)
     uid, gid = default_ids()
@@ -115,22 +112,39 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     req = request_new()
     req.app_id, req.uid, req.gid, req.seccomp = args.app_id, uid, gid, args.seccomp
-    req.app_pkg_path = os.path.realpath(pkg)  # rockerd refuses paths through symlinks
+    req.app_pkg_path = os.path.abspath(pkg)  # rockerd follows symlinks as the caller, where it opens it
     req.app_exec_dir, req.app_data_dir = exec_dir, data_dir
     req.app_overlay_dirs = [os.path.abspath(d) for d in args.overlay]
     req.network, req.publish = args.network, list(args.publish)
     req.memory_max, req.pids_max, req.cpu_max = args.memory, args.pids, args.cpus
+    if args.pkg_sha256 is not None:
+        req.app_pkg_sha256 = args.pkg_sha256.strip().lower()
 
-    env = dict(os.environ)  # CMD's environment: the caller's, with the package's bin/ first on PATH
-    env["PATH"] = f"{exec_dir}/bin:{env.get('PATH') or os.defpath}"
     path = socket_path(args)
+    return run_job(lambda launch: enter_rocker(req, run_command, launch, socket=path),
+                   command_env(args, exec_dir, "rocker run"), cmd, args.workdir,
+                   lambda res: _run_failure(res.err_no, res.cause or Cause("?", "?"), path, req.to_params()))
+
+
+def run_job(start: Callable[[Launch], RockerResult], env: dict[str, str], cmd: list[str], workdir: str | None,
+            failure: Callable[[RockerResult], Failure], prog: str = "rocker run") -> int:
+    """Start CMD in a rocker as a job of ours (run and exec alike) and wait for it: its exit status."""
     job = Job.prepare()
     try:
-        res = enter_rocker(req, run_command, job.launch(cmd, env, args.workdir), socket=path)
+        res = start(job.launch(cmd, env, workdir, prog))
         if res.cause is not None:
-            raise _run_failure(res.err_no, res.cause, path, req.to_params())
+            raise failure(res)
         job.started(res.app_pid)
         return job.wait()
     finally:
         job.close()
 
+
+def command_of(args: argparse.Namespace, prog: str, example: str) -> list[str]:
+    """CMD from the command line, without the `--` that may precede it."""
+    cmd = list(args.cmd)
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError(prog, f"no CMD given: put it after the options, e.g. `{example}`")
+    return cmd

@@ -56,6 +56,12 @@ class CgroupManager:
         limits = self.policy.resolve(asked, caller_uid)
         return self.tree.create(name, limits, req.uid, caller_uid), limits
 
+    def join_fds(self, name: str, uid: int, caller_uid: int) -> list[int]:
+        """The fds a process joining the live rocker `name` (rocker exec) puts itself in its cgroup with."""
+        if not self.tree.enabled or not self.tree.exists(name):
+            return []
+        return self.tree.join_fds(name, uid, caller_uid)
+
     def discard(self, cg: RockerCgroup | None) -> None:
         """A build that failed: its cgroup goes at once (nothing ran in it but a reaped guard)."""
         if cg is not None:

@@ -171,6 +171,14 @@ class CgroupTree:
             raise
         return cg
 
+    def join_fds(self, name: str, uid: int, caller_uid: int) -> list[int]:
+        """cgroup.procs fds for one more app process of a live rocker (Join), on create's terms:
+        v1 opened as the app's uid (its files were chowned at create), v2 root's for a root caller only."""
+        procs = [os.path.join(d, "cgroup.procs") for d in self.dirs_of(name)]
+        if self.hier.mode == "v1":
+            return _open_procs(procs, uid)
+        return _open_procs(procs, 0) if caller_uid == 0 else []
+
     def _path(self, name: str, ctrl: str, file: str) -> str:
         return os.path.join(self.bases[ctrl if self.hier.mode == "v1" else ""], name, file)
 

@@ -143,7 +143,7 @@ class OpenPackage(Step[BuildContext]):
         return pkgopen.STEP
 
     def execute(self, ctx: BuildContext) -> None:
-        ctx.opening = pkgopen.start_open(ctx.req.app_pkg_path, ctx.caller)
+        ctx.opening = pkgopen.start_open(ctx.req.app_pkg_path, ctx.caller, ctx.req.app_pkg_sha256)
 
     def undo(self, ctx: BuildContext) -> None:
         if ctx.opening is not None:  # nobody took it: close the fd when it comes
@@ -160,7 +160,7 @@ class PackageOpened(Step[BuildContext]):
     async def execute(self, ctx: BuildContext) -> None:
         opening, ctx.opening = ctx.opening, None  # opened() abandons it itself when it gives up
         assert opening is not None
-        ctx.pkg_fd = await pkgopen.opened(opening, ctx.req.app_pkg_path)
+        ctx.pkg_fd = await pkgopen.opened(opening, ctx.req.app_pkg_path, pkgopen.deadline(ctx.req.app_pkg_sha256))
 
 
 class GuardStarted(Step[BuildContext]):

@@ -370,7 +370,7 @@ class MountPackage(Step[HostContext]):
     def execute(self, ctx: HostContext) -> None:
         pkg, ctx.pkg_fd = ctx.pkg_fd, None
         if pkg is None:
-            pkg = open_package(ctx.req.app_pkg_path, ctx.caller)
+            pkg = open_package(ctx.req.app_pkg_path, ctx.caller, ctx.req.app_pkg_sha256)
         try:
             ctx.pkg_key, mfd = ctx.packages.acquire(pkg, ctx.req.app_pkg_path, self.describe())
         finally:
