@@ -400,7 +400,8 @@ def test_a_nonroot_callers_app_is_in_the_cgroup_and_cannot_leave_it(nonroot: Any
     assert out["RES"]["err_no"] == RockerErr.success, out
     assert in_rocker_cgroup(out["APP"]["cgroup"], out["RES"]["name"]), out["APP"]
     tries = out["APP"]["tries"]
-    assert tries and all(e in (errno.EACCES, errno.EPERM) for e in tries.values()), tries
+    # EROFS: the rocker's /sys is read-only as a whole (docs/security.md); the modes say no as well
+    assert tries and all(e in (errno.EACCES, errno.EPERM, errno.EROFS) for e in tries.values()), tries
 
 
 def test_a_nonroot_caller_cannot_exceed_the_ceilings(nonroot: Any) -> None:

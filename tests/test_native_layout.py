@@ -20,8 +20,10 @@ import pytest
 
 from bench.proc import _FileHandle
 from rocker_client._native import Spec as ExecSpec
+from rocker_client._native import _SockFprog as SockFprog
 from rocker_sys.fs import _OpenHow
 from rocker_sys.loop import _LoopConfig, _LoopInfo64
+from rockerd.confine.libseccomp import _ArgCmp as ArgCmp
 from rockerd.create.spawn import _Spec as SpawnSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +42,9 @@ class Mirror:
 MIRRORS = [
     Mirror(SpawnSpec, "struct rocker_spawn", f'#include "{ROOT}/rockerd/guard/rocker-spawn.c"'),
     Mirror(ExecSpec, "struct rocker_exec", f'#include "{ROOT}/rocker_client/_native/rocker-exec.c"',
-           link=(f"{ROOT}/rocker_client/_native/rocker-join.c",)),
+           link=(f"{ROOT}/rocker_client/_native/rocker-join.c", f"{ROOT}/rocker_client/_native/rocker-seccomp.c")),
+    Mirror(SockFprog, "struct sock_fprog", "#include <linux/filter.h>"),
+    Mirror(ArgCmp, "struct scmp_arg_cmp", "#include <seccomp.h>"),
     Mirror(_OpenHow, "struct open_how", "#include <linux/openat2.h>"),
     Mirror(_LoopInfo64, "struct loop_info64", "#include <linux/loop.h>"),
     Mirror(_LoopConfig, "struct loop_config", "#include <linux/loop.h>", {"reserved": "__reserved"}),

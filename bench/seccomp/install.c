@@ -16,6 +16,7 @@
 static double now(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec*1e6+t.tv_nsec/1e3;}
 static int cmp(const void*a,const void*b){double x=*(double*)a,y=*(double*)b;return x<y?-1:x>y;}
 int main(int argc,char**argv){
+  if(argc<3) return 2;
   int fd=open(argv[1],O_RDONLY); struct sock_fprog p; if(rocker_seccomp_read(fd,&p)) return 1;
   int n=atoi(argv[2]); double *t=malloc(sizeof(double)*n), *g=malloc(sizeof(double)*n); int pp[2];
   for(int i=0;i<n;i++){ pipe(pp); pid_t c=fork(); if(c==0){ double a=now(); prctl(PR_SET_NO_NEW_PRIVS,1,0,0,0); const char*s=rocker_seccomp_install(&p); double b=now(); double d[2]={b-a,0}; 

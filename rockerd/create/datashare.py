@@ -42,12 +42,12 @@ from rocker_sys.libc import check, libc
 from .. import policy
 from ..request import RockerRequestModel
 from . import layout
+from .stage import enter_stage_namespace
 from .steps import BuildError
 from .workslots import WorkSlots
 
 log = logging.getLogger("rockerd.datashare")
 
-CLONE_FS = 0x200
 OVERLAYFS_SUPER_MAGIC = 0x794C7630
 STAGE_DEADLINE = 5.0  # seconds a stage operation may take (mount work only, no caller's path)
 MNT_DETACH = 2
@@ -261,14 +261,14 @@ class DataShares:
 
 
 class Stage:
-    """A thread in a mount namespace of its own, where shared overlays stay attached.
+    """A thread in a mount namespace of its own, where shared overlays stay attached (see stage.py).
 
     Attached, a mount can be cloned on any kernel; in this namespace, no guard
     copies it. The namespace keeps nothing of the host's mounts (each is
     detached right after the unshare), so it pins no filesystem but its own.
     """
 
-    ROOT = "/tmp"  # a dir of the host's root fs; the stage's tmpfs covers it, in this namespace only
+    ROOT = "/shares"  # in the stage's own tmpfs root
 
     def __init__(self) -> None:
         self._pool: cf.ThreadPoolExecutor | None = None
@@ -280,15 +280,15 @@ class Stage:
         return self._pool.submit(fn, *args).result(STAGE_DEADLINE)
 
     def _enter(self) -> None:
-        ns.unshare(CLONE_FS | ns.CLONE_NEWNS)
-        self._home = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        m.mount(None, "/", None, m.MS_REC | m.MS_PRIVATE)
-        with open("/proc/thread-self/mountinfo") as f:
-            points = [line.split()[4] for line in f]
-        for point in reversed(points):
-            if point != "/":
-                libc.umount2(os.fsencode(point), MNT_DETACH)  # gone already if under one detached before
-        m.mount("rocker-stage", self.ROOT, "tmpfs", m.MS_NOSUID | m.MS_NODEV | m.MS_NOEXEC, "mode=0700")
+        """The same kind of namespace stage.py's thread has: its only mount a small tmpfs (the host's
+        mounts detached), so it pins no host filesystem; the shares' overlays are attached in it."""
+        me = os.open("/proc/thread-self", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # no /proc once in there
+        try:
+            enter_stage_namespace()
+            self._home = os.open("ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=me)
+        finally:
+            os.close(me)
+        os.mkdir(self.ROOT, 0o700)
 
     def put(self, share_id: int, mounts: list[tuple[str, int]]) -> list[tuple[str, str]]:
         """Attach each detached mount (its fd is closed) at a stage dir of its own."""

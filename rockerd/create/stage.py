@@ -109,7 +109,7 @@ class _Stager:
 
     def _serve(self) -> None:
         try:
-            _enter_private_namespace()
+            enter_stage_namespace()
         except BaseException as e:
             log.error("cannot make the staging mount namespace: %s", e)
             self._ready.set_exception(e)
@@ -126,7 +126,7 @@ class _Stager:
                     then()
 
 
-def _enter_private_namespace() -> None:
+def enter_stage_namespace() -> None:
     """This thread into a new mount namespace whose only mount is a small tmpfs with /stage in it.
 
     unshare(CLONE_NEWNS) also unshares the thread's root and cwd (CLONE_FS), so the other
