@@ -18,9 +18,12 @@ int main(int argc, char **argv) {
         char b[24];
         int i = sizeof b;
         b[--i] = '\n';
-        do b[--i] = (char)('0' + v % 10); while ((v /= 10) && i);
+        do
+            b[--i] = (char)('0' + v % 10);
+        while ((v /= 10) && i);
         const char *fd = getenv("STAMP_FD");
-        if (write(fd ? atoi(fd) : 1, b + i, sizeof b - i) < 0) return 1;
+        if (write(fd ? atoi(fd) : 1, b + i, sizeof b - i) < 0)
+            return 1;
     }
     if (hold) {
         char c;

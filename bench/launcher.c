@@ -24,15 +24,13 @@ struct app_arg {
     int stamp_fd; /* -1: exec `app` (a static true); else exec `app s` with stdout on this fd */
 };
 
-static long long now_ns(void)
-{
+static long long now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
-static int app(void *p)
-{
+static int app(void *p) {
     const struct app_arg *a = p;
     char *const true_argv[] = {"app", NULL}, *const stamp_argv[] = {"app", "s", NULL};
     if (a->stamp_fd >= 0 && dup2(a->stamp_fd, 1) < 0)
@@ -41,8 +39,7 @@ static int app(void *p)
     return 127;
 }
 
-static void wait_gone(int pid)
-{
+static void wait_gone(int pid) {
     int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (pfd < 0)
         return; /* already gone */
@@ -51,8 +48,7 @@ static void wait_gone(int pid)
     close(pfd);
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     if (argc < 11) {
         fprintf(stderr, "usage: launcher MODE N PKG EXEC_DIR DATA_DIR APP UID GID READY_FD GO_FD OVERLAY...\n");
         return 2;

@@ -2,7 +2,7 @@
 # Check (or with --fix, apply) the C style of .clang-format on every tracked C file.
 #   scripts/check-format.sh          exit 1 and name the files clang-format would change
 #   scripts/check-format.sh --fix    reformat them in place
-# Needs clang-format (Debian: apt-get install clang-format; setup.sh does not install it).
+# Needs clang-format (Debian: apt-get install clang-format; scripts/setup.sh installs it). scripts/test.sh runs it.
 set -eu
 cd "$(dirname "$0")/.."
 command -v clang-format >/dev/null 2>&1 || { echo "check-format: clang-format is not installed" >&2; exit 2; }

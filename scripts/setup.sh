@@ -10,10 +10,11 @@ if [ -z "${ROCKER_SKIP_APT:-}" ]; then
     # squashfs-tools: mksquashfs for packages; libsystemd-dev + pkg-config + python3-dev + gcc: systemd-python
     # and the C guard; make + valgrind: the C client and its tests; iproute2 for tests; systemd-container:
     # nspawn for the systemd testbed; libseccomp2 (rockerd compiles the syscall filter with it) and
-    # libseccomp-dev (its header, for the test of our ctypes mirror); man-db: `man rocker`
+    # libseccomp-dev (its header, for the test of our ctypes mirror); man-db: `man rocker`; clang-format:
+    # scripts/check-format.sh
     apt-get install -y -qq --no-install-recommends \
         squashfs-tools libsystemd-dev pkg-config gcc libc6-dev make valgrind python3-dev python3-venv iproute2 \
-        systemd-container libseccomp2 libseccomp-dev man-db >/dev/null
+        systemd-container libseccomp2 libseccomp-dev man-db clang-format >/dev/null
 fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

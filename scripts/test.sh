@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 .venv/bin/ruff check .
+./scripts/check-format.sh  # the C style of .clang-format
 .venv/bin/python -m pytest "$@"
 if [ $# -eq 0 ] && [ -z "${ROCKER_SKIP_VM:-}" ]; then
     ./scripts/test-vm.sh

@@ -30,27 +30,25 @@
 
 static int out = -1;
 
-static void put(const char *name, long rc)
-{
+static void put(const char *name, long rc) {
     dprintf(out, "%s %d\n", name, rc < 0 ? errno : 0);
 }
 
 #define TRY(name, ...) (errno = 0, put(name, syscall(__VA_ARGS__)))
 
-static void status_line(void)
-{
+static void status_line(void) {
     char buf[4096];
     int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
     ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
-    if (fd >= 0) close(fd);
+    if (fd >= 0)
+        close(fd);
     buf[n > 0 ? n : 0] = 0;
     char *a = strstr(buf, "\nSeccomp:"), *b = strstr(buf, "\nSeccomp_filters:");
     dprintf(out, "status %d %d\n", a ? atoi(a + 9) : -1, b ? atoi(b + 17) : -1);
 }
 
 /* i386's entry point from a 64-bit process: getpid (20) through int 0x80. */
-static long int80_getpid(void)
-{
+static long int80_getpid(void) {
 #ifdef __x86_64__
     long ret = 20;
     __asm__ volatile("int $0x80" : "+a"(ret) : : "memory");
@@ -65,8 +63,7 @@ static long int80_getpid(void)
 #endif
 }
 
-static int probe(void *unused)
-{
+static int probe(void *unused) {
     (void)unused;
     char c = 0;
     TRY("keyctl", SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* session */, 0);
@@ -107,9 +104,11 @@ static int probe(void *unused)
     /* clone(CLONE_NEWUSER) for real, in a child that exits at once if it got one */
     errno = 0;
     long pid = syscall(SYS_clone, (long)(CLONE_NEWUSER | SIGCHLD), 0, 0, 0, 0);
-    if (pid == 0) _exit(0);
+    if (pid == 0)
+        _exit(0);
     put("clone_newuser", pid);
-    if (pid > 0) waitpid((pid_t)pid, NULL, 0);
+    if (pid > 0)
+        waitpid((pid_t)pid, NULL, 0);
     status_line();
     /* the filter survives execve and applies to children: a child's shell reads its own status */
     pid_t child = fork();
@@ -125,27 +124,32 @@ static int probe(void *unused)
 
 #ifdef AS_LIBRARY
 int confine_probe(int fd); /* the callable app's entry: in the process that runs the Python callable */
-int confine_probe(int fd)
-{
+int confine_probe(int fd) {
     out = fd;
     return probe(NULL);
 }
 #else
-int main(int argc, char **argv)
-{
-    if (argc < 2) return 2;
+int main(int argc, char **argv) {
+    if (argc < 2)
+        return 2;
     out = atoi(argv[1]);
 #ifdef VIA_C_CLIENT
     RockerRequest req = ROCKER_request_new();
     for (int i = 2; i < argc; i++) {
         char *v = strchr(argv[i], '=');
-        if (!v) return 2;
+        if (!v)
+            return 2;
         *v++ = 0;
-        if (!strcmp(argv[i], "pkg")) req.app_pkg_path = v;
-        else if (!strcmp(argv[i], "exec")) req.app_exec_dir = v;
-        else if (!strcmp(argv[i], "data")) req.app_data_dir = v;
-        else if (!strcmp(argv[i], "uid")) req.uid = atoi(v);
-        else if (!strcmp(argv[i], "gid")) req.gid = atoi(v);
+        if (!strcmp(argv[i], "pkg"))
+            req.app_pkg_path = v;
+        else if (!strcmp(argv[i], "exec"))
+            req.app_exec_dir = v;
+        else if (!strcmp(argv[i], "data"))
+            req.app_data_dir = v;
+        else if (!strcmp(argv[i], "uid"))
+            req.uid = atoi(v);
+        else if (!strcmp(argv[i], "gid"))
+            req.gid = atoi(v);
     }
     RockerResult res = ROCKER_enter_rocker(&req, probe, NULL);
     if (res.err_no != ROCKER_ERR_success) {

@@ -107,6 +107,7 @@ def world() -> Iterator[World]:
     base.chmod(0o755)
     pkg = build_pkg(base, {"bin/true": (b"#!/bin/sh\n", 0o755)})
     forwarding = _forwarding()
+    old_socket = os.environ.get("ROCKER_SOCKET")  # the session rockerd's, for the tests after these
     with out.outside(), host_setup() as before:
         d = start_netd(base / "d")
         os.environ["ROCKER_SOCKET"] = os.environ["NET_WORLD_SOCKET"] = d.socket
@@ -122,7 +123,11 @@ def world() -> Iterator[World]:
             w = World(base, pkg, d)
             yield w
         finally:
-            os.environ.pop("ROCKER_SOCKET", None)
+            os.environ.pop("NET_WORLD_SOCKET", None)
+            if old_socket is None:
+                os.environ.pop("ROCKER_SOCKET", None)
+            else:
+                os.environ["ROCKER_SOCKET"] = old_socket
             w.d.stop()
         log = w.d.log_text()
         assert "Traceback" not in log, log

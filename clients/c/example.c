@@ -23,8 +23,7 @@ struct my_args {
     int report_fd; /* write end of a pipe to the launcher */
 };
 
-static void read_line(const char *path, char *out, size_t cap)
-{
+static void read_line(const char *path, char *out, size_t cap) {
     FILE *f = fopen(path, "r");
     out[0] = '\0';
     if (f) {
@@ -35,8 +34,7 @@ static void read_line(const char *path, char *out, size_t cap)
 }
 
 // Callback function and its arguments, defined by the caller, to be executed inside ROCKER
-static int start_my_APP(void *args)
-{
+static int start_my_APP(void *args) {
     struct my_args *a = args;
     char comm[64], host[256] = "";
     read_line("/proc/1/comm", comm, sizeof comm); /* the rocker's PID 1 is its guard */
@@ -46,8 +44,7 @@ static int start_my_APP(void *args)
     return 0;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     char exec_dir[4096], data_dir[4096], report[4096];
     if (argc != 3) {
         fprintf(stderr, "usage: %s PACKAGE.squashfs BASE_DIR\n", argv[0]);
@@ -105,8 +102,7 @@ int main(int argc, char **argv)
     // away here too; we keep only its "more robust cleanup": the guard leaves by itself once
     // its last app is gone, so by now its PID may belong to another process.
     RockerResult res2 = ROCKER_get_guardname(res.guard_pid);
-    if (ROCKER_ERR_success == res2.err_no && \
-            0 == strcmp(res.guard_pname, res2.guard_pname)) {
+    if (ROCKER_ERR_success == res2.err_no && 0 == strcmp(res.guard_pname, res2.guard_pname)) {
         kill(res.guard_pid, SIGKILL);
     }
     return 0;

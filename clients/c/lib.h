@@ -53,23 +53,18 @@ typedef struct {
 //@ req[in]: configuration data needed to create the new rocker
 //@ app[in]: function to execute inside the rocker once it is created
 //@ app_args[in]: arguments to pass to the app function
-RockerResult
-ROCKER_enter_rocker(RockerRequest *req, int (*app) (void *), void *app_args)
-__attribute__ ((visibility("default")));
+RockerResult ROCKER_enter_rocker(RockerRequest *req, int (*app)(void *), void *app_args)
+    __attribute__((visibility("default")));
 
 //! Get the name of the specified process from '/proc/<PID>/stat'.
 //! Before the client sends a signal to the guard process, compare the name
 //! against the original returned at rocker creation to confirm the PID has not been reused.
 //-
 //@ pid[in]: PID of the target process
-RockerResult
-ROCKER_get_guardname(int pid)
-__attribute__ ((visibility("default")));
+RockerResult ROCKER_get_guardname(int pid) __attribute__((visibility("default")));
 
 //! Return a new RockerRequest instance (all fields zero / NULL).
-RockerRequest
-ROCKER_request_new(void)
-__attribute__ ((visibility("default")));
+RockerRequest ROCKER_request_new(void) __attribute__((visibility("default")));
 
 #ifdef __cplusplus
 }

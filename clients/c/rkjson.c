@@ -10,8 +10,7 @@
 
 /* ---- writer ---- */
 
-void rkj_put(struct rkj_buf *b, const char *s, size_t n)
-{
+void rkj_put(struct rkj_buf *b, const char *s, size_t n) {
     if (b->failed)
         return;
     if (n > b->cap - b->len) {
@@ -35,13 +34,11 @@ void rkj_put(struct rkj_buf *b, const char *s, size_t n)
     b->len += n;
 }
 
-void rkj_puts(struct rkj_buf *b, const char *s)
-{
+void rkj_puts(struct rkj_buf *b, const char *s) {
     rkj_put(b, s, strlen(s));
 }
 
-void rkj_put_int(struct rkj_buf *b, long long v)
-{
+void rkj_put_int(struct rkj_buf *b, long long v) {
     char tmp[24], *q = tmp + sizeof tmp;
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
     do
@@ -52,8 +49,7 @@ void rkj_put_int(struct rkj_buf *b, long long v)
     rkj_put(b, q, (size_t)(tmp + sizeof tmp - q));
 }
 
-void rkj_put_string(struct rkj_buf *b, const char *s)
-{
+void rkj_put_string(struct rkj_buf *b, const char *s) {
     static const char hex[] = "0123456789abcdef";
     if (!s) {
         rkj_puts(b, "null");
@@ -93,8 +89,7 @@ void rkj_put_string(struct rkj_buf *b, const char *s)
     rkj_put(b, "\"", 1);
 }
 
-void rkj_free(struct rkj_buf *b)
-{
+void rkj_free(struct rkj_buf *b) {
     free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
@@ -102,28 +97,24 @@ void rkj_free(struct rkj_buf *b)
 
 /* ---- reader ---- */
 
-static void ws(struct rkj_in *in)
-{
+static void ws(struct rkj_in *in) {
     while (in->p < in->end && (*in->p == ' ' || *in->p == '\t' || *in->p == '\n' || *in->p == '\r'))
         in->p++;
 }
 
-char rkj_peek(struct rkj_in *in)
-{
+char rkj_peek(struct rkj_in *in) {
     ws(in);
     return in->p < in->end ? *in->p : 0;
 }
 
-static int eat(struct rkj_in *in, char c)
-{
+static int eat(struct rkj_in *in, char c) {
     if (rkj_peek(in) != c)
         return -1;
     in->p++;
     return 0;
 }
 
-static int literal(struct rkj_in *in, const char *word)
-{
+static int literal(struct rkj_in *in, const char *word) {
     size_t n = strlen(word);
     if ((size_t)(in->end - in->p) < n || memcmp(in->p, word, n) != 0)
         return -1;
@@ -131,8 +122,7 @@ static int literal(struct rkj_in *in, const char *word)
     return 0;
 }
 
-static int hex4(struct rkj_in *in, unsigned *out)
-{
+static int hex4(struct rkj_in *in, unsigned *out) {
     unsigned v = 0;
     if (in->end - in->p < 4)
         return -1;
@@ -152,15 +142,13 @@ static int hex4(struct rkj_in *in, unsigned *out)
     return 0;
 }
 
-static void emit(char *out, size_t cap, size_t *len, const char *bytes, size_t n)
-{
+static void emit(char *out, size_t cap, size_t *len, const char *bytes, size_t n) {
     for (size_t i = 0; i < n; i++, (*len)++)
         if (out && *len + 1 < cap)
             out[*len] = bytes[i];
 }
 
-int rkj_string(struct rkj_in *in, char *out, size_t cap, size_t *lenp, int *has_nul)
-{
+int rkj_string(struct rkj_in *in, char *out, size_t cap, size_t *lenp, int *has_nul) {
     size_t len = 0;
     int nul = 0;
     if (eat(in, '"') < 0)
@@ -181,7 +169,9 @@ int rkj_string(struct rkj_in *in, char *out, size_t cap, size_t *lenp, int *has_
             return -1;
         char e = *in->p++, ch;
         switch (e) {
-        case '"': case '\\': case '/': ch = e; break;
+        case '"':
+        case '\\':
+        case '/': ch = e; break;
         case 'b': ch = '\b'; break;
         case 'f': ch = '\f'; break;
         case 'n': ch = '\n'; break;
@@ -224,8 +214,7 @@ int rkj_string(struct rkj_in *in, char *out, size_t cap, size_t *lenp, int *has_
             emit(out, cap, &len, u8, n);
             continue;
         }
-        default:
-            return -1;
+        default: return -1;
         }
         emit(out, cap, &len, &ch, 1);
     }
@@ -238,8 +227,7 @@ int rkj_string(struct rkj_in *in, char *out, size_t cap, size_t *lenp, int *has_
     return 0;
 }
 
-static int digits(struct rkj_in *in)
-{
+static int digits(struct rkj_in *in) {
     const char *start = in->p;
     while (in->p < in->end && *in->p >= '0' && *in->p <= '9')
         in->p++;
@@ -247,8 +235,7 @@ static int digits(struct rkj_in *in)
 }
 
 /* Consumes a number; *is_int says whether it had neither fraction nor exponent. */
-static int number(struct rkj_in *in, int *is_int)
-{
+static int number(struct rkj_in *in, int *is_int) {
     ws(in);
     *is_int = 1;
     if (in->p < in->end && *in->p == '-')
@@ -274,8 +261,7 @@ static int number(struct rkj_in *in, int *is_int)
     return 0;
 }
 
-int rkj_int(struct rkj_in *in, long long *v)
-{
+int rkj_int(struct rkj_in *in, long long *v) {
     int is_int;
     ws(in);
     const char *start = in->p;
@@ -292,13 +278,11 @@ int rkj_int(struct rkj_in *in, long long *v)
     return 0;
 }
 
-int rkj_obj_begin(struct rkj_in *in)
-{
+int rkj_obj_begin(struct rkj_in *in) {
     return eat(in, '{');
 }
 
-int rkj_obj_key(struct rkj_in *in, int *count, char *key, size_t keycap)
-{
+int rkj_obj_key(struct rkj_in *in, int *count, char *key, size_t keycap) {
     size_t len;
     int nul;
     char c = rkj_peek(in);
@@ -316,19 +300,14 @@ int rkj_obj_key(struct rkj_in *in, int *count, char *key, size_t keycap)
     return 1;
 }
 
-int rkj_skip(struct rkj_in *in)
-{
+int rkj_skip(struct rkj_in *in) {
     int is_int, count = 0, r;
     char key[1];
     switch (rkj_peek(in)) {
-    case '"':
-        return rkj_string(in, NULL, 0, NULL, NULL);
-    case 't':
-        return literal(in, "true");
-    case 'f':
-        return literal(in, "false");
-    case 'n':
-        return literal(in, "null");
+    case '"': return rkj_string(in, NULL, 0, NULL, NULL);
+    case 't': return literal(in, "true");
+    case 'f': return literal(in, "false");
+    case 'n': return literal(in, "null");
     case '{':
         if (in->depth >= RKJ_MAX_DEPTH)
             return -1;
@@ -360,12 +339,10 @@ int rkj_skip(struct rkj_in *in)
         }
         in->depth--;
         return 0;
-    default:
-        return number(in, &is_int);
+    default: return number(in, &is_int);
     }
 }
 
-int rkj_end(struct rkj_in *in)
-{
+int rkj_end(struct rkj_in *in) {
     return rkj_peek(in) == 0 && in->p == in->end ? 0 : -1;
 }

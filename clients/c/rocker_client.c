@@ -66,8 +66,7 @@ struct reply {
 
 /* ROCKER_CLIENT_DEBUG=1 in the environment: say why a call failed on stderr (there is no
  * room for a reason in the seed's RockerResult). Only ever called in the caller's process. */
-__attribute__((format(printf, 1, 2))) static void debug(const char *fmt, ...)
-{
+__attribute__((format(printf, 1, 2))) static void debug(const char *fmt, ...) {
     const char *on = getenv("ROCKER_CLIENT_DEBUG");
     if (!on || !*on || strcmp(on, "0") == 0)
         return;
@@ -79,31 +78,27 @@ __attribute__((format(printf, 1, 2))) static void debug(const char *fmt, ...)
     fprintf(stderr, "librocker_client: %s\n", line);
 }
 
-static RockerResult result(ROCKER_ERR err)
-{
+static RockerResult result(ROCKER_ERR err) {
     RockerResult r;
     memset(&r, 0, sizeof r);
     r.err_no = err;
     return r;
 }
 
-static void close_fds(struct fds *f)
-{
+static void close_fds(struct fds *f) {
     for (int i = 0; i < f->n; i++)
         close(f->fd[i]);
     f->n = 0;
 }
 
-static long long now_ms(void)
-{
+static long long now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Wait until fd is ready for `events` or the deadline passes (errno ETIMEDOUT). */
-static int wait_fd(int fd, short events, long long deadline)
-{
+static int wait_fd(int fd, short events, long long deadline) {
     for (;;) {
         long long left = deadline - now_ms();
         if (left <= 0) {
@@ -121,8 +116,7 @@ static int wait_fd(int fd, short events, long long deadline)
 
 /* ---- the varlink call ---- */
 
-static int encode_create(struct rkj_buf *b, const RockerRequest *req)
-{
+static int encode_create(struct rkj_buf *b, const RockerRequest *req) {
     rkj_puts(b, "{\"method\":\"" CREATE "\",\"parameters\":{\"app_id\":");
     rkj_put_int(b, req->app_id);
     rkj_puts(b, ",\"uid\":");
@@ -149,8 +143,7 @@ static int encode_create(struct rkj_buf *b, const RockerRequest *req)
     return b->failed ? -1 : 0;
 }
 
-static int connect_daemon(const char *path, ROCKER_ERR *err)
-{
+static int connect_daemon(const char *path, ROCKER_ERR *err) {
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
@@ -181,8 +174,7 @@ static int connect_daemon(const char *path, ROCKER_ERR *err)
     return fd;
 }
 
-static int send_all(int fd, const char *data, size_t len, long long deadline)
-{
+static int send_all(int fd, const char *data, size_t len, long long deadline) {
     size_t off = 0;
     while (off < len) {
         ssize_t n = send(fd, data + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -199,8 +191,7 @@ static int send_all(int fd, const char *data, size_t len, long long deadline)
 
 /* Read up to the first NUL into *frame (malloc'd, NUL-terminated there), collecting every fd
  * that comes with it. On failure nothing stays open or allocated. */
-static int recv_frame(int fd, char **frame, struct fds *fds, long long deadline)
-{
+static int recv_frame(int fd, char **frame, struct fds *fds, long long deadline) {
     char *buf = NULL;
     size_t len = 0, cap = 0;
     union {
@@ -223,8 +214,8 @@ static int recv_frame(int fd, char **frame, struct fds *fds, long long deadline)
             cap += CHUNK;
         }
         struct iovec iov = {.iov_base = buf + len, .iov_len = cap - len};
-        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.space,
-                             .msg_controllen = sizeof ctl.space};
+        struct msghdr msg = {
+            .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.space, .msg_controllen = sizeof ctl.space};
         ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
@@ -272,8 +263,7 @@ fail:
 }
 
 /* A string value into out (cap bytes, truncated); *ok if it was a string that fit, without NUL. */
-static int read_str(struct rkj_in *in, char *out, size_t cap, int *ok)
-{
+static int read_str(struct rkj_in *in, char *out, size_t cap, int *ok) {
     size_t len;
     int nul;
     if (rkj_peek(in) != '"')
@@ -285,8 +275,7 @@ static int read_str(struct rkj_in *in, char *out, size_t cap, int *ok)
     return 0;
 }
 
-static int read_int(struct rkj_in *in, long long *v, int *ok)
-{
+static int read_int(struct rkj_in *in, long long *v, int *ok) {
     char c = rkj_peek(in);
     if (c != '-' && (c < '0' || c > '9'))
         return rkj_skip(in);
@@ -300,8 +289,7 @@ static int read_int(struct rkj_in *in, long long *v, int *ok)
 }
 
 /* "cgroups": [i, ...]: where the rocker's cgroup.procs fds are among those received. */
-static int read_cgroup_indexes(struct rkj_in *in, struct reply *r)
-{
+static int read_cgroup_indexes(struct rkj_in *in, struct reply *r) {
     if (rkj_peek(in) != '[')
         return rkj_skip(in);
     in->p++;
@@ -321,8 +309,7 @@ static int read_cgroup_indexes(struct rkj_in *in, struct reply *r)
     }
 }
 
-static int parse_parameters(struct rkj_in *in, struct reply *r)
-{
+static int parse_parameters(struct rkj_in *in, struct reply *r) {
     char key[32];
     int count = 0, k;
     if (rkj_peek(in) == 'n')
@@ -363,8 +350,7 @@ static int parse_parameters(struct rkj_in *in, struct reply *r)
     return k;
 }
 
-static int parse_reply(const char *frame, size_t len, struct reply *r)
-{
+static int parse_reply(const char *frame, size_t len, struct reply *r) {
     struct rkj_in in = {.p = frame, .end = frame + len};
     char key[32];
     int count = 0, k;
@@ -389,8 +375,7 @@ static int parse_reply(const char *frame, size_t len, struct reply *r)
 }
 
 /* The seed's number for a varlink error, as rocker_client.enter._remote_err. */
-static ROCKER_ERR remote_err(const char *name)
-{
+static ROCKER_ERR remote_err(const char *name) {
     const char *dot = strrchr(name, '.');
     const char *s = dot ? dot + 1 : name;
     if (!strcmp(s, "InvalidRequest") || !strcmp(s, "PermissionDenied") || !strcmp(s, "InvalidParameter") ||
@@ -413,8 +398,7 @@ struct cgroups {
 
 __attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], const struct cgroups *cg,
                                                    const struct sock_fprog *filter, struct fds *all, int w,
-                                                   int (*app)(void *), void *app_args)
-{
+                                                   int (*app)(void *), void *app_args) {
     const char *step = rocker_join_ns(ns_fd, 1, filter);
     if (!step)
         step = rocker_join_cgroups(cg->fd, cg->n);
@@ -447,9 +431,7 @@ __attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], const s
 
 /* Fork the intermediate, collect its report. Closes every fd in `all`. */
 static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct cgroups *cg, const struct sock_fprog *filter,
-                               struct fds *all,
-                               int (*app)(void *), void *app_args, int *app_pid)
-{
+                               struct fds *all, int (*app)(void *), void *app_args, int *app_pid) {
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0) {
         debug("pipe2: %s", strerror(errno));
@@ -503,8 +485,7 @@ static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct cgroups *cg, c
 /* ---- the API ---- */
 
 __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRequest *req, int (*app)(void *),
-                                                                        void *app_args)
-{
+                                                                        void *app_args) {
     if (!req || !app) {
         debug("%s is NULL", req ? "app" : "req");
         return result(ROCKER_ERR_param_invalid);
@@ -568,7 +549,8 @@ __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRe
     }
     if (!ok) {
         debug("malformed Create reply: guard_pid, guard_pname (at most 15 bytes), namespaces or cgroups "
-              "missing or wrong (%d fds received)", fds.n);
+              "missing or wrong (%d fds received)",
+              fds.n);
         close_fds(&fds);
         return result(ROCKER_ERR_recv_resp_failed);
     }
@@ -589,8 +571,7 @@ __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRe
     return res;
 }
 
-__attribute__((visibility("default"))) RockerResult ROCKER_get_guardname(int pid)
-{
+__attribute__((visibility("default"))) RockerResult ROCKER_get_guardname(int pid) {
     RockerResult res = result(ROCKER_ERR_get_guardname_failed);
     char path[32], buf[4096];
     if (pid <= 0)
@@ -618,8 +599,7 @@ __attribute__((visibility("default"))) RockerResult ROCKER_get_guardname(int pid
     return res;
 }
 
-__attribute__((visibility("default"))) RockerRequest ROCKER_request_new(void)
-{
+__attribute__((visibility("default"))) RockerRequest ROCKER_request_new(void) {
     RockerRequest req;
     memset(&req, 0, sizeof req);
     return req;

@@ -46,12 +46,12 @@ struct rocker_exec {
     const char *path;       /* the program, resolved in the rocker's mount namespace */
     char *const *argv;
     char *const *envp;
-    void *stack;            /* the children's stacks, at least 2 * MIN_STACK bytes; free once this returns */
+    void *stack; /* the children's stacks, at least 2 * MIN_STACK bytes; free once this returns */
     size_t stack_size;
-    const int *cgroup_fds;  /* the rocker's cgroup.procs (rocker_join_cgroups), n_cgroup_fds of them */
+    const int *cgroup_fds; /* the rocker's cgroup.procs (rocker_join_cgroups), n_cgroup_fds of them */
     int n_cgroup_fds;
     const struct sock_fprog *filter; /* the app's syscall filter (rocker-seccomp.h); NULL: none */
-    const char *cwd;        /* chdir here, inside the rocker, right before the exec; NULL: stay at / */
+    const char *cwd;                 /* chdir here, inside the rocker, right before the exec; NULL: stay at / */
 };
 
 /* The entry points, loaded with ctypes (rocker_client/_native/__init__.py). */
@@ -116,7 +116,8 @@ static int child(void *p) {
     reset_handlers();
     wake_guard();
     const char *stage = join(a->e, 0);
-    if (stage) fail(a->e, stage);
+    if (stage)
+        fail(a->e, stage);
     exec_app(a);
 }
 
@@ -130,9 +131,11 @@ static int intermediate(void *p) {
     struct child_arg *a = p;
     reset_handlers();
     const char *stage = join(a->e, 1);
-    if (stage) fail(a->e, stage);
+    if (stage)
+        fail(a->e, stage);
     pid_t pid = clone(app_of_intermediate, a->app_stack, CLONE_VM | CLONE_VFORK | CLONE_PARENT | SIGCHLD, a);
-    if (pid < 0) fail(a->e, "clone app");
+    if (pid < 0)
+        fail(a->e, "clone app");
     a->app_pid = pid; /* it has exec'd or exited: its report, if any, is in the pipe */
     syscall(SYS_exit, 0);
     return 0;
@@ -143,7 +146,8 @@ static int intermediate(void *p) {
  * -errno with *stage naming the step that failed. */
 int rocker_join(const struct rocker_exec *e, int with_pid, const char **stage) {
     const char *failed = join(e, with_pid);
-    if (!failed) return 0;
+    if (!failed)
+        return 0;
     int err = errno;
     *stage = failed;
     return -err;
@@ -160,7 +164,8 @@ unsigned long long rocker_app_cap_mask(void) {
 }
 
 int rocker_exec(const struct rocker_exec *e, int *app_pid) {
-    if (!e->stack || e->stack_size < 2 * MIN_STACK) return -EINVAL;
+    if (!e->stack || e->stack_size < 2 * MIN_STACK)
+        return -EINVAL;
     char *base = e->stack, *mid = base + e->stack_size / 2, *end = base + e->stack_size;
     struct child_arg a = {.e = e, .app_stack = mid - (unsigned long)mid % 16, .app_pid = -1};
     char *top = end - (unsigned long)end % 16;
@@ -181,9 +186,12 @@ int rocker_exec(const struct rocker_exec *e, int *app_pid) {
         err = errno;
     } else {
         pid_t pid = clone(child, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
-        if (pid < 0) err = errno;
-        else *app_pid = pid;
-        if (syscall(SYS_setns, e->own_pid_ns, CLONE_NEWPID) < 0) err = EREMCHG;
+        if (pid < 0)
+            err = errno;
+        else
+            *app_pid = pid;
+        if (syscall(SYS_setns, e->own_pid_ns, CLONE_NEWPID) < 0)
+            err = EREMCHG;
     }
     pthread_sigmask(SIG_SETMASK, &a.caller_mask, NULL);
     return -err;

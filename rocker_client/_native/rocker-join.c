@@ -20,8 +20,7 @@ static const char *const NS_STEP[ROCKER_NNS] = {"setns(user)", "setns(mnt)", "se
                                                 "setns(net)",  "setns(uts)", "setns(ipc)"};
 
 /* The kernel's highest capability: the bounding set is dropped up to it. */
-static int last_cap(void)
-{
+static int last_cap(void) {
     char buf[16];
     long fd = syscall(SYS_openat, AT_FDCWD, "/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -34,11 +33,9 @@ static int last_cap(void)
     return n > 0 ? v : -1;
 }
 
-static const char *limit_caps(int last)
-{
+static const char *limit_caps(int last) {
     for (int cap = 0; cap <= last; cap++)
-        if (!(cap < 64 && (ROCKER_APP_CAP_MASK >> cap & 1)) &&
-            syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
+        if (!(cap < 64 && (ROCKER_APP_CAP_MASK >> cap & 1)) && syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
             return "prctl(PR_CAPBSET_DROP)";
     struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     unsigned lo = (unsigned)(ROCKER_APP_CAP_MASK & 0xFFFFFFFFu), hi = (unsigned)(ROCKER_APP_CAP_MASK >> 32);
@@ -46,8 +43,7 @@ static const char *limit_caps(int last)
     return syscall(SYS_capset, &hdr, data) < 0 ? "capset" : NULL;
 }
 
-const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid, const struct sock_fprog *filter)
-{
+const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid, const struct sock_fprog *filter) {
     int last = last_cap(); /* before setns(mnt): the caller's /proc, whatever the rocker's is */
     if (last < 0)
         return "read /proc/sys/kernel/cap_last_cap";
@@ -73,8 +69,7 @@ const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid, const str
     return rocker_seccomp_install(filter); /* last: the filter need not allow the join's own steps */
 }
 
-const char *rocker_join_cgroups(const int *fds, int n)
-{
+const char *rocker_join_cgroups(const int *fds, int n) {
     for (int i = 0; i < n; i++)
         if (syscall(SYS_write, fds[i], "0", 1) != 1) {
             if (errno == ENODEV) /* the cgroup was removed: its rocker ended, as ESRCH says elsewhere */
@@ -84,10 +79,8 @@ const char *rocker_join_cgroups(const int *fds, int n)
     return NULL;
 }
 
-void rocker_report(int fd, const char *step, int err)
-{
+void rocker_report(int fd, const char *step, int err) {
     char b[128];
     int n = snprintf(b, sizeof b, "E%d %s", err, step);
-    if (n > 0 && syscall(SYS_write, fd, b, (size_t)(n < (int)sizeof b ? n : (int)sizeof b - 1)) < 0) {
-    }
+    if (n > 0 && syscall(SYS_write, fd, b, (size_t)(n < (int)sizeof b ? n : (int)sizeof b - 1)) < 0) {}
 }

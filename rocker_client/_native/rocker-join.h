@@ -21,19 +21,17 @@ enum { ROCKER_NS_USER, ROCKER_NS_MNT, ROCKER_NS_PID, ROCKER_NS_NET, ROCKER_NS_UT
 /* The capabilities an app keeps in its rocker (where it is uid 0): Docker's default set less
  * CAP_MKNOD and CAP_NET_RAW. Without CAP_SYS_ADMIN it cannot unmount its overlays (for a uid-0
  * rocker that would expose the host's dirs), without CAP_SYS_PTRACE it stays off the guard. */
-#define ROCKER_APP_CAP_MASK                                                                        \
-    (1ULL << CAP_CHOWN | 1ULL << CAP_DAC_OVERRIDE | 1ULL << CAP_FOWNER | 1ULL << CAP_FSETID |      \
-     1ULL << CAP_KILL | 1ULL << CAP_SETGID | 1ULL << CAP_SETUID | 1ULL << CAP_SETPCAP |            \
-     1ULL << CAP_NET_BIND_SERVICE | 1ULL << CAP_SYS_CHROOT | 1ULL << CAP_AUDIT_WRITE |             \
-     1ULL << CAP_SETFCAP)
+#define ROCKER_APP_CAP_MASK                                                                                            \
+    (1ULL << CAP_CHOWN | 1ULL << CAP_DAC_OVERRIDE | 1ULL << CAP_FOWNER | 1ULL << CAP_FSETID | 1ULL << CAP_KILL |       \
+     1ULL << CAP_SETGID | 1ULL << CAP_SETUID | 1ULL << CAP_SETPCAP | 1ULL << CAP_NET_BIND_SERVICE |                    \
+     1ULL << CAP_SYS_CHROOT | 1ULL << CAP_AUDIT_WRITE | 1ULL << CAP_SETFCAP)
 
 /* Join the rocker's namespaces (its PID namespace too if with_pid: for the caller's children
  * from then on) and become its app: no supplementary groups (a root caller's would follow the
  * app otherwise, and cannot be dropped later), uid/gid 0 inside, ROCKER_APP_CAP_MASK as the
  * bounding, permitted and effective sets, no_new_privs, and last the syscall filter `filter`
  * (rocker-seccomp.h; NULL: none). Returns NULL, or the step that failed with errno set. */
-ROCKER_HIDDEN const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid,
-                                         const struct sock_fprog *filter);
+ROCKER_HIDDEN const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid, const struct sock_fprog *filter);
 
 /* The most cgroup.procs fds a Create reply carries: one per cgroup v1 hierarchy (memory, pids,
  * cpu, cpuacct), one on cgroup v2. */

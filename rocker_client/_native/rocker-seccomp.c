@@ -14,8 +14,7 @@
 
 #define MAX_INSNS 4096 /* BPF_MAXINSNS: the kernel's limit for one program */
 
-const char *rocker_seccomp_install(const struct sock_fprog *prog)
-{
+const char *rocker_seccomp_install(const struct sock_fprog *prog) {
     if (!prog)
         return NULL;
     if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, prog) < 0)
@@ -23,8 +22,7 @@ const char *rocker_seccomp_install(const struct sock_fprog *prog)
     return NULL;
 }
 
-int rocker_seccomp_read(int fd, struct sock_fprog *out)
-{
+int rocker_seccomp_read(int fd, struct sock_fprog *out) {
     struct stat st;
     if (fstat(fd, &st) < 0)
         return -errno;

@@ -56,7 +56,7 @@ struct rocker_spawn {
     char *const *argv;      /* the guard's argv (rocker-guard-proto.h); argv[1] is STATUS_FD */
     void *stack;            /* the child's stack, at least MIN_STACK bytes */
     size_t stack_size;
-    const int *cgroup_fds;  /* the rocker's cgroup.procs, one per hierarchy: the guard joins before it runs */
+    const int *cgroup_fds; /* the rocker's cgroup.procs, one per hierarchy: the guard joins before it runs */
     int n_cgroup_fds;
 };
 
@@ -78,7 +78,8 @@ static int write_proc(pid_t pid, const char *name, const char *text) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, name);
     int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return errno;
+    if (fd < 0)
+        return errno;
     size_t len = strlen(text);
     int err = write(fd, text, len) == (ssize_t)len ? 0 : errno ? errno : EIO;
     close(fd);
@@ -91,7 +92,8 @@ static int join_cgroups(pid_t pid, const int *fds, int n) {
     char text[16];
     int len = snprintf(text, sizeof text, "%d", (int)pid);
     for (int i = 0; i < n; i++)
-        if (write(fds[i], text, (size_t)len) != len) return errno ? errno : EIO;
+        if (write(fds[i], text, (size_t)len) != len)
+            return errno ? errno : EIO;
     return 0;
 }
 
@@ -99,7 +101,8 @@ static int child(void *p) {
     const struct child_arg *a = p;
     const struct rocker_spawn *s = a->s;
     char go = 0;
-    if (syscall(SYS_read, a->go, &go, 1) != 1 || go != 'G') _exit(127); /* the parent reported why */
+    if (syscall(SYS_read, a->go, &go, 1) != 1 || go != 'G')
+        _exit(127); /* the parent reported why */
     /* Root of the namespace (the app's ids outside), so exec keeps the caps in it. */
     if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0) {
         report(s->status_fd, "switch to the app's ids", errno);
@@ -123,7 +126,7 @@ static int child(void *p) {
         _exit(127);
     }
     syscall(SYS_close_range, top, ~0U, CLOSE_RANGE_CLOEXEC); /* nothing else of the daemon's goes along */
-    char *const envp[] = { NULL };
+    char *const envp[] = {NULL};
     syscall(SYS_execveat, guard, "", s->argv, envp, AT_EMPTY_PATH);
     report(status, "exec guard", errno);
     _exit(127);
@@ -134,13 +137,15 @@ static int child(void *p) {
  * arg lives at the top of the caller's stack buffer, as the spec does in the
  * caller's memory: both outlive this call. */
 int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
-    if (!s->stack || s->stack_size < MIN_STACK) return -EINVAL;
+    if (!s->stack || s->stack_size < MIN_STACK)
+        return -EINVAL;
     int go[2];
-    if (pipe2(go, O_CLOEXEC) < 0) return -errno;
+    if (pipe2(go, O_CLOEXEC) < 0)
+        return -errno;
     char *top = (char *)s->stack + s->stack_size - 64; /* 16-byte aligned room for the arg */
     top -= (unsigned long)top % 16;
     struct child_arg *a = (struct child_arg *)top;
-    *a = (struct child_arg){ .s = s, .go = go[0] };
+    *a = (struct child_arg){.s = s, .go = go[0]};
     /* No signal handler of the daemon's may run in the child (it shares our
      * memory); the guard sets its own mask after exec. */
     sigset_t all, old;
@@ -155,7 +160,8 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
     int fd = -1;
     if (!err) {
         pid = clone(child, top, CLONE_VM | CLONE_PIDFD | (int)s->ns_flags | SIGCHLD, a, &fd);
-        if (pid < 0) err = errno;
+        if (pid < 0)
+            err = errno;
     }
     if (switched) { /* uid first: euid 0 brings back the capability to reset the gid */
         syscall(SYS_setresuid, -1, 0, -1);
@@ -173,13 +179,17 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
             step = "write uid/gid maps";
             merr = write_proc(pid, "setgroups", "deny");
         }
-        if (!merr) merr = write_proc(pid, "uid_map", uid_map);
-        if (!merr) merr = write_proc(pid, "gid_map", gid_map);
-        if (merr) report(s->status_fd, step, merr);
+        if (!merr)
+            merr = write_proc(pid, "uid_map", uid_map);
+        if (!merr)
+            merr = write_proc(pid, "gid_map", gid_map);
+        if (merr)
+            report(s->status_fd, step, merr);
         if (write(go[1], merr ? "X" : "G", 1) < 0) {} /* on failure EOF stops it too */
     }
     close(go[1]);
-    if (err) return -err;
+    if (err)
+        return -err;
     *pidfd = fd;
     return pid;
 }

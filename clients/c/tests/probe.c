@@ -37,8 +37,7 @@ static int app_exit, report_w = -1, release_r = -1, release_w = -1, hold_pipe;
 static pid_t holder = -1;
 
 /* Interposes libc's fork for the library (see hold_pipe). */
-pid_t fork(void)
-{
+pid_t fork(void) {
     pid_t (*real_fork)(void);
     *(void **)&real_fork = dlsym(RTLD_NEXT, "fork"); /* the POSIX idiom, -pedantic clean */
     pid_t pid = real_fork();
@@ -54,8 +53,7 @@ pid_t fork(void)
     return pid;
 }
 
-static const char *opt(int argc, char **argv, const char *key)
-{
+static const char *opt(int argc, char **argv, const char *key) {
     size_t n = strlen(key);
     for (int i = 2; i < argc; i++)
         if (strncmp(argv[i], key, n) == 0 && argv[i][n] == '=')
@@ -64,8 +62,7 @@ static const char *opt(int argc, char **argv, const char *key)
 }
 
 /* The open fds, as "0,1,2,..." (the listing's own fd left out). */
-static void list_fds(char *out, size_t cap)
-{
+static void list_fds(char *out, size_t cap) {
     DIR *d = opendir("/proc/self/fd");
     size_t len = 0;
     struct dirent *e;
@@ -89,8 +86,7 @@ static void list_fds(char *out, size_t cap)
         len += (size_t)snprintf(out + len, cap - len, "%s%d", i ? "," : "", fds[i]);
 }
 
-static void status_line(const char *key, char *out, size_t cap)
-{
+static void status_line(const char *key, char *out, size_t cap) {
     char line[512];
     FILE *f = fopen("/proc/self/status", "r");
     out[0] = '\0';
@@ -107,8 +103,7 @@ static void status_line(const char *key, char *out, size_t cap)
     fclose(f);
 }
 
-static void first_line(const char *path, char *out, size_t cap)
-{
+static void first_line(const char *path, char *out, size_t cap) {
     FILE *f = fopen(path, "r");
     out[0] = '\0';
     if (f) {
@@ -120,8 +115,7 @@ static void first_line(const char *path, char *out, size_t cap)
 
 /* The app: report what it sees, as key=value lines, wait for the launcher's release (so the
  * rocker lives meanwhile), then return app_exit. */
-static int app(void *arg)
-{
+static int app(void *arg) {
     const char *exec_dir = arg;
     char buf[512], path[4200];
     FILE *out = fdopen(report_w, "w");
@@ -171,10 +165,9 @@ static int app(void *arg)
     return read(release_r, &c, 1) == 0 ? app_exit : 101;
 }
 
-static void print_result(const char *prefix, RockerResult res)
-{
-    printf("%serr_no=%d\n%sguard_pid=%d\n%sguard_pname=%s\n%sapp_pid=%d\n", prefix, res.err_no, prefix,
-           res.guard_pid, prefix, res.guard_pname, prefix, res.app_pid);
+static void print_result(const char *prefix, RockerResult res) {
+    printf("%serr_no=%d\n%sguard_pid=%d\n%sguard_pname=%s\n%sapp_pid=%d\n", prefix, res.err_no, prefix, res.guard_pid,
+           prefix, res.guard_pname, prefix, res.app_pid);
 }
 
 /* ---- threads=N ---- */
@@ -186,23 +179,20 @@ struct job {
     RockerResult res;
 };
 
-static int blocked_app(void *arg)
-{
+static int blocked_app(void *arg) {
     char c;
     (void)arg;
     close(release_w); /* the app's copy; the launcher keeps its own */
     return read(release_r, &c, 1) == 0 ? 0 : 1;
 }
 
-static void *thread_main(void *arg)
-{
+static void *thread_main(void *arg) {
     struct job *j = arg;
     j->res = ROCKER_enter_rocker(&j->req, blocked_app, NULL);
     return NULL;
 }
 
-static int threaded(int n)
-{
+static int threaded(int n) {
     int p[2];
     if (n < 1 || n > 64 || pipe(p) < 0)
         return 2;
@@ -238,8 +228,7 @@ static int threaded(int n)
     return 0;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc >= 3 && strcmp(argv[1], "guardname") == 0) {
         print_result("", ROCKER_get_guardname(atoi(argv[2])));
@@ -319,8 +308,7 @@ int main(int argc, char **argv)
     if (res.err_no == ROCKER_ERR_success) {
         int status;
         pid_t w = waitpid(res.app_pid, &status, 0);
-        printf("waited=%d\napp_exited=%d\napp_exit=%d\n", w == res.app_pid, WIFEXITED(status),
-               WEXITSTATUS(status));
+        printf("waited=%d\napp_exited=%d\napp_exit=%d\n", w == res.app_pid, WIFEXITED(status), WEXITSTATUS(status));
     }
     if (holder > 0)
         printf("holder_reaped=%d\n", waitpid(holder, NULL, 0) == holder);
