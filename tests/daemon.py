@@ -26,12 +26,33 @@ class Daemon:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
+            self._let_ended_rockers_go()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+    def _let_ended_rockers_go(self, timeout: float = 1.0) -> None:
+        """A test that reaped its app and stops rockerd at once would stop it before the guard (which
+        follows its app within milliseconds) has gone: rockerd keeps a live rocker's cgroup for its next
+        start to adopt, so that cgroup would outlive the test. Wait, briefly, for the list to empty;
+        rockers a test keeps on purpose (restarts) only cost it the timeout."""
+        from rocker_client import wire
+
+        deadline = time.monotonic() + timeout * float(os.environ.get("ROCKER_TEST_TIME_SCALE", "1"))
+        while time.monotonic() < deadline:
+            try:
+                reply, fds = wire.call(self.socket, "io.rocker.Rocker.List", {})
+            except Exception:
+                return
+            for fd in fds:
+                os.close(fd)
+            if not reply.get("rockers"):
+                return
+            time.sleep(0.02)
 
 
 def _accepts(path: str) -> bool:
