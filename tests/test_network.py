@@ -345,12 +345,20 @@ def test_200_bridged_rockers_get_200_addresses_and_give_them_back(req: Callable[
     assert not any(n.startswith("vrk-") for n in _links())
 
 
+def _logged(d: Daemon, text: str, timeout: float = 5.0) -> bool:
+    """The socket answers before rockerd's start-up log is all written: wait for a line."""
+    deadline = time.monotonic() + timeout
+    while text not in d.log_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return text in d.log_text()
+
+
 @pytest.mark.no_leakcheck  # the restarted rockerd outlives the test: it is the module's daemon from now on
 def test_a_restarted_rockerd_keeps_the_address_and_ports(req: Callable[..., Any], world: World) -> None:
     with live_app(req("bridge", ("18085:8000",)), _server_probe(8000)) as (res, rep):
         assert res.ok, res.detail
         world.restart()
-        assert f"adopted {res.guard_pname}" in world.d.log_text()
+        assert _logged(world.d, f"adopted {res.guard_pname}"), world.d.log_text()
         listed = [r for r in wire.call(world.d.socket, "io.rocker.Rocker.List", {})[0]["rockers"]
                   if r["guard_pname"] == res.guard_pname]
         assert listed and listed[0]["network"] == "bridge" and listed[0]["publish"] == ["18085:8000"]

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,9 @@ def test_socket_group_lets_its_members_in(base: Path) -> None:
         st = os.stat(d.socket)
         assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 4242, 0o660)
         assert not [p for p in os.listdir(base / "g") if p.startswith(".rockerd-bind-")]
+        deadline = time.monotonic() + 5  # the socket answers before the start-up log is all written
+        while f"serving {d.socket}" not in d.log_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert f"serving {d.socket}" in d.log_text()
         probe = ("import socket, sys; s = socket.socket(socket.AF_UNIX)\n"
                  "try:\n    s.connect(sys.argv[1]); print('connected')\n"
