@@ -210,7 +210,13 @@ class OpenNamespaces(Step[BuildContext]):
 
     def execute(self, ctx: BuildContext) -> None:
         assert ctx.spawned is not None
-        ctx.ns_fds = open_ns_fds(ctx.spawned.pid)
+        try:
+            ctx.ns_fds = open_ns_fds(ctx.spawned.pid)
+        except OSError as e:  # gone already: a child that failed (at its exec, say) has said why: that first
+            report = _early_report(ctx.status) if ctx.status is not None else None
+            if report is not None:
+                raise report from e
+            raise
 
     def undo(self, ctx: BuildContext) -> None:
         for fd in ctx.ns_fds.values():
