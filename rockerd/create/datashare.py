@@ -50,7 +50,6 @@ log = logging.getLogger("rockerd.datashare")
 
 OVERLAYFS_SUPER_MAGIC = 0x794C7630
 STAGE_DEADLINE = 5.0  # seconds a stage operation may take (mount work only, no caller's path)
-MNT_DETACH = 2
 T = TypeVar("T")
 DataKey = tuple[int, int]  # (st_dev, st_ino) of the data dir
 Layers = tuple[tuple[str, ...], int, int]  # overlay dirs, uid, gid: what must match to share
@@ -313,24 +312,12 @@ class Stage:
 
     @staticmethod
     def clone(staged: list[tuple[str, str]]) -> list[tuple[str, int]]:
-        out: list[tuple[str, int]] = []
-        try:
-            for target, where in staged:
-                ref = fs.open_nofollow(where, fs.O_PATH_DIR)
-                try:
-                    out.append((target, m.clone_tree(ref, f"overlay {target}")))
-                finally:
-                    os.close(ref)
-        except BaseException:
-            for _, fd in out:
-                os.close(fd)
-            raise
-        return out
+        return _clone_trees(staged)
 
     @staticmethod
     def drop(staged: list[tuple[str, str]]) -> None:
         for _, where in staged:
-            libc.umount2(os.fsencode(where), MNT_DETACH)
+            libc.umount2(os.fsencode(where), m.MNT_DETACH)
             try:
                 os.rmdir(where)
             except OSError as e:
@@ -338,19 +325,9 @@ class Stage:
 
     def take(self, nsfd: int, targets: Sequence[str]) -> list[tuple[str, int]]:
         """Clones of the overlays at `targets` in another mount namespace (an adopted guard's)."""
-        out: list[tuple[str, int]] = []
         ns.setns(nsfd, ns.CLONE_NEWNS, "an adopted rocker's mount namespace")
         try:
-            for t in targets:
-                ref = fs.open_nofollow(t, fs.O_PATH_DIR)
-                try:
-                    out.append((t, m.clone_tree(ref, f"overlay {t}")))
-                finally:
-                    os.close(ref)
-        except BaseException:
-            for _, fd in out:
-                os.close(fd)
-            raise
+            out = _clone_trees([(t, t) for t in targets])
         finally:
             ns.setns(self._home, ns.CLONE_NEWNS, "the stage's mount namespace")
         for t, fd in out:
@@ -359,6 +336,24 @@ class Stage:
                     os.close(f)
                 raise BuildError("adopt", errno.EXDEV, f"{t} is not an overlay in that rocker")
         return out
+
+
+def _clone_trees(pairs: list[tuple[str, str]]) -> list[tuple[str, int]]:
+    """(target, a detached clone of the mount at `where`) for each (target, where), no symlink followed;
+    all or nothing."""
+    out: list[tuple[str, int]] = []
+    try:
+        for target, where in pairs:
+            ref = fs.open_nofollow(where, fs.O_PATH_DIR)
+            try:
+                out.append((target, m.clone_tree(ref, f"overlay {target}")))
+            finally:
+                os.close(ref)
+    except BaseException:
+        for _, fd in out:
+            os.close(fd)
+        raise
+    return out
 
 
 def _fs_magic(fd: int) -> int:
