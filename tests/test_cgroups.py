@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -19,6 +18,7 @@ from daemon import Daemon, start_daemon
 from rockers import make_req, wait_gone
 from test_c_client import cbuild, req_args  # noqa: F401 (cbuild: the C client's build fixture)
 from test_c_client import enter as c_enter
+from test_nonroot import prepare_user_base
 
 from rocker_client import Exec, RockerErr, enter, enter_rocker, wire
 from rockerd.cgroups import detect
@@ -361,17 +361,7 @@ print("RES " + json.dumps({"err_no": int(res.err_no), "detail": res.detail, "fie
 
 @pytest.fixture
 def nonroot(base: Path, pkg: Path, tmp_path: Path) -> Any:
-    lib = base / "lib"
-    for package in ("rocker_client", "rocker_sys"):
-        shutil.copytree(Path(__file__).parent.parent / package, lib / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(pkg, base / "app.squashfs")
-    for d in ("u/exec", "u/data"):
-        (base / d).mkdir(parents=True)
-        os.chown(base / d, UID, UID)
-    for p in [base, *base.rglob("*")]:
-        p.chmod(p.stat().st_mode | 0o755 if p.is_dir() else p.stat().st_mode | 0o644)
-    (base / "u/data").chmod(0o700)
+    prepare_user_base(base, pkg)
     d = start_daemon(base / "d", "--socket-mode", "0666", "--max-memory", "100M", "--max-pids", "300",
                       "--first-entry-timeout", str(2 * SCALE))
     yield base, d

@@ -228,10 +228,9 @@ def owner_world(base: Path, pkg: Path) -> Iterator[tuple[Path, Daemon]]:
     """uid 1000's own dirs (its data dir in a dir of its own), a socket it may use, rocker_client it can import,
     and a host dir like /tmp (root, 1777) holding a dir of uid 1001 that anyone may write."""
     import shutil
-    lib = base / "lib"
-    for package in ("rocker_client", "rocker_sys"):
-        shutil.copytree(Path(__file__).parent.parent / package, lib / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+
+    from test_nonroot import copy_client
+    copy_client(base)
     shutil.copy(pkg, base / "app.squashfs")
     for d in ("u/exec", "u/data"):
         (base / d).mkdir(parents=True)

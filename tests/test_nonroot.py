@@ -51,13 +51,16 @@ print("RES " + json.dumps({"err_no": int(res.err_no), "detail": res.detail, "nam
 pytestmark = pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="needs Debian's /usr/bin/python3")
 
 
-@pytest.fixture
-def world(base: Path, pkg: Path) -> Iterator[tuple[Path, Daemon]]:
-    """A daemon whose socket uid 1000 can reach, rocker_client where it can import it, its own dirs."""
-    lib = base / "lib"
-    for package in ("rocker_client", "rocker_sys"):  # the client and its kernel layer
-        shutil.copytree(Path(__file__).parent.parent / package, lib / package,
+def copy_client(base: Path) -> None:
+    """rocker_client and its kernel layer where uid 1000 can import them (base/lib)."""
+    for package in ("rocker_client", "rocker_sys"):
+        shutil.copytree(Path(__file__).parent.parent / package, base / "lib" / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def prepare_user_base(base: Path, pkg: Path) -> None:
+    """The client, the package and uid 1000's own exec and data dirs (0700), all reachable by it."""
+    copy_client(base)
     shutil.copy(pkg, base / "app.squashfs")
     for d in ("u/exec", "u/data"):
         (base / d).mkdir(parents=True)
@@ -65,6 +68,12 @@ def world(base: Path, pkg: Path) -> Iterator[tuple[Path, Daemon]]:
     for p in [base, *base.rglob("*")]:
         p.chmod(p.stat().st_mode | 0o755 if p.is_dir() else p.stat().st_mode | 0o644)
     (base / "u/data").chmod(0o700)
+
+
+@pytest.fixture
+def world(base: Path, pkg: Path) -> Iterator[tuple[Path, Daemon]]:
+    """A daemon whose socket uid 1000 can reach, rocker_client where it can import it, its own dirs."""
+    prepare_user_base(base, pkg)
     d = start_daemon(base / "d", "--socket-mode", "0666")
     yield base, d
     d.stop()
