@@ -1,6 +1,7 @@
 """`python3 -m bench.cgroups`: what a rocker's cgroup costs: create and start p50 with limits on and
 off (two rockerds, one with --cgroups none, calls interleaved), and the kernel memory (Slab in
-/proc/meminfo) per idle rocker with and without its cgroup. Hold the test lock while it runs."""
+/proc/meminfo) per idle rocker with and without its cgroup. Hold the test lock while it runs.
+Results and the commands: bench/README.md, "Results"."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rocker_client import Exec, enter_rocker, request_new, wire
 
@@ -41,11 +43,18 @@ def _slab_kib() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cycles", type=int, default=200, help="create+start cycles per mode")
+    ap.add_argument("--warmup", type=int, default=5, help="cycles per mode not counted")
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="ms idle after each cycle: a rocker started after a pause pays a full RCU grace period "
+                         "for its first cgroup move (cgroup_threadgroup_rwsem), one started right after another "
+                         "mostly does not")
     ap.add_argument("--idle", type=int, default=100, help="idle rockers for the slab figure")
+    ap.add_argument("--idle-rounds", type=int, default=2, help="slab rounds per mode (alternating)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-cg-", dir="/tmp"))
     tmp.chmod(0o755)
     daemons = []
+    held: list[tuple[str, Any]] = []
     try:
         (tmp / "pkg/bin").mkdir(parents=True)
         subprocess.run(["mksquashfs", str(tmp / "pkg"), str(tmp / "app.squashfs"), "-quiet", "-noappend"],
@@ -57,10 +66,11 @@ def main() -> int:
             daemons.append(p)
             modes[mode] = sock
 
-        def request(mode: str, i: int) -> object:
+        def request(mode: str, data: str) -> object:
             req = request_new()
+            req.uid = req.gid = 1000  # an app launcher's app: its cgroup.procs chowned to it on v1
             req.app_pkg_path = str(tmp / "app.squashfs")
-            req.app_exec_dir, req.app_data_dir = str(tmp / mode / "exec"), str(tmp / mode / f"data{i % 8}")
+            req.app_exec_dir, req.app_data_dir = str(tmp / mode / "exec"), str(tmp / mode / data)
             req.app_overlay_dirs = ["/usr"]
             return req
 
@@ -76,45 +86,67 @@ def main() -> int:
                 last[0] = time.perf_counter() - t0
 
         wire.call = timed  # type: ignore[assignment]
-        for i in range(args.cycles):
+        for i in range(args.warmup + args.cycles):
             for mode in (("off", "on") if i % 2 else ("on", "off")):
                 t0 = time.perf_counter()
-                res = enter_rocker(request(mode, i), Exec("/bin/true"), socket=modes[mode])  # type: ignore[arg-type]
+                res = enter_rocker(request(mode, f"data{i % 8}"), Exec("/bin/true"), socket=modes[mode])  # type: ignore[arg-type]
                 t1 = time.perf_counter()
                 if not res.ok:
                     raise SystemExit(f"{mode}: {res.detail}")
                 os.waitpid(res.app_pid, 0)
-                times[mode]["create"].append(last[0] * 1000)
-                times[mode]["start"].append((t1 - t0) * 1000)
+                time.sleep(args.pause / 1000)
+                if i >= args.warmup:
+                    times[mode]["create"].append(last[0] * 1000)
+                    times[mode]["start"].append((t1 - t0) * 1000)
         wire.call = real_call  # type: ignore[assignment]
         for mode in modes:
             c, s = times[mode]["create"], times[mode]["start"]
-            print(f"limits {mode:3}: create p50 {statistics.median(c):.2f} ms, start (create + enter + exec) p50 "
-                  f"{statistics.median(s):.2f} ms ({len(c)} cycles)")
+            print(f"limits {mode:3}: create (client round trip) p50 {statistics.median(c):.2f} ms, start "
+                  f"(enter_rocker() returned: create + join + exec) p50 {statistics.median(s):.2f} ms "
+                  f"({len(c)} cycles)")
         med = {m: {k: statistics.median(v) for k, v in t.items()} for m, t in times.items()}
         print(f"difference (on - off): create {med['on']['create'] - med['off']['create']:+.2f} ms, "
               f"start {med['on']['start'] - med['off']['start']:+.2f} ms")
+        slab: dict[str, list[float]] = {m: [] for m in modes}
+        for rep in range(args.idle_rounds):  # the modes alternate; Slab drifts with the rest of the machine
+            for mode in (("off", "on") if rep % 2 else ("on", "off")):
+                time.sleep(1)
+                before = _slab_kib()
+                for i in range(args.idle):  # each its own data dir, as apps have
+                    res = enter_rocker(request(mode, f"idle{i}"), Exec("/bin/sleep", ["sleep", "600"]),  # type: ignore[arg-type]
+                                       socket=modes[mode])
+                    if not res.ok:
+                        raise SystemExit(f"{mode}: idle rocker {i}: {res.detail}")
+                    held.append((modes[mode], res))
+                time.sleep(2)
+                slab[mode].append((_slab_kib() - before) / args.idle)
+                _release(held)
         for mode in modes:
-            time.sleep(1)
-            before = _slab_kib()
-            held = []
-            for i in range(args.idle):
-                res = enter_rocker(request(mode, i), Exec("/bin/sleep", ["sleep", "600"]), socket=modes[mode])  # type: ignore[arg-type]
-                held.append(res)
-            time.sleep(2)
-            after = _slab_kib()
-            per = (after - before) / args.idle
-            print(f"limits {mode:3}: Slab +{per:.0f} KiB per idle rocker ({args.idle} rockers)")
-            for res in held:
-                wire.call(modes[mode], "io.rocker.Rocker.Kill", {"guard_pname": res.guard_pname})
-                os.waitpid(res.app_pid, 0)
+            print(f"limits {mode:3}: Slab +{statistics.median(slab[mode]):.0f} KiB per idle rocker "
+                  f"({args.idle} rockers; rounds: {', '.join(f'{x:.0f}' for x in slab[mode])})")
+        print(f"difference (on - off): Slab {statistics.median(slab['on']) - statistics.median(slab['off']):+.0f} "
+              "KiB per idle rocker")
         time.sleep(1)
     finally:
+        _release(held)
         for p in daemons:
             p.terminate()
             p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _release(held: list[tuple[str, Any]]) -> None:
+    """Kill the held rockers (their apps sleep) and reap the apps."""
+    for sock, res in held:
+        try:
+            _, fds = wire.call(sock, "io.rocker.Rocker.Kill", {"guard_pname": res.guard_pname})
+            for fd in fds:
+                os.close(fd)
+        except Exception as e:  # go on with the others; the app's wait says if it ended
+            print(f"kill {res.guard_pname}: {e}", file=sys.stderr)
+        os.waitpid(res.app_pid, 0)
+    held.clear()
 
 
 if __name__ == "__main__":

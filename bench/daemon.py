@@ -27,8 +27,10 @@ CREATED = re.compile(r" created (rk-\S+) \(guard pid (\d+)\) .* in ([0-9.]+) ms$
 
 
 class BenchDaemon:
-    def __init__(self, workdir: Path, repo: Path, max_rockers: int, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, repo: Path, max_rockers: int, extra: tuple[str, ...] = (),
+                 module: tuple[str, ...] = ("rockerd",)) -> None:
         self.extra = extra
+        self.module = module  # `python -m` this (bench.steptimes runs rockerd with timers of its own)
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.repo = repo
@@ -46,7 +48,7 @@ class BenchDaemon:
         return self.proc.pid
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "rockerd", "--socket", self.socket, "--state-dir", self.state_dir,
+        cmd = [sys.executable, "-m", *self.module, "--socket", self.socket, "--state-dir", self.state_dir,
                "--log-level", "INFO", "--max-rockers", str(self.max_rockers),
                "--max-rockers-per-uid", str(self.max_rockers), *self.extra]
         env = dict(os.environ)

@@ -70,6 +70,7 @@ class Setup:
     nsw: proc.NsWatch
     hold_pkg: Path | None = None  # a copy of pkg (another package to rockerd) for the idle rockers
     network: str | None = None  # the request's network mode (None: rockerd's default, none)
+    seccomp: str | None = None  # the request's syscall filter profile (None: the default filter)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -87,6 +88,8 @@ class Setup:
         req.app_data_dir = self.data_dir(label)
         req.app_overlay_dirs = list(self.overlays)
         req.network = self.network
+        if self.seccomp is not None:
+            req.seccomp = self.seccomp
         return req
 
     def error(self, where: str, what: str) -> None:

@@ -87,6 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tmp", default="/tmp", help="parent of the temporary work dir")
     p.add_argument("--network", choices=("none", "host", "bridge"), default=None,
                    help="network mode of every rocker of the run but the per-mode series (default: rockerd's, none)")
+    p.add_argument("--seccomp", choices=("default", "complain", "unconfined"), default=None,
+                   help="syscall filter profile of every rocker (default: rockerd's default filter)")
+    p.add_argument("--rockerd-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for the benchmark's rockerd (repeatable; e.g. --rockerd-arg=--cgroups=none)")
     p.add_argument("--no-network-series", action="store_true",
                    help="skip the cycles with network none, host and bridge (net_MODE: series)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, packages) for inspection")
@@ -316,13 +320,14 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         pkg = build_package(workdir, a.comp)
         hold_pkg = workdir / "app-idle.squashfs"  # the same bytes, another package to rockerd
         shutil.copyfile(pkg, hold_pkg)
-        daemon = BenchDaemon(workdir, REPO, max_rockers=max_live + 4 * max(concs) + 64, extra=BRIDGE_ARGS)
+        daemon = BenchDaemon(workdir, REPO, max_rockers=max_live + 4 * max(concs) + 64,
+                             extra=(*BRIDGE_ARGS, *a.rockerd_arg))
         daemons.append(daemon)
         daemon.start()
         os.environ["ROCKER_SOCKET"] = daemon.socket
         ours.install_wire_timer()
         s = ours.Setup(workdir, pkg, str(workdir / "exec"), a.overlay or DEFAULT_OVERLAYS, a.uid, a.gid, daemon, nsw,
-                       hold_pkg, network=a.network)
+                       hold_pkg, network=a.network, seccomp=a.seccomp)
         if not nsw.supported:
             log("this kernel has no namespace file handles: teardown waits for the loop device only")
         kit = None if a.no_anchors else (a.kit.resolve() if a.kit else find_kit(REPO))
@@ -393,7 +398,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 floor_pss.update(anchors.hold_pss(level, a.settle))
             return {}
 
-        ref = BenchDaemon(workdir / "ref", REPO, max_rockers=64, extra=REF_BRIDGE_ARGS)
+        ref = BenchDaemon(workdir / "ref", REPO, max_rockers=64, extra=(*REF_BRIDGE_ARGS, *a.rockerd_arg))
         daemons.append(ref)
         ref.start()
         hold = ours.hold_phase(s, live, a.live_samples, a.settle, at_level, log, ref)
