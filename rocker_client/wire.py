@@ -14,7 +14,10 @@ import socket
 import struct
 import time
 from types import TracebackType
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs every start of the CLI (issue 21); annotations only
+    from typing import Any
 
 __all__ = [
     "MAX_REPLY",

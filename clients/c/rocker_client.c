@@ -118,8 +118,8 @@ static int wait_fd(int fd, short events, long long deadline) {
 
 /* ---- the varlink call ---- */
 
-/* On allocation failure b->failed is set (call_and_enter checks it). */
-static void encode_create(struct rkj_buf *b, const RockerRequest *req) {
+/* -1 (and b->failed set) on allocation failure; call_and_enter checks b->failed. */
+static int encode_create(struct rkj_buf *b, const RockerRequest *req) {
     rkj_puts(b, "{\"method\":\"" CREATE "\",\"parameters\":{\"app_id\":");
     rkj_put_int(b, req->app_id);
     rkj_puts(b, ",\"uid\":");
@@ -143,13 +143,15 @@ static void encode_create(struct rkj_buf *b, const RockerRequest *req) {
     }
     rkj_puts(b, "]}}");
     rkj_put(b, "", 1); /* the varlink message terminator */
+    return b->failed ? -1 : 0;
 }
 
-static void encode_join(struct rkj_buf *b, const char *guard_pname) {
+static int encode_join(struct rkj_buf *b, const char *guard_pname) {
     rkj_puts(b, "{\"method\":\"" JOIN "\",\"parameters\":{\"guard_pname\":");
     rkj_put_string(b, guard_pname);
     rkj_puts(b, "}}");
     rkj_put(b, "", 1);
+    return b->failed ? -1 : 0;
 }
 
 static int connect_daemon(const char *path, ROCKER_ERR *err) {
