@@ -19,8 +19,8 @@ from rocker_client.cli.parser import command_in
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a `rocker run` has no use for: slow to import, and each was once imported at every start.
-NOT_FOR_RUN = ("importlib.metadata", "typing", "textwrap", "rocker_client.cli.rockers", "rocker_client.cli.status",
-               "rocker_client.cli.datadir", "rocker_client.guardname")
+NOT_FOR_RUN = ("importlib.metadata", "typing", "textwrap", "socket", "selectors", "rocker_client.cli.rockers",
+               "rocker_client.cli.status", "rocker_client.cli.datadir", "rocker_client.guardname")
 
 
 def _modules_after(*argv: str) -> tuple[set[str], int, str]:
