@@ -1,11 +1,14 @@
 """`rocker run` as a whole process against bubblewrap's whole run (issue 21: at most 3x).
 
-    python3 -m bench.cli_start [--socket SOCK --pkg PKG --exec-dir DIR --data-dir DIR] [-n 15]
+    sudo .venv/bin/python -m bench.cli_start [-n 15] [--rocker PATH] [--socket SOCK --pkg PKG]
 
-Without a daemon it times the CLI's own start: `rocker run` up to its connect (to a socket
-nobody listens on: exit 125), which is what imports and argument parsing cost; with one, the
-whole `rocker run ... -- /bin/true`. Both beside `bwrap --unshare-all --ro-bind / / --proc /proc
---dev /dev /bin/true` and `python3 -I -S -c pass`; medians of n runs, interleaved.
+Times, interleaved, medians of n runs: `rocker run --pkg PKG -- /bin/true` whole (as root, with
+its own rockerd on a private socket and an empty package, unless --socket/--pkg name a running
+one); the CLI's own start: `rocker run` up to its connect, to a socket nobody listens on (exit
+125: interpreter, imports and argument parsing); `bwrap --unshare-all --ro-bind / / --proc /proc
+--dev /dev /bin/true`; and the interpreter alone (`python -I -S -c pass`, the floor of any Python
+CLI). The rocker timed is the console script beside this interpreter (what `pip install` put on
+PATH), else `python -m rocker_client.cli`; --rocker names another.
 """
 
 from __future__ import annotations
@@ -18,46 +21,91 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+from .daemon import BenchDaemon
+
+REPO = Path(__file__).resolve().parent.parent
 
 
-def _time(cmd: list[str]) -> float:
+def _time(cmd: list[str]) -> tuple[float, int, bytes]:
     t0 = time.perf_counter()
-    subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-    return time.perf_counter() - t0
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    return time.perf_counter() - t0, p.returncode, p.stderr
+
+
+def rocker_command(given: str | None) -> list[str]:
+    if given:
+        return [given]
+    script = Path(sys.executable).parent / "rocker"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "rocker_client.cli"]
+
+
+def empty_package(tmp: Path) -> Path:
+    root = tmp / "pkgroot"
+    (root / "bin").mkdir(parents=True)
+    pkg = tmp / "app.squashfs"
+    subprocess.run(["mksquashfs", str(root), str(pkg), "-noappend", "-quiet", "-no-progress", "-all-root"],
+                   check=True, capture_output=True)
+    return pkg
+
+
+def commands(tmp: Path, rocker: list[str], socket: str | None, pkg: str | None) -> dict[str, list[str]]:
+    fake = tmp / "fake.squashfs"  # passes the CLI's own look (the magic), then connect fails
+    fake.write_bytes(b"hsqs" + bytes(92))
+    cmds: dict[str, list[str]] = {
+        "python -I -S -c pass": [sys.executable, "-I", "-S", "-c", "pass"],
+        "rocker run (CLI start, to connect)": [*rocker, "--socket", str(tmp / "none.sock"), "run", "--pkg", str(fake),
+                                               "--exec-dir", f"{tmp}/e", "--data-dir", f"{tmp}/d", "--", "/bin/true"],
+    }
+    if socket and pkg:
+        cmds["rocker run ... /bin/true (whole)"] = [*rocker, "--socket", socket, "run", "--pkg", pkg, "--exec-dir",
+                                                    f"{tmp}/exec", "--data-dir", f"{tmp}/data", "--", "/bin/true"]
+    bwrap = shutil.which("bwrap")
+    if bwrap:
+        cmds["bwrap /bin/true (whole)"] = [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc", "--dev",
+                                           "/dev", "/bin/true"]
+    return cmds
+
+
+def measure(cmds: dict[str, list[str]], n: int) -> dict[str, float]:
+    """Median ms per command; a whole run that fails stops the benchmark (it would time an error)."""
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(n):
+        for name, cmd in cmds.items():
+            took, rc, err = _time(cmd)
+            if rc != 0 and "whole" in name:
+                raise SystemExit(f"{name}: exit {rc}: {' '.join(cmd)}: {err.decode(errors='replace').strip()}")
+            times[name].append(took)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-n", type=int, default=15)
-    p.add_argument("--socket")
-    p.add_argument("--pkg")
-    p.add_argument("--exec-dir")
-    p.add_argument("--data-dir")
+    p.add_argument("--rocker", help="the rocker command to time (default: the console script beside python)")
+    p.add_argument("--socket", help="a running rockerd's socket (default: start one, as root)")
+    p.add_argument("--pkg", help="the package for the whole run (default: an empty one)")
     a = p.parse_args(argv)
-    rocker = [sys.executable, "-m", "rocker_client.cli"]
-    with tempfile.TemporaryDirectory() as tmp:
-        fake = os.path.join(tmp, "app.squashfs")  # passes the CLI's own look (the magic), then connect fails
-        with open(fake, "wb") as f:
-            f.write(b"hsqs" + bytes(92))
-        cmds: dict[str, list[str]] = {
-            "python -I -S -c pass": [sys.executable, "-I", "-S", "-c", "pass"],
-            "rocker run (CLI start, to connect)": [*rocker, "--socket", os.path.join(tmp, "none.sock"), "run",
-                                                   "--pkg", fake, "--exec-dir", f"{tmp}/e",
-                                                   "--data-dir", f"{tmp}/d", "--", "/bin/true"],
-        }
-        if a.socket:
-            cmds["rocker run ... /bin/true"] = [*rocker, "--socket", a.socket, "run", "--pkg", a.pkg, "--exec-dir",
-                                                a.exec_dir, "--data-dir", a.data_dir, "--", "/bin/true"]
-        bwrap = shutil.which("bwrap")
-        if bwrap:
-            cmds["bwrap /bin/true"] = [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc", "--dev",
-                                       "/dev", "/bin/true"]
-        times: dict[str, list[float]] = {k: [] for k in cmds}
-        for _ in range(a.n):
-            for name, cmd in cmds.items():
-                times[name].append(_time(cmd))
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    base = med.get("bwrap /bin/true")
+    rocker = rocker_command(a.rocker)
+    with tempfile.TemporaryDirectory(prefix="rocker-cli-start-") as name:
+        tmp = Path(name)
+        tmp.chmod(0o755)  # root's app runs as nobody, which must reach the exec dir
+        daemon = None
+        socket, pkg = a.socket, a.pkg
+        if socket is None and os.geteuid() == 0 and shutil.which("mksquashfs"):
+            daemon = BenchDaemon(tmp / "daemon", REPO, max_rockers=64)
+            daemon.start()
+            socket = daemon.socket
+        if socket and pkg is None and shutil.which("mksquashfs"):
+            pkg = str(empty_package(tmp))
+        try:
+            med = measure(commands(tmp, rocker, socket, pkg), a.n)
+        finally:
+            if daemon is not None:
+                daemon.stop()
+    base = med.get("bwrap /bin/true (whole)")
+    print(f"{' '.join(rocker)}; medians of {a.n}, interleaved")
     for name, ms in med.items():
         ratio = f"  {ms / base:.1f}x bwrap" if base else ""
         print(f"{name:40s} {ms:7.1f} ms{ratio}")

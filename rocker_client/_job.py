@@ -33,7 +33,11 @@ import signal
 import termios
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs every start of the CLI (issue 21); annotations only
+    from typing import Any
+    Handler = Callable[[int, Any], Any] | int | signal.Handlers | None
 
 __all__ = ["FORWARDED", "Job", "Launch", "run_command"]
 
@@ -49,8 +53,6 @@ SI_KERNEL = 0x80  # si_code of a signal the kernel sent, e.g. the terminal's ^C
 EXIT_ROCKER = 125
 EXIT_CANNOT_RUN = 126
 EXIT_NOT_FOUND = 127
-
-Handler = Callable[[int, Any], Any] | int | signal.Handlers | None
 
 
 @dataclass

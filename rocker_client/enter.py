@@ -39,7 +39,6 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
 
 from rocker_sys import ns
 
@@ -50,13 +49,16 @@ from .execapp import Exec
 from .reports import cause_of_report, failure_report
 from .structs import Cause, RockerRequest, RockerResult
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs every start of the CLI (issue 21); annotations only
+    from typing import Any
+    App = Callable[[Any], "int | None"]
+    Join = Callable[[bool], None]  # the native join, made before the fork; its argument: join the PID namespace too
+    Started = tuple[RockerErr, int, "Cause | None"]
+
 CREATE = "io.rocker.Rocker.Create"
 JOIN = "io.rocker.Rocker.Join"
 NS_ORDER = ("user", "mnt", "pid", "net", "uts", "ipc")  # user first: it owns the others
-
-App = Callable[[Any], "int | None"]
-Join = Callable[[bool], None]  # the native join, made before the fork; its argument: join the PID namespace too
-Started = tuple[RockerErr, int, "Cause | None"]
 
 
 def enter_rocker(req: RockerRequest, app: App, app_args: Any = None, *, socket: str | None = None,

@@ -23,12 +23,15 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ._native import Spec, SyscallFilter, library
 from .errors import GONE_ERRNOS, RockerErr
 from .reports import cause_of_report, failure_report
 from .structs import Cause
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs every start of the CLI (issue 21); annotations only
+    from typing import Any
 
 __all__ = ["Exec"]
 

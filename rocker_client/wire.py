@@ -6,15 +6,18 @@ path closes what it opened; fds received with a reply belong to the caller.
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: socket.py's enums and selectors cost every CLI start
 import array
 import contextlib
 import json
 import os
-import socket
 import struct
 import time
 from types import TracebackType
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs every start of the CLI (issue 21); annotations only
+    from typing import Any
 
 __all__ = [
     "MAX_REPLY",

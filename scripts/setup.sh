@@ -18,7 +18,7 @@ if [ -z "${ROCKER_SKIP_APT:-}" ]; then
 fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q --upgrade pip 'setuptools>=77' wheel >/dev/null  # pyproject's build-system: an offline `pip wheel --no-build-isolation` (docs/operations.md)
 .venv/bin/pip install -q -e '.[test]'
 # rocker(1), rockerd(8) and the bash/zsh completions (scripts/manpages.py), where man(1) looks for the
 # pages of programs in .venv/bin once it is on PATH (an editable install skips setup.py's data_files)

@@ -24,11 +24,11 @@ import pytest
 from daemon import Daemon, start_daemon
 from rockers import APP_CAP_MASK, wait_gone
 
-from rocker_client import RockerErr, wire
+from rocker_client import Exec, RockerErr, enter_rocker, request_new, wire
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "clients" / "c"
-EXPORTED = {"ROCKER_enter_rocker", "ROCKER_get_guardname", "ROCKER_request_new"}
+EXPORTED = {"ROCKER_enter_rocker", "ROCKER_get_guardname", "ROCKER_join_rocker", "ROCKER_request_new"}
 CREATE = "io.rocker.Rocker.Create"
 NS = ("user", "mnt", "pid", "net", "uts", "ipc")
 
@@ -110,8 +110,9 @@ def kill_guard(pid: int, name: str) -> None:
 
 
 def enter(cbuild: CBuild, *kv: str, env: dict[str, str] | None = None, prefix: list[str] | None = None,
-          timeout: float = 60) -> dict[str, str]:
-    out = run([cbuild.probe, "enter", *kv], env, timeout, prefix)
+          timeout: float = 60, mode: str = "enter") -> dict[str, str]:
+    """One probe call (`mode` enter, or join with the rocker's name first in kv), checked for leaks."""
+    out = run([cbuild.probe, mode, *kv], env, timeout, prefix)
     if out.get("err_no") != "0" and out.get("guard_pname", "").startswith("rk-"):
         kill_guard(int(out["guard_pid"]), out["guard_pname"])  # a rocker nobody entered would live 10 s
     assert out["_rc"] == "0", out
@@ -322,6 +323,74 @@ def test_report_pipe_not_read_to_eof(cbuild: CBuild, rockerd: Daemon, base: Path
     out = enter(cbuild, *req_args(base, pkg), "hold_pipe=1", timeout=20)
     assert out["err_no"] == "0" and out["holder_reaped"] == "1", out
     assert out["in.comm"] == out["guard_pname"]
+
+
+# ---- ROCKER_join_rocker: a second process in a live rocker (`rocker exec`) ----
+
+
+@pytest.fixture
+def shared_rockerd(base: Path) -> Iterator[Daemon]:
+    """A daemon uid 1000 and 1001 can reach too."""
+    d = start_daemon(base / "shared-rockerd", "--socket-mode", "0666")
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def live(shared_rockerd: Daemon, base: Path, pkg: Path) -> Iterator[tuple[str, int, int, Path]]:
+    """A rocker for uid 1000 whose first app sleeps: (name, guard pid, app pid, exec dir)."""
+    for sub in ("live/exec", "live/data"):
+        (base / sub).mkdir(parents=True)
+        os.chown(base / sub, 1000, 1000)
+    req = request_new()
+    req.uid = req.gid = 1000
+    req.app_pkg_path, req.app_overlay_dirs = str(shutil.copy(pkg, base / "live.squashfs")), ["/usr"]
+    req.app_exec_dir, req.app_data_dir = str(base / "live/exec"), str(base / "live/data")
+    res = enter_rocker(req, Exec("/bin/sleep", ["sleep", "60"]), socket=shared_rockerd.socket)
+    assert res.ok, res
+    yield res.guard_pname, res.guard_pid, res.app_pid, base / "live/exec"
+    os.kill(res.app_pid, signal.SIGKILL)
+    os.waitpid(res.app_pid, 0)
+    assert wait_gone(res.guard_pid, 5) is not None
+
+
+def test_join_live_rocker(cbuild: CBuild, shared_rockerd: Daemon, live: tuple[str, int, int, Path]) -> None:
+    """Root joins a live rocker: same guard, PID namespace and mounts as its first app, the same
+    ids and capabilities, the caller's child; the rocker lives on after the joined app ends."""
+    name, guard_pid, app_pid, exec_dir = live
+    out = enter(cbuild, name, f"exec={exec_dir}", "exit=42", env={"ROCKER_SOCKET": shared_rockerd.socket},
+                mode="join")
+    assert out["err_no"] == "0", out
+    assert out["guard_pname"] == name and out["guard_pid"] == str(guard_pid)
+    assert out["in.comm"] == name and out["in.hostname"] == name
+    assert out["in.pidns"] == os.readlink(f"/proc/{app_pid}/ns/pid"), "the first app's PID namespace"
+    assert out["in.procs"] == "3", "the guard, the first app and this one"
+    assert out["in.hello"] == "#!/bin/sh", "the rocker's mounts: its package at the exec dir"
+    assert out["in.uids"] == "0,0,0" and out["in.ngroups"] == "0"
+    for key in ("CapPrm", "CapEff", "CapBnd"):
+        assert out[f"in.{key}"] == cap_hex(APP_CAP_MASK), key
+    assert out["in.CapAmb"] == cap_hex(0) and out["in.NoNewPrivs"] == "1"
+    assert out["waited"] == "1" and out["app_exit"] == "42"
+    assert os.waitpid(app_pid, os.WNOHANG) == (0, 0), "the first app still runs"
+    with open(f"/proc/{guard_pid}/comm") as f:
+        assert f.read().strip() == name
+
+
+def test_join_refusals(cbuild: CBuild, shared_rockerd: Daemon, base: Path,
+                       live: tuple[str, int, int, Path]) -> None:
+    """Only root and the rocker's own uid may join; an unknown name and NULL arguments fail cleanly."""
+    name, _, _, exec_dir = live
+    env = {"ROCKER_SOCKET": shared_rockerd.socket}
+    out = enter(cbuild, name, f"exec={exec_dir}", "setuid=1000", env=env, mode="join")
+    assert out["err_no"] == "0" and out["in.comm"] == name, out
+    out = enter(cbuild, name, "setuid=1001", env=env, mode="join")
+    assert out["err_no"] == "2" and "PermissionDenied" in out["_stderr"], out
+    out = enter(cbuild, "rk-nosuchrocker", env=env, mode="join")
+    assert out["err_no"] == "8" and "NoSuchRocker" in out["_stderr"], out
+    nowhere = {"ROCKER_SOCKET": str(base / "nothing.sock")}  # refused before connecting
+    assert enter(cbuild, name, "null_name=1", env=nowhere, mode="join")["err_no"] == "2"
+    assert enter(cbuild, name, "null_app=1", env=nowhere, mode="join")["err_no"] == "2"
+    assert enter(cbuild, name, env=nowhere, mode="join")["err_no"] == "3"
 
 
 def test_get_guardname(cbuild: CBuild, base: Path) -> None:

@@ -56,6 +56,18 @@ typedef struct {
 RockerResult ROCKER_enter_rocker(RockerRequest *req, int (*app)(void *), void *app_args)
     __attribute__((visibility("default")));
 
+//! API to run the specified function in a new process inside a live rocker (`rocker exec`):
+//! it joins the rocker's namespaces, ids and capabilities as its first app did.
+//! Only root and the uid the rocker's app runs as may join it (else ROCKER_ERR_param_invalid);
+//! a rocker that has ended is ROCKER_ERR_enter_rocker_failed.
+//! Returns a RockerResult struct (NOTE: value, not pointer), as ROCKER_enter_rocker.
+//-
+//@ guard_pname[in]: the rocker's name, the guard_pname ROCKER_enter_rocker returned
+//@ app[in]: function to execute inside the rocker
+//@ app_args[in]: arguments to pass to the app function
+RockerResult ROCKER_join_rocker(const char *guard_pname, int (*app)(void *), void *app_args)
+    __attribute__((visibility("default")));
+
 //! Get the name of the specified process from '/proc/<PID>/stat'.
 //! Before the client sends a signal to the guard process, compare the name
 //! against the original returned at rocker creation to confirm the PID has not been reused.

@@ -2,14 +2,15 @@
  *
  * The same steps as rocker_client/enter.py, in C:
  *
- *   caller: connect, send io.rocker.Rocker.Create, receive the reply and the namespace fds
+ *   caller: connect, send io.rocker.Rocker.Create (ROCKER_enter_rocker) or .Join (ROCKER_join_rocker:
+ *           a live rocker, `rocker exec`), receive the reply and the namespace fds (the same for both)
  *   └─ fork ──> intermediate (single-threaded): joins the rocker with rocker-join.c's
  *               rocker_join_ns, the same code the Python client runs (setgroups, setns user
  *               first, uid/gid 0 inside, the app capability set, no_new_privs)
  *               └─ clone(CLONE_PARENT) ──> app: runs app(app_args) as the caller's child
  *   The intermediate reports "P<pid>" or "E<errno> <step>" (rocker-join.h).
  *
- * Only the three ROCKER_* functions are exported (built with -fvisibility=hidden).
+ * Only the four ROCKER_* functions are exported (built with -fvisibility=hidden).
  * SPDX-License-Identifier: MIT
  */
 #define _GNU_SOURCE
@@ -37,6 +38,7 @@
 
 #define DEFAULT_SOCKET "/run/rocker/rockerd.sock"
 #define CREATE "io.rocker.Rocker.Create"
+#define JOIN "io.rocker.Rocker.Join"
 #define TIMEOUT_MS 30000              /* the whole call, as rocker_client.wire */
 #define MAX_REPLY (16u * 1024 * 1024) /* a larger reply means a broken server */
 #define MAX_FDS 253                   /* SCM_MAX_FD */
@@ -116,6 +118,7 @@ static int wait_fd(int fd, short events, long long deadline) {
 
 /* ---- the varlink call ---- */
 
+/* -1 (and b->failed set) on allocation failure; call_and_enter checks b->failed. */
 static int encode_create(struct rkj_buf *b, const RockerRequest *req) {
     rkj_puts(b, "{\"method\":\"" CREATE "\",\"parameters\":{\"app_id\":");
     rkj_put_int(b, req->app_id);
@@ -140,6 +143,14 @@ static int encode_create(struct rkj_buf *b, const RockerRequest *req) {
     }
     rkj_puts(b, "]}}");
     rkj_put(b, "", 1); /* the varlink message terminator */
+    return b->failed ? -1 : 0;
+}
+
+static int encode_join(struct rkj_buf *b, const char *guard_pname) {
+    rkj_puts(b, "{\"method\":\"" JOIN "\",\"parameters\":{\"guard_pname\":");
+    rkj_put_string(b, guard_pname);
+    rkj_puts(b, "}}");
+    rkj_put(b, "", 1);
     return b->failed ? -1 : 0;
 }
 
@@ -383,6 +394,8 @@ static ROCKER_ERR remote_err(const char *name) {
         return ROCKER_ERR_param_invalid;
     if (!strcmp(s, "BuildFailed") || !strcmp(s, "LimitReached"))
         return ROCKER_ERR_build_rocker_failed;
+    if (!strcmp(s, "NoSuchRocker")) /* Join: the rocker has ended, or never was */
+        return ROCKER_ERR_enter_rocker_failed;
     return ROCKER_ERR_unknown;
 }
 
@@ -484,15 +497,11 @@ static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct cgroups *cg, c
 
 /* ---- the API ---- */
 
-__attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRequest *req, int (*app)(void *),
-                                                                        void *app_args) {
-    if (!req || !app) {
-        debug("%s is NULL", req ? "app" : "req");
-        return result(ROCKER_ERR_param_invalid);
-    }
-    struct rkj_buf msg = {0};
-    if (encode_create(&msg, req) < 0) {
-        rkj_free(&msg);
+/* Send one encoded call (Create or Join: `what`), and start the app in the rocker its reply
+ * names; both replies have the same shape (rockerd/entry.py). Frees msg. */
+static RockerResult call_and_enter(struct rkj_buf *msg, const char *what, int (*app)(void *), void *app_args) {
+    if (msg->failed) {
+        rkj_free(msg);
         debug("out of memory for the request");
         return result(ROCKER_ERR_sys);
     }
@@ -502,12 +511,12 @@ __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRe
     ROCKER_ERR err = ROCKER_ERR_unknown;
     int sock = connect_daemon(path, &err);
     if (sock < 0) {
-        rkj_free(&msg);
+        rkj_free(msg);
         return result(err);
     }
     long long deadline = now_ms() + TIMEOUT_MS;
-    int sent = send_all(sock, msg.data, msg.len, deadline);
-    rkj_free(&msg);
+    int sent = send_all(sock, msg->data, msg->len, deadline);
+    rkj_free(msg);
     if (sent < 0) {
         debug("sending the call failed: %s", strerror(errno));
         close(sock);
@@ -548,9 +557,9 @@ __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRe
         cg.fd[i] = ok ? fds.fd[r.cgroup[i]] : -1;
     }
     if (!ok) {
-        debug("malformed Create reply: guard_pid, guard_pname (at most 15 bytes), namespaces or cgroups "
+        debug("malformed %s reply: guard_pid, guard_pname (at most 15 bytes), namespaces or cgroups "
               "missing or wrong (%d fds received)",
-              fds.n);
+              what, fds.n);
         close_fds(&fds);
         return result(ROCKER_ERR_recv_resp_failed);
     }
@@ -558,7 +567,7 @@ __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRe
     if (r.have_seccomp) {
         int rc = r.seccomp >= 0 && r.seccomp < fds.n ? rocker_seccomp_read(fds.fd[r.seccomp], &filter) : -EBADF;
         if (rc < 0) {
-            debug("cannot read the app's syscall filter from the Create reply: %s", strerror(-rc));
+            debug("cannot read the app's syscall filter from the %s reply: %s", what, strerror(-rc));
             close_fds(&fds);
             return result(ROCKER_ERR_recv_resp_failed);
         }
@@ -569,6 +578,28 @@ __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRe
     res.err_no = start_inside(ns_fd, &cg, r.have_seccomp ? &filter : NULL, &fds, app, app_args, &res.app_pid);
     free(filter.filter);
     return res;
+}
+
+__attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRequest *req, int (*app)(void *),
+                                                                        void *app_args) {
+    if (!req || !app) {
+        debug("%s is NULL", req ? "app" : "req");
+        return result(ROCKER_ERR_param_invalid);
+    }
+    struct rkj_buf msg = {0};
+    encode_create(&msg, req);
+    return call_and_enter(&msg, "Create", app, app_args);
+}
+
+__attribute__((visibility("default"))) RockerResult ROCKER_join_rocker(const char *guard_pname, int (*app)(void *),
+                                                                       void *app_args) {
+    if (!guard_pname || !app) {
+        debug("%s is NULL", guard_pname ? "app" : "guard_pname");
+        return result(ROCKER_ERR_param_invalid);
+    }
+    struct rkj_buf msg = {0};
+    encode_join(&msg, guard_pname);
+    return call_and_enter(&msg, "Join", app, app_args);
 }
 
 __attribute__((visibility("default"))) RockerResult ROCKER_get_guardname(int pid) {

@@ -13,7 +13,10 @@ import ctypes
 import os
 from collections.abc import Callable
 from functools import cache
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs every start of the CLI (issue 21); annotations only
+    from typing import Any
 
 __all__ = ["JoinFailed", "NativeMissing", "Spec", "SyscallFilter", "app_cap_mask", "exec_library", "library",
            "prepare_join", "read_filter"]

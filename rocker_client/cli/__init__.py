@@ -14,7 +14,7 @@ from importlib import import_module
 
 from .common import EXIT_OK, EXIT_USAGE, Failure, UsageError, say
 from .manual import PAGES, Page
-from .parser import build_parser
+from .parser import build_parser, command_in
 
 __all__ = ["PAGES", "Page", "build_parser", "main"]
 
@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(command_in(sys.argv[1:] if argv is None else argv))
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:

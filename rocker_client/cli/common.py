@@ -7,10 +7,13 @@ import errno
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from .. import wire
 from .loghint import with_hint
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs every start of the CLI (issue 21); annotations only
+    from typing import Any
 
 EXIT_OK = 0
 EXIT_NO_SUCH_ROCKER = 1

@@ -10,8 +10,6 @@ system service, as a rule), and the error it got already carries rockerd's reaso
 from __future__ import annotations
 
 import os
-import socket
-import struct
 
 
 def log_hint(socket_path: str) -> str:
@@ -38,6 +36,9 @@ def log_hint(socket_path: str) -> str:
 
 
 def _daemon_pid(path: str) -> int | None:
+    import socket  # here: only a failure's message asks (start time, issue 21)
+    import struct
+
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         s.settimeout(2.0)

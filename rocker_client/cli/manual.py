@@ -3,7 +3,6 @@ as Markdown (docs/api.md), so the two never drift apart."""
 
 from __future__ import annotations
 
-import textwrap
 from dataclasses import dataclass
 
 
@@ -321,6 +320,8 @@ def _section(title: str, body: str) -> str:
 
 
 def epilog(page: Page) -> str:
+    import textwrap  # here: only help and the docs render an epilog (start time, issue 21)
+
     parts = [_section(title, text) for title, text in page.sections]
     if page.examples:
         parts.append(_section("examples", "\n\n".join(

@@ -3,24 +3,48 @@
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+import sys
 
 from ..structs import MAX_OVERLAY_DIRS
 from ..units import parse_size
 from .common import UsageError, client_version
 from .environ import add_env_options
-from .manual import PAGES, PAGES_COMMANDS, epilog
+from .manual import PAGES, PAGES_COMMANDS, Page, epilog
 from .pack import PACK_COMPRESSORS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs every start of the CLI (issue 21); annotations only
+    from typing import NoReturn
 
 
 class Parser(argparse.ArgumentParser):
-    """One line for a usage error, naming the help to read; never argparse's usage dump."""
+    """One line for a usage error, naming the help to read; never argparse's usage dump. The
+    manual page's epilog is rendered when help is asked for, not at every start (issue 21)."""
+
+    page: Page | None = None
 
     def error(self, message: str) -> NoReturn:
         if message.startswith("argument COMMAND: invalid choice: "):
             bad = message.split(": ")[2].split(" ")[0]
             message = f"unknown command {bad}: the commands are {', '.join(PAGES_COMMANDS)}"
         raise UsageError(self.prog, message)
+
+    def format_help(self) -> str:
+        if self.page is not None and self.epilog is None:
+            self.epilog = epilog(self.page)
+        return super().format_help()
+
+
+class _Version(argparse.Action):
+    """--version, looking the version up only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help=help or "show program's version number and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        sys.stdout.write(f"rocker {client_version()}\n")
+        parser.exit()
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -42,23 +66,44 @@ def _id(text: str) -> int:
     return value
 
 
-def build_parser() -> Parser:
+def command_in(argv: list[str]) -> str | None:
+    """The command argv names, if it can be told without parsing: only the top level's own
+    --socket PATH may come before it (anything else, e.g. an abbreviated option: None)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--socket":
+            i += 2
+        elif arg.startswith("--socket="):
+            i += 1
+        elif arg.startswith("-"):
+            return None
+        else:
+            return arg if arg in PAGES_COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> Parser:
+    """The whole command line's parser; with `only`, just that command's (a start builds only the
+    command it runs: each command's options cost time to set up)."""
     top = PAGES["rocker"]
-    parser = Parser(prog="rocker", usage=top.synopsis, description=top.description, epilog=epilog(top),
-                    formatter_class=_formatter)
+    parser = Parser(prog="rocker", usage=top.synopsis, description=top.description, formatter_class=_formatter)
+    parser.page = top
     _socket_option(parser)
-    parser.add_argument("-V", "--version", action="version", version=f"rocker {client_version()}")
+    parser.add_argument("-V", "--version", action=_Version)
     # listed by the "commands" section of the epilog instead of argparse's own, less readable list
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS, parser_class=Parser)
+    for name in _OPTIONS:
+        if only is None or name == only:
+            p = PAGES[name]
+            cmd = sub.add_parser(name, prog=f"rocker {name}", usage=p.synopsis, description=p.description,
+                                 formatter_class=_formatter)
+            cmd.page = p
+            _OPTIONS[name](cmd)
+    return parser
 
-    def page(name: str) -> Parser:
-        p = PAGES[name]
-        prog = f"rocker {name}"
-        cmd = sub.add_parser(name, prog=prog, usage=p.synopsis, description=p.description,
-                             epilog=epilog(p), formatter_class=_formatter)
-        return cmd
 
-    run = page("run")
+def _run_options(run: Parser) -> None:
     run.add_argument("--pkg", required=True, metavar="PKG", help="the app's package: a squashfs image")
     run.add_argument("--pkg-sha256", metavar="HEX",
                      help="refuse the package unless its SHA-256 is HEX (as sha256sum prints it); rockerd checks "
@@ -100,7 +145,8 @@ def build_parser() -> Parser:
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                      help="the command to run and its arguments; put -- before it if it starts with -")
 
-    exe = page("exec")
+
+def _exec_options(exe: Parser) -> None:
     exe.add_argument("-w", "--workdir", metavar="DIR",
                      help="where CMD starts, inside the rocker (default: the current directory, else /)")
     add_env_options(exe)
@@ -109,38 +155,49 @@ def build_parser() -> Parser:
     exe.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]",
                      help="the command to run and its arguments; put -- before it if it starts with -")
 
-    ps = page("ps")
+
+def _ps_options(ps: Parser) -> None:
     ps.add_argument("--json", action="store_true", help="print a JSON array instead of the table")
     _socket_option(ps)
 
-    inspect = page("inspect")
+
+def _inspect_options(inspect: Parser) -> None:
     inspect.add_argument("name", metavar="NAME", help="the rocker's name, as `rocker ps` shows it")
     _socket_option(inspect)
 
-    pack = page("pack")
+
+def _pack_options(pack: Parser) -> None:
     pack.add_argument("dir", metavar="DIR", help="the app's files")
     pack.add_argument("-o", "--output", required=True, metavar="FILE", help="the package to write")
     pack.add_argument("--comp", default="gzip", choices=PACK_COMPRESSORS, metavar="ALGO",
                       help="compression: " + ", ".join(PACK_COMPRESSORS) + " (default gzip)")
 
-    kill = page("kill")
+
+def _kill_options(kill: Parser) -> None:
     kill.add_argument("-s", "--signal", default="KILL", metavar="SIG",
                       help="a signal name (TERM, SIGTERM) or number (15); default KILL")
     kill.add_argument("names", nargs="+", metavar="NAME", help="the rockers' names, as `rocker ps` shows them")
     _socket_option(kill)
 
-    rm_data = page("rm-data")
+
+def _rm_data_options(rm_data: Parser) -> None:
     rm_data.add_argument("dir", metavar="DIR", help="the data dir to delete")
     _socket_option(rm_data)
 
-    diff = page("diff")
+
+def _diff_options(diff: Parser) -> None:
     diff.add_argument("target", metavar="NAME|DIR", help="a live rocker's name, or a data dir (a path)")
     _socket_option(diff)
 
-    status = page("status")
+
+def _status_options(status: Parser) -> None:
     status.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     _socket_option(status)
-    return parser
+
+
+_OPTIONS = {"run": _run_options, "exec": _exec_options, "ps": _ps_options, "inspect": _inspect_options,
+            "pack": _pack_options, "kill": _kill_options, "rm-data": _rm_data_options, "diff": _diff_options,
+            "status": _status_options}
 
 
 

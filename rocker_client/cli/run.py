@@ -6,7 +6,6 @@ import argparse
 import os
 import pwd
 from collections.abc import Callable
-from typing import Any
 
 from .._job import Job, Launch, run_command
 from ..enter import enter_rocker
@@ -16,6 +15,10 @@ from .common import Failure, UsageError, socket_path, unreachable
 from .environ import command_env
 from .loghint import with_hint
 from .pack import check_package
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs every start of the CLI (issue 21); annotations only
+    from typing import Any
 
 NOBODY = 65534  # the overflow uid/gid, when the user database has no "nobody"
 

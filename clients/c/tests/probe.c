@@ -1,6 +1,8 @@
 /* Test driver for librocker_client, run by tests/test_c_client.py.
  *
  *   probe enter [key=value ...]   one ROCKER_enter_rocker; prints key=value lines
+ *   probe join NAME [key=value ...]  one ROCKER_join_rocker into the live rocker NAME (exec=DIR: its
+ *                                 exec dir, for in.hello); prints what `enter` prints
  *   probe guardname PID           ROCKER_get_guardname
  *
  * Request keys: app_id uid gid pkg exec data ov0..ov15 (a key left out stays NULL / 0).
@@ -8,7 +10,7 @@
  *               pkg_pad=N   app_pkg_path is "/" and N times 'a' (a request too big to buffer)
  *               setuid=U    become uid/gid U (no groups) before the call
  *               nproc=N     RLIMIT_NPROC before the call
- *               null_req=1  null_app=1
+ *               null_req=1  null_app=1  null_name=1 (join)
  *               threads=N   N threads enter at once (exec/data get "/<i>" appended); their
  *                           apps block until every call returned
  *               hold_pipe=1 when the library forks, fork a "holder" too, which keeps a copy of
@@ -126,6 +128,9 @@ static int app(void *arg) {
     gethostname(buf, sizeof buf);
     fprintf(out, "in.hostname=%s\n", buf);
     fprintf(out, "in.pid=%d\nin.ppid=%d\n", (int)getpid(), (int)getppid());
+    ssize_t ns_len = readlink("/proc/self/ns/pid", buf, sizeof buf - 1);
+    buf[ns_len > 0 ? ns_len : 0] = '\0';
+    fprintf(out, "in.pidns=%s\n", buf);
     uid_t r, e, s;
     getresuid(&r, &e, &s);
     fprintf(out, "in.uids=%d,%d,%d\n", (int)r, (int)e, (int)s);
@@ -234,8 +239,9 @@ int main(int argc, char **argv) {
         print_result("", ROCKER_get_guardname(atoi(argv[2])));
         return 0;
     }
-    if (argc < 2 || strcmp(argv[1], "enter") != 0) {
-        fprintf(stderr, "usage: probe enter [key=value ...] | probe guardname PID\n");
+    int joining = argc >= 3 && strcmp(argv[1], "join") == 0;
+    if (argc < 2 || (strcmp(argv[1], "enter") != 0 && !joining)) {
+        fprintf(stderr, "usage: probe enter [key=value ...] | probe join NAME [key=value ...] | probe guardname PID\n");
         return 2;
     }
     const char *v;
@@ -288,8 +294,9 @@ int main(int argc, char **argv) {
     report_w = p[1];
     release_r = rel[0];
     release_w = rel[1];
-    RockerResult res = ROCKER_enter_rocker(opt(argc, argv, "null_req") ? NULL : &req,
-                                           opt(argc, argv, "null_app") ? NULL : app, opt_exec);
+    int (*the_app)(void *) = opt(argc, argv, "null_app") ? NULL : app;
+    RockerResult res = joining ? ROCKER_join_rocker(opt(argc, argv, "null_name") ? NULL : argv[2], the_app, opt_exec)
+                               : ROCKER_enter_rocker(opt(argc, argv, "null_req") ? NULL : &req, the_app, opt_exec);
     close(p[1]);
     close(rel[0]);
     print_result("", res);
