@@ -136,16 +136,17 @@ def test_guard_and_app_are_in_the_rockers_cgroup(base: Path, pkg: Path, how: str
 
 
 def _run_exec(base: Path, pkg: Path, code: str, sock: str | None = None, uid: int = 1000,
-              **limits: Any) -> tuple[Any, dict[str, Any], int]:
-    """Run `code` with /usr/bin/python3 as the app (REPORT_FD: a pipe for one JSON report); its
-    result, report and wait status."""
+              env: dict[str, str] | None = None, **limits: Any) -> tuple[Any, dict[str, Any], int]:
+    """Run `code` with /usr/bin/python3 as the app (REPORT_FD: a pipe for one JSON report, beside
+    `env`); its result, report and wait status."""
     r, w = os.pipe()
     os.set_inheritable(w, True)
     req = make_req(base, pkg, uid=uid, gid=uid)
     for k, v in limits.items():
         setattr(req, k, v)
     try:
-        res = enter_rocker(req, Exec(PYTHON, [PYTHON, "-c", code], env={"REPORT_FD": str(w)}), socket=sock)
+        res = enter_rocker(req, Exec(PYTHON, [PYTHON, "-c", code], env={**(env or {}), "REPORT_FD": str(w)}),
+                           socket=sock)
     finally:
         os.close(w)
     data = b""
@@ -559,26 +560,12 @@ os.write(rep, json.dumps(out).encode())
 @pytest.mark.parametrize("uid", [0, 1000])
 def test_the_app_sees_only_its_cgroup_and_cannot_get_out(base: Path, pkg: Path, uid: int) -> None:
     """A cgroup namespace per rocker, rooted at its cgroup (rocker-spawn.c); /sys read-only; no CAP_SYS_ADMIN."""
-    r, w = os.pipe()
-    os.set_inheritable(w, True)
-    req = make_req(base, pkg, uid=uid, gid=uid)
-
-    def paths() -> list[str]:  # where a move out would be written: every hierarchy's root, rockerd's base
-        return [f"{m}/cgroup.procs" for m in dict.fromkeys(HIER.mounts.values())] + \
-               [f"{os.path.dirname(d)}/cgroup.procs" for d in rocker_dirs("x")]
-
-    try:
-        res = enter_rocker(req, Exec(PYTHON, [PYTHON, "-c", ESCAPE],
-                                     env={"REPORT_FD": str(w), "OUT_OF_HERE": json.dumps(paths())}))
-    finally:
-        os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
+    # where a move out would be written: every hierarchy's root, and rockerd's base
+    out_of_here = [f"{m}/cgroup.procs" for m in dict.fromkeys(HIER.mounts.values())] + \
+                  [f"{os.path.dirname(d)}/cgroup.procs" for d in rocker_dirs("x")]
+    res, out, status = _run_exec(base, pkg, ESCAPE, uid=uid, env={"OUT_OF_HERE": json.dumps(out_of_here)})
     assert res.ok, res.detail
-    out = json.loads(data)
-    assert os.waitpid(res.app_pid, 0)[1] == 0
+    assert status == 0
     assert at_own_root(out.pop("before")) and at_own_root(out.pop("after")), out
     assert all(e in (errno.EPERM, errno.EACCES, errno.EROFS) for e in out.values()), out
     _wait_removed(res.guard_pname)

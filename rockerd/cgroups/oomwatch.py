@@ -99,17 +99,10 @@ class OomWatch:
 
 def _register_v1(memdir: str, efd: int) -> None:
     """cgroup.event_control: "<eventfd> <fd of memory.oom_control>" arms an OOM notification."""
-    path = os.path.join(memdir, "memory.oom_control")
-    try:
-        ofd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise SyscallError(e.errno or 0, "open", path) from None
+    ofd = _open(os.path.join(memdir, "memory.oom_control"), os.O_RDONLY)
     try:
         ctl = os.path.join(memdir, "cgroup.event_control")
-        try:
-            cfd = os.open(ctl, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise SyscallError(e.errno or 0, "open", ctl) from None
+        cfd = _open(ctl, os.O_WRONLY)
         try:
             os.write(cfd, f"{efd} {ofd}".encode())
         except OSError as e:
@@ -118,3 +111,10 @@ def _register_v1(memdir: str, efd: int) -> None:
             os.close(cfd)
     finally:
         os.close(ofd)
+
+
+def _open(path: str, flags: int) -> int:
+    try:
+        return os.open(path, flags | os.O_CLOEXEC)
+    except OSError as e:
+        raise SyscallError(e.errno or 0, "open", path) from None
