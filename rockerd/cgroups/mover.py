@@ -28,7 +28,7 @@ log = logging.getLogger("rockerd.cgroups")
 SO_PASSCRED = 16
 SCM_CREDENTIALS = 2
 UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
-MAX_OPEN = 32  # channels of one rocker waiting for their app; beyond, the oldest is closed (its app fails)
+MAX_OPEN = 4  # channels of one rocker waiting for their app (a launcher uses its own at once); beyond, the oldest goes
 
 
 class Mover:
