@@ -108,7 +108,7 @@ class RockerService:
         rocker = Rocker(name=name, pid=built.pid, pidfd=built.pidfd, request=req, caller_uid=peer.uid,
                         pkg_key=built.pkg_key, work_slot=built.work_slot)
         self.registry.add(rocker)
-        self.cgroups.started(cg, limits)
+        self.cgroups.started(cg, limits, built.pid)
         try:
             self.state.save(rocker.record(proc_starttime(built.pid)))
         except OSError as e:  # the rocker works; only a restarted rockerd could not re-adopt it
@@ -118,10 +118,7 @@ class RockerService:
                       f"uid={req.uid} gid={req.gid} for caller uid {peer.uid} in {ms:.1f} ms",
                       guard_name=name, guard_pid=built.pid, app_id=req.app_id, uid=req.uid, gid=req.gid,
                       caller_uid=peer.uid)
-        cgroup_fds = cg.procs_fds if cg is not None else []
-        if cg is not None:
-            cg.procs_fds = []  # the reply's now: closed once sent
-        return entry.entry_reply(rocker, built.ns_fds, cgroup_fds, self.filters)
+        return entry.entry_reply(rocker, built.ns_fds, self.cgroups.reply_fds(cg), self.filters)
 
     def _cgroup_for(self, name: str, req: RockerRequestModel, caller_uid: int) -> tuple[RockerCgroup | None, Limits]:
         try:
@@ -261,7 +258,7 @@ class RockerService:
                                      created=rec.created, started=time.monotonic() - age, work_slot=rec.work_slot))
             self.shares.adopt(rec.name, rec.pid, req, rec.work_slot)
             self.network.adopt(rec.name, req.network or "none")
-            self.cgroups.adopt(rec.name)
+            self.cgroups.adopt(rec.name, rec.pid)
             journal.event(journal.ADOPTED, f"adopted {rec.name} (guard pid {rec.pid}) left by an earlier rockerd",
                           guard_name=rec.name, guard_pid=rec.pid, app_id=req.app_id, uid=req.uid,
                           caller_uid=rec.caller_uid)

@@ -49,10 +49,20 @@ def cgroups_of(text: str) -> dict[str, str]:
     return out
 
 
+WANTED = list(HIER.mounts) if HIER.mode == "v1" else [""]  # the controllers (v2: "") rockerd puts rockers in
+
+
 def in_rocker_cgroup(text: str, name: str) -> bool:
+    """/proc/PID/cgroup as the host sees it: the rocker's cgroup in each hierarchy rockerd uses."""
     cg = cgroups_of(text)
-    wanted = list(HIER.mounts) if HIER.mode == "v1" else [""]
-    return all(cg.get(c, "").endswith(f"/rocker/{name}") for c in wanted)
+    return all(cg.get(c, "").endswith(f"/rocker/{name}") for c in WANTED)
+
+
+def at_own_root(text: str) -> bool:
+    """/proc/self/cgroup as an app sees it: its cgroup namespace is rooted at the rocker's cgroup,
+    and it is there (a process elsewhere would see a path, "/.." above the root)."""
+    cg = cgroups_of(text)
+    return all(cg.get(c) == "/" for c in WANTED)
 
 
 def list_rockers(sock: str) -> dict[str, dict[str, Any]]:
@@ -95,11 +105,13 @@ def _probe(base: Path, pkg: Path, how: str, monkeypatch: pytest.MonkeyPatch, soc
             data += chunk
         os.close(r)
         guard_cg = Path(f"/proc/{res.guard_pid}/cgroup").read_text() if res.ok else ""
+        report = json.loads(data or b"{}")
+        report["host_view"] = Path(f"/proc/{res.app_pid}/cgroup").read_text() if res.ok else ""
         listed = list_rockers(sock or os.environ["ROCKER_SOCKET"]).get(res.guard_pname, {})
     finally:
         os.close(hold_w)
     status = os.waitpid(res.app_pid, 0)[1] if res.ok else -1
-    return res, json.loads(data or b"{}"), guard_cg, listed, status
+    return res, report, guard_cg, listed, status
 
 
 @pytest.mark.parametrize("how", ["exec", "direct", "intermediate"])
@@ -109,9 +121,10 @@ def test_guard_and_app_are_in_the_rockers_cgroup(base: Path, pkg: Path, how: str
     assert res.ok, res.detail
     assert os.WEXITSTATUS(status) == 7
     assert in_rocker_cgroup(guard_cg, res.guard_pname), guard_cg
-    assert in_rocker_cgroup(report["cgroup"], res.guard_pname), report["cgroup"]
+    assert in_rocker_cgroup(report["host_view"], res.guard_pname), report["host_view"]
+    assert at_own_root(report["cgroup"]), report["cgroup"]
     if report["child"]:
-        assert in_rocker_cgroup(report["child"], res.guard_pname), report["child"]
+        assert at_own_root(report["child"]), report["child"]
     assert listed["limits"]["pids_max"] == 4096  # rockerd's default
     usage = listed["usage"]
     assert usage["procs"] >= 2 and usage["memory"] > 0 and usage["cpu_usec"] > 0, usage
@@ -123,16 +136,17 @@ def test_guard_and_app_are_in_the_rockers_cgroup(base: Path, pkg: Path, how: str
 
 
 def _run_exec(base: Path, pkg: Path, code: str, sock: str | None = None, uid: int = 1000,
-              **limits: Any) -> tuple[Any, dict[str, Any], int]:
-    """Run `code` with /usr/bin/python3 as the app (REPORT_FD: a pipe for one JSON report); its
-    result, report and wait status."""
+              env: dict[str, str] | None = None, **limits: Any) -> tuple[Any, dict[str, Any], int]:
+    """Run `code` with /usr/bin/python3 as the app (REPORT_FD: a pipe for one JSON report, beside
+    `env`); its result, report and wait status."""
     r, w = os.pipe()
     os.set_inheritable(w, True)
     req = make_req(base, pkg, uid=uid, gid=uid)
     for k, v in limits.items():
         setattr(req, k, v)
     try:
-        res = enter_rocker(req, Exec(PYTHON, [PYTHON, "-c", code], env={"REPORT_FD": str(w)}), socket=sock)
+        res = enter_rocker(req, Exec(PYTHON, [PYTHON, "-c", code], env={**(env or {}), "REPORT_FD": str(w)}),
+                           socket=sock)
     finally:
         os.close(w)
     data = b""
@@ -216,6 +230,47 @@ def test_memory_max_oom_kills_inside_and_is_logged(base: Path, pkg: Path, own_ro
     ok, _, status = _run_exec(base, pkg, "b = b'x' * (32 << 20)", own_rockerd.socket, memory_max=64 << 20)
     assert ok.ok and status == 0  # below the limit nothing is killed
     _wait_removed(ok.guard_pname)
+
+
+# The app lives on while a child of it is OOM-killed; it reports the child's end, then holds.
+OOM_CHILD = r"""
+import json, os, subprocess, sys
+rc = subprocess.run([sys.executable, "-c", "b = b'x' * (200 << 20)"]).returncode
+rep = int(os.environ["REPORT_FD"])
+os.write(rep, json.dumps({"rc": rc}).encode())
+os.close(rep)
+os.read(int(os.environ["HOLD_FD"]), 1)
+"""
+
+
+def test_an_oom_kill_is_logged_while_the_rocker_lives(base: Path, pkg: Path, own_rockerd: Daemon) -> None:
+    """The journal event comes when the kernel kills, not when the rocker ends or is listed (oomwatch.py)."""
+    r, w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    os.set_inheritable(w, True)
+    os.set_inheritable(hold_r, True)
+    req = make_req(base, pkg, uid=1000, gid=1000)
+    req.memory_max = 64 << 20
+    try:
+        res = enter_rocker(req, Exec(PYTHON, [PYTHON, "-c", OOM_CHILD],
+                                     env={"REPORT_FD": str(w), "HOLD_FD": str(hold_r)}), socket=own_rockerd.socket)
+    finally:
+        os.close(w)
+        os.close(hold_r)
+    try:
+        assert res.ok, res.detail
+        assert json.loads(os.read(r, 4096)) == {"rc": -signal.SIGKILL}
+        line = f"out of memory in {res.guard_pname}"
+        deadline = time.monotonic() + 5 * SCALE
+        while line not in own_rockerd.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert line in own_rockerd.log_text()
+        assert wait_gone(res.guard_pid, 0.05) is None, "the rocker ended: the event may have come from its end"
+    finally:
+        os.close(r)
+        os.close(hold_w)
+    assert os.waitpid(res.app_pid, 0)[1] == 0
+    assert own_rockerd.log_text().count(line) == 1  # its end does not log the same kill again
 
 
 CPU_SPIN = r"""
@@ -314,20 +369,26 @@ def test_a_restarted_rockerd_adopts_the_cgroup_and_removes_it_later(base: Path, 
 
 UID = 1000
 NONROOT_CALLER = r"""
-import json, os, sys
+import json, os, stat, sys
 sys.path.insert(0, sys.argv[1])
 from rocker_client import Exec, RockerRequest, enter, enter_rocker, wire
 params, kind, victim = json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 out = {}
-if kind == "fd":  # the cgroup.procs fds of the Create reply, used on someone else's process
+if kind == "fd":  # the cgroup fds of the Create reply, used on someone else's process (and on the caller)
     reply, fds = wire.call(os.environ["ROCKER_SOCKET"], "io.rocker.Rocker.Create", params)
     out["cgroups"], out["name"] = len(reply.get("cgroups") or []), reply["guard_pname"]
+    out["self_before"] = open("/proc/self/cgroup").read()
     for i in reply.get("cgroups") or []:
         try:
             os.write(fds[i], str(victim).encode())
+            if stat.S_ISSOCK(os.fstat(fds[i]).st_mode):  # v2: rockerd moves the writer, if anyone (mover.py)
+                answer = int(os.read(fds[i], 16) or b"-1")
+                if answer:
+                    raise OSError(answer, "rockerd refused")
             out.setdefault("moved", []).append(i)
         except OSError as e:
             out.setdefault("refused", []).append(e.errno)
+    out["self_after"] = open("/proc/self/cgroup").read()
     print("OUT " + json.dumps(out), flush=True)
     sys.exit(0)
 APP = r'''
@@ -340,20 +401,35 @@ def attempt(path, text):
     except OSError as e:
         return e.errno
 cg = open("/proc/self/cgroup").read()
+os.write(int(os.environ["SYNC_W"]), b"x")  # the caller outside reads our /proc/PID/cgroup now
+os.read(int(os.environ["SYNC_R"]), 1)
 tries = {}
 for line in cg.splitlines():
     _, ctrl, path = line.split(":", 2)
     for mount in (["/sys/fs/cgroup/" + c for c in ctrl.split(",")] if ctrl else ["/sys/fs/cgroup"]):
-        if os.path.isdir(mount + path):
+        if os.path.isdir(mount + path):  # path is "/": the rocker's cgroup namespace
             tries[mount + " out"] = attempt(mount + "/cgroup.procs", "0")
             for f in ("memory.limit_in_bytes", "memory.max", "pids.max"):
                 if os.path.exists(mount + path + "/" + f):
                     tries[mount + path + "/" + f] = attempt(mount + path + "/" + f, "max")
 print("APP " + json.dumps({"cgroup": cg, "tries": tries}), flush=True)
 '''
-app = (lambda _: exec(APP)) if kind == "callable" else Exec(sys.executable, [sys.executable, "-c", APP])
+to_caller, from_app = os.pipe()
+to_app, from_caller = os.pipe()
+os.set_inheritable(from_app, True)
+os.set_inheritable(to_app, True)
+os.environ.update(SYNC_W=str(from_app), SYNC_R=str(to_app))
+app = (lambda _: exec(APP)) if kind == "callable" else Exec(sys.executable, [sys.executable, "-c", APP],
+                                                             env=dict(os.environ))
 res = enter_rocker(RockerRequest(**params), app)
+os.close(from_app)
+os.close(to_app)
+host_view = ""
+if res.app_pid and os.read(to_caller, 1):
+    host_view = open(f"/proc/{res.app_pid}/cgroup").read()
+    os.write(from_caller, b"x")
 status = os.waitpid(res.app_pid, 0)[1] if res.app_pid else -1
+print("HOST " + json.dumps(host_view), flush=True)
 print("RES " + json.dumps({"err_no": int(res.err_no), "detail": res.detail, "field": res.cause.field if res.cause
                            else "", "name": res.guard_pname, "status": status}), flush=True)
 """
@@ -384,11 +460,11 @@ def _as_user(world: tuple[Path, Daemon], kind: str, victim: int = 0, **changes: 
 
 @pytest.mark.parametrize("kind", ["callable", "exec"])
 def test_a_nonroot_callers_app_is_in_the_cgroup_and_cannot_leave_it(nonroot: Any, kind: str) -> None:
-    if HIER.mode == "v2":
-        pytest.skip("v2: a non-root launcher gets no cgroup.procs fd (docs/security.md): not done yet")
+    """v1: through cgroup.procs fds opened as uid 1000; v2: rockerd moves the app when it asks (mover.py)."""
     out = _as_user(nonroot, kind)
     assert out["RES"]["err_no"] == RockerErr.success, out
-    assert in_rocker_cgroup(out["APP"]["cgroup"], out["RES"]["name"]), out["APP"]
+    assert at_own_root(out["APP"]["cgroup"]), out["APP"]
+    assert in_rocker_cgroup(out["HOST"], out["RES"]["name"]), out
     tries = out["APP"]["tries"]
     # EROFS: the rocker's /sys is read-only as a whole (docs/security.md); the modes say no as well
     assert tries and all(e in (errno.EACCES, errno.EPERM, errno.EROFS) for e in tries.values()), tries
@@ -396,6 +472,7 @@ def test_a_nonroot_callers_app_is_in_the_cgroup_and_cannot_leave_it(nonroot: Any
 
 def test_a_nonroot_caller_cannot_exceed_the_ceilings(nonroot: Any) -> None:
     out = _as_user(nonroot, "exec", memory_max=200 << 20)
+    assert "RES" in out, out
     assert out["RES"]["err_no"] == RockerErr.param_invalid and out["RES"]["field"] == "memory_max", out
     assert "ceiling" in out["RES"]["detail"]
     out = _as_user(nonroot, "exec", pids_max=301)
@@ -423,9 +500,9 @@ def test_a_nonroot_caller_gets_the_ceiling_by_default(nonroot: Any) -> None:
 
 
 def test_the_cgroup_fds_of_a_reply_move_no_other_users_process(nonroot: Any) -> None:
-    """rockerd opens them as the app's uid: the kernel (v1) then refuses any process not of that uid."""
-    if HIER.mode != "v1":
-        pytest.skip("v2: the fds are root's, see docs/security.md")
+    """v1: rockerd opens them as the app's uid: the kernel then refuses any process not of that uid.
+    v2: a socket to rockerd, which moves only the writer, and only from inside the rocker (mover.py).
+    The cgroup namespace fd is read-only."""
     victim = os.fork()
     if victim == 0:
         time.sleep(30)
@@ -433,9 +510,12 @@ def test_the_cgroup_fds_of_a_reply_move_no_other_users_process(nonroot: Any) -> 
     try:
         before = Path(f"/proc/{victim}/cgroup").read_text()
         out = _as_user(nonroot, "fd", victim)
-        assert out["OUT"]["cgroups"] == len(set(HIER.mounts.values())), out
-        assert "moved" not in out["OUT"] and set(out["OUT"]["refused"]) == {errno.EACCES}, out
+        assert out["OUT"]["cgroups"] == len(set(HIER.mounts.values())) + 1, out  # + the cgroup namespace
+        refusal = errno.EACCES if HIER.mode == "v1" else errno.EPERM
+        assert "moved" not in out["OUT"] and sorted(out["OUT"]["refused"]) == sorted(
+            [refusal] * (out["OUT"]["cgroups"] - 1) + [errno.EBADF]), out
         assert Path(f"/proc/{victim}/cgroup").read_text() == before
+        assert out["OUT"]["self_after"] == out["OUT"]["self_before"], out
         _wait_removed(out["OUT"]["name"], 10 * SCALE)  # nobody entered it: the guard gives up, rockerd cleans up
     finally:
         os.kill(victim, signal.SIGKILL)
@@ -446,5 +526,46 @@ def test_the_c_clients_app_is_in_the_cgroup(cbuild: Any, base: Path, pkg: Path) 
     """librocker_client (clients/c): the seed's struct has no limit fields, so rockerd's defaults apply."""
     out = c_enter(cbuild, *req_args(base, pkg, uid=1000, gid=1000))
     assert out["err_no"] == "0", out
-    assert in_rocker_cgroup(out["in.cgroup"].replace(";", "\n"), out["guard_pname"]), out["in.cgroup"]
+    assert at_own_root(out["in.cgroup"].replace(";", "\n")), out["in.cgroup"]
     _wait_removed(out["guard_pname"])
+
+
+# The app tries every way out of its cgroup it has: a cgroupfs of its own (v2 and v1), a user namespace
+# that would give it the caps to mount one, the host's cgroupfs under /sys at the rocker's parent and root.
+ESCAPE = r"""
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+def err(r):
+    return ctypes.get_errno() if r else 0
+def write(path):
+    try:
+        with open(path, "w") as f:
+            f.write("0")
+        return 0
+    except OSError as e:
+        return e.errno
+out = {"before": open("/proc/self/cgroup").read(),
+       "mount cgroup2": err(libc.mount(b"none", b"/", b"cgroup2", 0, None)),
+       "mount cgroup v1": err(libc.mount(b"none", b"/", b"cgroup", 0, b"memory")),
+       "unshare user": err(libc.unshare(0x10000000)),
+       "unshare cgroup": err(libc.unshare(0x02000000))}
+for path in json.loads(os.environ["OUT_OF_HERE"]):
+    out[path] = write(path)
+out["after"] = open("/proc/self/cgroup").read()
+rep = int(os.environ["REPORT_FD"])
+os.write(rep, json.dumps(out).encode())
+"""
+
+
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_the_app_sees_only_its_cgroup_and_cannot_get_out(base: Path, pkg: Path, uid: int) -> None:
+    """A cgroup namespace per rocker, rooted at its cgroup (rocker-spawn.c); /sys read-only; no CAP_SYS_ADMIN."""
+    # where a move out would be written: every hierarchy's root, and rockerd's base
+    out_of_here = [f"{m}/cgroup.procs" for m in dict.fromkeys(HIER.mounts.values())] + \
+                  [f"{os.path.dirname(d)}/cgroup.procs" for d in rocker_dirs("x")]
+    res, out, status = _run_exec(base, pkg, ESCAPE, uid=uid, env={"OUT_OF_HERE": json.dumps(out_of_here)})
+    assert res.ok, res.detail
+    assert status == 0
+    assert at_own_root(out.pop("before")) and at_own_root(out.pop("after")), out
+    assert all(e in (errno.EPERM, errno.EACCES, errno.EROFS) for e in out.values()), out
+    _wait_removed(res.guard_pname)

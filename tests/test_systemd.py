@@ -611,3 +611,27 @@ def test_idle_exit_and_reactivation(tb: Bed) -> None:
     finally:
         tb.dropin("60-idle.conf", None)
         tb.run("systemctl", "restart", "rockerd.service")
+
+
+def test_rockers_cgroups_live_under_the_unit_and_survive_a_restart(tb: Bed) -> None:
+    """Delegate=yes (docs/operations.md, "Under systemd"): rockerd in UNIT/daemon, each rocker in
+    UNIT/rocker/rk-… with its limits, shown by `systemctl status`; a restart keeps rocker and cgroup."""
+    row = next(p for p in tb.call("io.rocker.Rocker.Kernel")["paths"] if p["feature"] == "cgroups")
+    if not row["path"].startswith("cgroup v2"):
+        pytest.skip(f"the testbed's systemd has no cgroup v2 controllers to delegate on this host: {row['path']}")
+    unit = tb.show("ControlGroup")
+    req = tb.request()
+    req.pids_max, req.memory_max = 77, 64 << 20
+    name = tb.call("io.rocker.Rocker.Create", req.to_params())["guard_pname"]  # unentered: lives 10 s
+    cg = f"/sys/fs/cgroup{unit}/rocker/{name}"
+    assert (tb.run("cat", f"{cg}/pids.max"), tb.run("cat", f"{cg}/memory.max")) == ("77", str(64 << 20))
+    assert tb.run("cat", f"/sys/fs/cgroup{unit}/daemon/cgroup.procs").split() == [str(tb.main_pid())]
+    assert f"rocker/{name}" in tb.run("systemctl", "status", "--no-pager", "-l", "rockerd.service", check=False)
+    old = tb.main_pid()
+    tb.run("systemctl", "restart", "rockerd.service")
+    assert tb.active() == "active" and tb.main_pid() not in (0, old)
+    assert name in tb.guards(), "the restart ended the rocker"
+    listed = {r["guard_pname"]: r for r in tb.call("io.rocker.Rocker.List")["rockers"]}
+    assert listed[name]["limits"]["pids_max"] == 77 and tb.run("cat", f"{cg}/pids.max") == "77"
+    tb.call("io.rocker.Rocker.Kill", {"guard_pname": name})
+    assert wait_until(lambda: tb.sh("exec", "test", "-d", cg, check=False).returncode != 0, 10), cg

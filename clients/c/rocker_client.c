@@ -403,7 +403,7 @@ static ROCKER_ERR remote_err(const char *name) {
 
 /* The forked intermediate: plain syscalls only, no locks, no malloc (the caller may have threads).
  * Never returns. */
-/* The rocker's cgroup.procs fds, picked from the received ones (rocker_join_cgroups). */
+/* The reply's `cgroups` fds, picked from the received ones (rocker_join_ns). */
 struct cgroups {
     int fd[ROCKER_MAX_CGROUPS];
     int n;
@@ -412,9 +412,7 @@ struct cgroups {
 __attribute__((noreturn)) static void intermediate(const int ns_fd[NNS], const struct cgroups *cg,
                                                    const struct sock_fprog *filter, struct fds *all, int w,
                                                    int (*app)(void *), void *app_args) {
-    const char *step = rocker_join_ns(ns_fd, 1, filter);
-    if (!step)
-        step = rocker_join_cgroups(cg->fd, cg->n);
+    const char *step = rocker_join_ns(ns_fd, 1, filter, cg->fd, cg->n);
     if (step) {
         rocker_report(w, step, errno);
         _exit(1);

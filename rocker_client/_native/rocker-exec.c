@@ -48,7 +48,7 @@ struct rocker_exec {
     char *const *envp;
     void *stack; /* the children's stacks, at least 2 * MIN_STACK bytes; free once this returns */
     size_t stack_size;
-    const int *cgroup_fds; /* the rocker's cgroup.procs (rocker_join_cgroups), n_cgroup_fds of them */
+    const int *cgroup_fds; /* the reply's `cgroups` (rocker_join_ns), n_cgroup_fds of them */
     int n_cgroup_fds;
     const struct sock_fprog *filter; /* the app's syscall filter (rocker-seccomp.h); NULL: none */
     const char *cwd;                 /* chdir here, inside the rocker, right before the exec; NULL: stay at / */
@@ -104,10 +104,9 @@ static __attribute__((noreturn)) void fail(const struct rocker_exec *e, const ch
     __builtin_unreachable();
 }
 
-/* The whole join: namespaces, credentials and syscall filter, then the rocker's cgroups (as the app's uid). */
+/* The whole join: namespaces, credentials, the rocker's cgroups (as the app's uid), syscall filter. */
 static const char *join(const struct rocker_exec *e, int with_pid) {
-    const char *stage = rocker_join_ns(e->ns_fds, with_pid, e->filter);
-    return stage ? stage : rocker_join_cgroups(e->cgroup_fds, e->n_cgroup_fds);
+    return rocker_join_ns(e->ns_fds, with_pid, e->filter, e->cgroup_fds, e->n_cgroup_fds);
 }
 
 /* Root caller: the app itself, already in the PID namespace. */

@@ -10,7 +10,10 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <stdio.h>
+#include <linux/nsfs.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -43,7 +46,46 @@ static const char *limit_caps(int last) {
     return syscall(SYS_capset, &hdr, data) < 0 ? "capset" : NULL;
 }
 
-const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid, const struct sock_fprog *filter) {
+/* A socket instead of a cgroup.procs (cgroup v2, non-root launcher: rockerd/cgroups/mover.py):
+ * rockerd has moved us when it answers "0", else it answers the errno; EOF: the rocker ended. */
+static int moved_by_rockerd(int fd) {
+    int type;
+    socklen_t len = sizeof type;
+    if (syscall(SYS_getsockopt, fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return errno == ENOTSOCK ? 0 : -1; /* a cgroup.procs: the write did it */
+    char b[12];
+    long n = syscall(SYS_read, fd, b, sizeof b);
+    if (n <= 0) {
+        errno = n == 0 ? ESRCH : errno;
+        return -1;
+    }
+    int err = 0;
+    for (long i = 0; i < n && b[i] >= '0' && b[i] <= '9'; i++)
+        err = err * 10 + (b[i] - '0');
+    errno = err;
+    return err ? -1 : 0;
+}
+
+/* Into the rocker's cgroups, then its cgroup namespace (rooted there: the app sees "/" as its own
+ * cgroup, and a cgroupfs mounted inside would show nothing above it). */
+static const char *join_cgroups(const int *fds, int n) {
+    for (int i = 0; i < n; i++) {
+        if (syscall(SYS_ioctl, fds[i], NS_GET_NSTYPE) == CLONE_NEWCGROUP) {
+            if (syscall(SYS_setns, fds[i], CLONE_NEWCGROUP) < 0)
+                return "setns(cgroup)";
+            continue;
+        }
+        if (syscall(SYS_write, fds[i], "0", 1) != 1 || moved_by_rockerd(fds[i]) < 0) {
+            if (errno == ENODEV) /* the cgroup was removed: its rocker ended, as ESRCH says elsewhere */
+                errno = ESRCH;
+            return "join the rocker's cgroup";
+        }
+    }
+    return NULL;
+}
+
+const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid, const struct sock_fprog *filter,
+                           const int *cgroup_fds, int n_cgroup_fds) {
     int last = last_cap(); /* before setns(mnt): the caller's /proc, whatever the rocker's is */
     if (last < 0)
         return "read /proc/sys/kernel/cap_last_cap";
@@ -61,22 +103,14 @@ const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid, const str
         return "setresgid";
     if (syscall(SYS_setresuid, 0, 0, 0) < 0)
         return "setresuid";
-    const char *step = limit_caps(last);
+    const char *step = join_cgroups(cgroup_fds, n_cgroup_fds); /* as the app's uid, still with the caps setns needs */
+    if (!step)
+        step = limit_caps(last);
     if (step)
         return step;
     if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         return "prctl(PR_SET_NO_NEW_PRIVS)";
     return rocker_seccomp_install(filter); /* last: the filter need not allow the join's own steps */
-}
-
-const char *rocker_join_cgroups(const int *fds, int n) {
-    for (int i = 0; i < n; i++)
-        if (syscall(SYS_write, fds[i], "0", 1) != 1) {
-            if (errno == ENODEV) /* the cgroup was removed: its rocker ended, as ESRCH says elsewhere */
-                errno = ESRCH;
-            return "join the rocker's cgroup";
-        }
-    return NULL;
 }
 
 void rocker_report(int fd, const char *step, int err) {

@@ -28,20 +28,23 @@ enum { ROCKER_NS_USER, ROCKER_NS_MNT, ROCKER_NS_PID, ROCKER_NS_NET, ROCKER_NS_UT
 
 /* Join the rocker's namespaces (its PID namespace too if with_pid: for the caller's children
  * from then on) and become its app: no supplementary groups (a root caller's would follow the
- * app otherwise, and cannot be dropped later), uid/gid 0 inside, ROCKER_APP_CAP_MASK as the
- * bounding, permitted and effective sets, no_new_privs, and last the syscall filter `filter`
- * (rocker-seccomp.h; NULL: none). Returns NULL, or the step that failed with errno set. */
-ROCKER_HIDDEN const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid, const struct sock_fprog *filter);
+ * app otherwise, and cannot be dropped later), uid/gid 0 inside, then the rocker's cgroups, then
+ * ROCKER_APP_CAP_MASK as the bounding, permitted and effective sets, no_new_privs, and last the
+ * syscall filter `filter` (rocker-seccomp.h; NULL: none). Returns NULL, or the step that failed
+ * with errno set.
+ *
+ * The cgroups: `cgroup_fds`, the fds rockerd sent beside the Create reply (its `cgroups`), in order:
+ * a cgroup.procs gets "0" (the caller itself: rockerd opened it as the app's uid, and the kernel
+ * (v1) moves only a process whose uid is the opener's); on cgroup v2 a non-root launcher gets a
+ * socket instead, rockerd moves the writer and answers (rockerd/cgroups/mover.py); the rocker's
+ * cgroup namespace fd, last, is joined (setns needs the caps the app then drops). Every process
+ * forked afterwards starts in the rocker's cgroup too. */
+ROCKER_HIDDEN const char *rocker_join_ns(const int ns_fds[ROCKER_NNS], int with_pid, const struct sock_fprog *filter,
+                                         const int *cgroup_fds, int n_cgroup_fds);
 
-/* The most cgroup.procs fds a Create reply carries: one per cgroup v1 hierarchy (memory, pids,
- * cpu, cpuacct), one on cgroup v2. */
+/* The most fds a Create reply carries in `cgroups`: one cgroup.procs per cgroup v1 hierarchy (memory,
+ * pids, cpu, cpuacct) or one on cgroup v2 (or a socket to rockerd), and the cgroup namespace. */
 #define ROCKER_MAX_CGROUPS 8
-
-/* Put the calling process in the rocker's cgroups: write "0" (itself) to each cgroup.procs fd
- * rockerd sent beside the Create reply. Call it after rocker_join_ns: rockerd opened the fds as the
- * app's uid, and the kernel (v1) moves only a process whose uid is the opener's. Every process
- * forked afterwards starts there too. Returns NULL, or the step that failed with errno set. */
-ROCKER_HIDDEN const char *rocker_join_cgroups(const int *fds, int n);
 
 /* The one failure report of every process that joins or starts something for rocker:
  * "E<errno> <step>", one write (well under PIPE_BUF). */

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
 from .. import journal
 from .detect import Hierarchy
 from .limits import FIELDS, LimitPolicy, LimitRefused, Limits
+from .mover import Mover
+from .oomwatch import OomWatch
 from .tree import CgroupError, CgroupTree, RockerCgroup
 from .usage import read_usage
 
 log = logging.getLogger("rockerd.cgroups")
 REMOVE_RETRIES = (0.01, 0.05, 0.2, 1.0, 3.0)  # seconds: processes of an ended rocker may take a moment to exit
+OOM_RECHECKS = (0.05, 0.25, 1.0)  # seconds: v1 wakes us before the kill, the count rises after it
 
 
 class CgroupManager:
@@ -35,6 +39,8 @@ class CgroupManager:
                 self.tree = CgroupTree(Hierarchy("none", reason=str(e)))
         log.info("cgroups: %s", self.tree.hier.describe() if self.tree.enabled else
                  f"limits are off ({self.tree.hier.reason})")
+        self.oom = OomWatch(self.tree.hier.mode, self._oom_woken)
+        self.mover = Mover()
 
     def status(self) -> dict[str, object]:
         """For the Kernel reply (`rocker status`): one more path rockerd takes on this host."""
@@ -60,7 +66,22 @@ class CgroupManager:
         """The fds a process joining the live rocker `name` (rocker exec) puts itself in its cgroup with."""
         if not self.tree.enabled or not self.tree.exists(name):
             return []
-        return self.tree.join_fds(name, uid, caller_uid)
+        fds = self.tree.join_fds(name, uid, caller_uid)
+        entry = self.live.get(name)
+        if entry is None:
+            return fds
+        if not fds and self.tree.hier.mode == "v2":
+            fds = [self.mover.channel(name, self.tree.procs_path(name), entry[0].guard_pid)]
+        return fds + _cgroup_ns(entry[0].guard_pid)
+
+    def reply_fds(self, cg: RockerCgroup | None) -> list[int]:
+        """The fds the Create reply carries for the app to join the new rocker's cgroup (the reply's now)."""
+        if cg is None:
+            return []
+        fds, cg.procs_fds = cg.procs_fds, []
+        if cg.moved_by_rockerd:
+            fds = [self.mover.channel(cg.name, self.tree.procs_path(cg.name), cg.guard_pid)]
+        return fds + _cgroup_ns(cg.guard_pid)
 
     def discard(self, cg: RockerCgroup | None) -> None:
         """A build that failed: its cgroup goes at once (nothing ran in it but a reaped guard)."""
@@ -68,18 +89,21 @@ class CgroupManager:
             cg.close_fds()
             self._remove(cg.name, 0)
 
-    def started(self, cg: RockerCgroup | None, limits: Limits) -> None:
+    def started(self, cg: RockerCgroup | None, limits: Limits, guard_pid: int = 0) -> None:
         if cg is not None:
             cg.close_guard_fds()
+            cg.guard_pid = guard_pid
             self.live[cg.name] = (cg, limits)
+            self._watch_oom(cg.name)
 
-    def adopt(self, name: str) -> None:
+    def adopt(self, name: str, guard_pid: int = 0) -> None:
         """A rocker an earlier rockerd left: its cgroup is where that one put it."""
         if self.tree.enabled and self.tree.exists(name):
-            cg = RockerCgroup(name, self.tree.dirs_of(name))
+            cg = RockerCgroup(name, self.tree.dirs_of(name), guard_pid=guard_pid)
             u = read_usage(self.tree, name)
             cg.oom_seen = u.oom_kills if u else 0
             self.live[name] = (cg, self.tree.limits_of(name))
+            self._watch_oom(name)
 
     def sweep(self, adopted: set[str]) -> None:
         """Cgroups of rockers that ended while no rockerd ran: remove them."""
@@ -90,7 +114,9 @@ class CgroupManager:
 
     def ended(self, name: str, guard_pid: int = 0) -> None:
         entry = self.live.pop(name, None)
+        self.mover.drop(name)
         if entry is not None:
+            self.oom.unwatch(name)
             self.check_oom(entry[0], guard_pid)
             self._remove(name, 0)
 
@@ -101,8 +127,23 @@ class CgroupManager:
             n = u.oom_kills - cg.oom_seen
             cg.oom_seen = u.oom_kills
             journal.event(journal.OOM, f"out of memory in {cg.name}: the kernel killed {n} of its processes "
-                          f"({u.oom_kills} in all)", logging.WARNING, guard_name=cg.name, guard_pid=guard_pid or None,
-                          oom_kills=u.oom_kills)
+                          f"({u.oom_kills} in all)", logging.WARNING, guard_name=cg.name,
+                          guard_pid=guard_pid or cg.guard_pid or None, oom_kills=u.oom_kills)
+
+    def _watch_oom(self, name: str) -> None:
+        try:
+            self.oom.watch(name, self.tree.memory_dir(name))
+        except OSError as e:  # the limits hold all the same; the event then comes when it ends or is listed
+            log.warning("cgroups: cannot watch %s for OOM kills: %s", name, e)
+
+    def _oom_woken(self, name: str, recheck: int = 0) -> None:
+        entry = self.live.get(name)
+        if entry is None:
+            return
+        seen = entry[0].oom_seen
+        self.check_oom(entry[0])
+        if entry[0].oom_seen == seen and recheck < len(OOM_RECHECKS):
+            asyncio.get_running_loop().call_later(OOM_RECHECKS[recheck], self._oom_woken, name, recheck + 1)
 
     def info(self, name: str) -> dict[str, Any]:
         """`limits` and `usage` (None: no cgroup) for List / `rocker ps` / `rocker inspect`."""
@@ -142,3 +183,12 @@ class CgroupManager:
         except RuntimeError:
             return
         loop.call_later(REMOVE_RETRIES[attempt], self._remove, name, attempt + 1)
+
+
+def _cgroup_ns(guard_pid: int) -> list[int]:
+    """The guard's cgroup namespace (rooted at the rocker's cgroup: rocker-spawn.c), last of the
+    reply's `cgroups`: the app joins it (rocker-join.h). None if the guard is already gone."""
+    try:
+        return [os.open(f"/proc/{guard_pid}/ns/cgroup", os.O_RDONLY | os.O_CLOEXEC)] if guard_pid > 0 else []
+    except (FileNotFoundError, ProcessLookupError):
+        return []

@@ -77,6 +77,8 @@ class RockerCgroup:
     procs_fds: list[int] = field(default_factory=list)
     guard_fds: list[int] = field(default_factory=list)  # rockerd's, for the guard only
     oom_seen: int = 0
+    guard_pid: int = 0  # for the journal's OOM events, and the mover's check
+    moved_by_rockerd: bool = False  # the app gets a channel to rockerd, not cgroup.procs fds (mover.py)
 
     def close_guard_fds(self) -> None:
         for fd in self.guard_fds:
@@ -137,7 +139,8 @@ class CgroupTree:
     def create(self, name: str, limits: Limits, uid: int, caller_uid: int) -> RockerCgroup:
         """The rocker's cgroup with its limits, the guard's cgroup.procs fds (root's) and the app's:
         v1: opened as the app's `uid`; v2: root's, and only for a root caller (the kernel's v2
-        check is write access to the common ancestor, whoever is moved: docs/security.md)."""
+        check is write access to the common ancestor, whoever is moved: docs/security.md); a
+        non-root caller's app asks rockerd to move it (mover.py)."""
         cg = RockerCgroup(name, self.dirs_of(name))
         made: list[str] = []
         try:
@@ -163,6 +166,8 @@ class CgroupTree:
                 cg.procs_fds = _open_procs(procs, uid)
             elif self.hier.mode == "v1" or caller_uid == 0:
                 cg.procs_fds = list(cg.guard_fds)
+            else:
+                cg.moved_by_rockerd = True  # v2, a non-root launcher: mover.py
         except BaseException:
             cg.close_fds()
             for d in reversed(made):
@@ -178,6 +183,14 @@ class CgroupTree:
         if self.hier.mode == "v1":
             return _open_procs(procs, uid)
         return _open_procs(procs, 0) if caller_uid == 0 else []
+
+    def procs_path(self, name: str) -> str:
+        """v2: the rocker's one cgroup.procs (the mover's)."""
+        return os.path.join(self.bases[""], name, "cgroup.procs")
+
+    def memory_dir(self, name: str) -> str:
+        """The rocker's cgroup dir that holds its memory controller's files."""
+        return os.path.join(self.bases["memory" if self.hier.mode == "v1" else ""], name)
 
     def _path(self, name: str, ctrl: str, file: str) -> str:
         return os.path.join(self.bases[ctrl if self.hier.mode == "v1" else ""], name, file)

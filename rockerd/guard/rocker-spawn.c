@@ -103,6 +103,11 @@ static int child(void *p) {
     char go = 0;
     if (syscall(SYS_read, a->go, &go, 1) != 1 || go != 'G')
         _exit(127); /* the parent reported why */
+    /* In its cgroup now: a cgroup namespace rooted there, which the app joins too (rocker-join.h). */
+    if (s->n_cgroup_fds > 0 && syscall(SYS_unshare, CLONE_NEWCGROUP) < 0) {
+        report(s->status_fd, "unshare(CLONE_NEWCGROUP)", errno);
+        _exit(127);
+    }
     /* Root of the namespace (the app's ids outside), so exec keeps the caps in it. */
     if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0) {
         report(s->status_fd, "switch to the app's ids", errno);
