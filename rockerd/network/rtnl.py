@@ -8,6 +8,7 @@ acks are read straight back. Each failure names the request and the errno.
 from __future__ import annotations
 
 import errno
+import hashlib
 import socket
 import struct
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from rocker_sys.libc import SyscallError
 
 NLMSG_ERROR = 2
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+IN6_ADDR_GEN_MODE_NONE = 1
 
 
 def _encode(msg: nlmsg, kind: int, flags: int, seq: int) -> bytes:
@@ -45,16 +47,34 @@ def link_msg(index: int = 0, *, up: bool = False, attrs: Sequence[tuple[str, Any
 
 
 def veth_msg(host_name: str, peer_name: str, peer_netns_fd: int, master: int) -> ifinfmsg:
-    """A veth pair: `host_name` here, up, on bridge `master`; `peer_name` in the rocker's netns, down
-    (a peer asked up at creation fails with ENOTCONN: it is brought up from inside)."""
+    """A veth pair: `host_name` here on bridge `master`, `peer_name` in the rocker's netns, both down
+    (so IPv6 can be turned off on each before it is up: see ipv6_off_msg)."""
     peer = {"attrs": [("IFLA_IFNAME", peer_name), ("IFLA_NET_NS_FD", peer_netns_fd)]}
     info = {"attrs": [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]})]}
-    return link_msg(up=True, attrs=[("IFLA_IFNAME", host_name), ("IFLA_MASTER", master), ("IFLA_LINKINFO", info)])
+    return link_msg(attrs=[("IFLA_IFNAME", host_name), ("IFLA_MASTER", master), ("IFLA_LINKINFO", info)])
+
+
+def ipv6_off_msg(index: int) -> ifinfmsg:
+    """No IPv6 link-local address on this link (addr_gen_mode none), so none of its DAD, router
+    solicitations or MLD reports. Linux refuses IFLA_AF_SPEC in a new link's own message
+    (EAFNOSUPPORT, 6.18): it is a change sent before the link goes up."""
+    af = {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE)]})]}
+    return link_msg(index, attrs=[("IFLA_AF_SPEC", af)])
 
 
 def bridge_msg(name: str) -> ifinfmsg:
     info = {"attrs": [("IFLA_INFO_KIND", "bridge")]}
     return link_msg(up=True, attrs=[("IFLA_IFNAME", name), ("IFLA_LINKINFO", info)])
+
+
+def rocker_bridge_msg(name: str) -> ifinfmsg:
+    """rockerd's bridge, down: a fixed MAC (else it takes its lowest port's, which changes as rockers
+    come and go, and every rocker's ARP entry for the gateway goes stale), and no multicast snooping
+    (with it on, each port's state change walks every port's multicast timers: O(live rockers))."""
+    mac = "02:" + ":".join(f"{b:02x}" for b in hashlib.sha256(name.encode()).digest()[:5])
+    info = {"attrs": [("IFLA_INFO_KIND", "bridge"),
+                      ("IFLA_INFO_DATA", {"attrs": [("IFLA_BR_MCAST_SNOOPING", 0)]})]}
+    return link_msg(attrs=[("IFLA_IFNAME", name), ("IFLA_ADDRESS", mac), ("IFLA_LINKINFO", info)])
 
 
 def addr_msg(index: int, address: IPv4Address, net: IPv4Network) -> ifaddrmsg:
@@ -147,4 +167,4 @@ class Rtnl:
 
 
 __all__ = ["CREATE", "RTM_NEWADDR", "RTM_NEWLINK", "RTM_NEWROUTE", "Rtnl", "addr_msg", "bridge_msg",
-           "default_route_msg", "link_msg", "veth_msg"]
+           "default_route_msg", "ipv6_off_msg", "link_msg", "rocker_bridge_msg", "veth_msg"]
