@@ -170,7 +170,7 @@ class Network:
             r.request(f"veth {plan.veth} on {self.config.bridge}",
                       veth_msg(plan.veth, PEER_NAME, netns_fd, self._bridge_index), RTM_NEWLINK, CREATE)
             _ipv6_off(plan.veth)
-            r.request(f"{plan.veth} up", link_msg(up=True, attrs=[("IFLA_IFNAME", plan.veth)]), RTM_NEWLINK, 0)
+            r.request(f"{plan.veth} up", link_msg(up=True, name=plan.veth), RTM_NEWLINK, 0)
         with rtnl_in(netns_fd, uid) as r:
             index = r.link_index(PEER_NAME)
             r.batch([("lo up", link_msg(1, up=True), RTM_NEWLINK, 0),
