@@ -45,9 +45,10 @@ NET = IPv4Network("198.19.0.0/16")
 
 def new_netns() -> int:
     """A network namespace held by an fd only: this thread steps in for the unshare and back."""
+    own = _own_netns()  # before the unshare: it is cached
     ns.unshare(ns.CLONE_NEWNET)
     fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    ns.setns(_own_netns(), ns.CLONE_NEWNET, "back")
+    ns.setns(own, ns.CLONE_NEWNET, "back")
     return fd
 
 
