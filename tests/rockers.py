@@ -10,6 +10,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def make_req(base: Path, pkg: Path, *, uid: int = 0, gid: int = 0, overlays: tup
 class Run:
     res: RockerResult
     report: dict[str, Any]
-    status: int
+    status: int  # the app's wait status once released, -1 until then (or if it never started)
 
 
 def errno_of(fn: Callable[[], object]) -> int:
@@ -62,9 +63,9 @@ def errno_of(fn: Callable[[], object]) -> int:
     return 0
 
 
-def run_app(req: RockerRequest, probe: Callable[[], dict[str, Any]],
-            while_alive: Callable[[RockerResult], None] | None = None) -> Run:
-    """Run `probe` as the app; it reports JSON through a pipe, then waits until released."""
+@contextmanager
+def live_app(req: RockerRequest, probe: Callable[[], dict[str, Any]]) -> Iterator[Run]:
+    """Run `probe` as the app; it reports JSON through a pipe, then waits until released on exit."""
     rep_r, rep_w = os.pipe()
     rel_r, rel_w = os.pipe()
 
@@ -83,19 +84,31 @@ def run_app(req: RockerRequest, probe: Callable[[], dict[str, Any]],
     res = enter_rocker(req, app)
     os.close(rep_w)
     os.close(rel_r)
+    run = Run(res, {}, -1)
     try:
-        if not res.ok:
-            return Run(res, {}, -1)
-        chunks = []
-        while chunk := os.read(rep_r, 65536):
-            chunks.append(chunk)
-        if while_alive:
-            while_alive(res)
+        if res.ok:
+            chunks = []
+            while chunk := os.read(rep_r, 65536):
+                chunks.append(chunk)
+            run.report = json.loads(b"".join(chunks) or b"{}")
+        yield run
     finally:
         os.close(rep_r)
         os.close(rel_w)
-    _, status = os.waitpid(res.app_pid, 0)
-    return Run(res, json.loads(b"".join(chunks) or b"{}"), status)
+        if res.ok:
+            try:
+                run.status = os.waitpid(res.app_pid, 0)[1]
+            except ChildProcessError:  # the test reaped it
+                pass
+
+
+def run_app(req: RockerRequest, probe: Callable[[], dict[str, Any]],
+            while_alive: Callable[[RockerResult], None] | None = None) -> Run:
+    """live_app, released as soon as it has reported (and `while_alive` has looked at it)."""
+    with live_app(req, probe) as run:
+        if run.res.ok and while_alive:
+            while_alive(run.res)
+    return run
 
 
 def wait_gone(pid: int, timeout: float) -> float | None:
@@ -124,4 +137,4 @@ def proc_pids() -> list[int]:
     return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 
 
-__all__ = ["Run", "base", "errno", "errno_of", "lo_works", "make_req", "proc_pids", "run_app", "wait_gone"]
+__all__ = ["Run", "base", "errno", "errno_of", "live_app", "lo_works", "make_req", "proc_pids", "run_app", "wait_gone"]

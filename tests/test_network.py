@@ -29,9 +29,9 @@ import pytest
 from daemon import Daemon, start_daemon
 from pkgbuild import build_pkg
 from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK
-from rockers import lo_works, make_req, run_app, wait_gone
+from rockers import live_app, lo_works, make_req, run_app, wait_gone
 
-from rocker_client import RockerErr, RockerResult, enter_rocker, wire
+from rocker_client import RockerErr, wire
 from rockerd.network.nft import Nft
 from rockerd.network.rtnl import CREATE, Rtnl, addr_msg, bridge_msg
 
@@ -215,6 +215,31 @@ def test_bridge_reaches_the_outside_through_nat_and_resolves(req: Callable[..., 
     assert r["ns"] == [out.OUT_ADDR] and r["name"] == out.OUT_ADDR
 
 
+def _inet6_links() -> list[str]:
+    """The links with an IPv6 address in this network namespace (tentative ones too)."""
+    with open("/proc/net/if_inet6") as f:
+        return sorted({ln.split()[5] for ln in f})
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/sys/net/ipv6"), reason="no IPv6 in this kernel")
+def test_bridged_links_have_no_ipv6_and_the_bridge_keeps_its_mac(req: Callable[..., Any]) -> None:
+    """A link-local address on each veth end would send DAD, router solicitations and MLD reports to
+    every port (a create at 1,000 live rockers took 5x that at 0); the bridge's MAC must not follow
+    its lowest port's, or the rockers' ARP entries for the gateway go stale."""
+    br = Path("/sys/class/net", out.TEST_BRIDGE)
+    mac = (br / "address").read_text()
+    with live_app(req("bridge"), lambda: {"v6": _inet6_links()}) as run:
+        assert run.res.ok, run.res.detail
+        veth = "v" + run.res.guard_pname
+        host_end = Path(f"/proc/sys/net/ipv6/conf/{veth}/disable_ipv6").read_text().strip()
+        host_v6 = _inet6_links()
+    assert run.report == {"v6": ["lo"]}  # eth0 inside: no address, not even a tentative one
+    assert host_end == "1" and veth not in host_v6 and out.TEST_BRIDGE not in host_v6
+    assert (br / "bridge/multicast_snooping").read_text().strip() == "0"
+    assert (br / "addr_assign_type").read_text().strip() == "3"  # NET_ADDR_SET: ours, not a port's
+    assert (br / "address").read_text() == mac
+
+
 def _server_probe(port: int) -> Callable[[], dict[str, Any]]:
     """The app: an echo server on `port` (answering until the test releases it), its address."""
     def probe() -> dict[str, Any]:
@@ -234,44 +259,10 @@ def _server_probe(port: int) -> Callable[[], dict[str, Any]]:
     return probe
 
 
-@contextmanager
-def live_app(r: Any, probe: Callable[[], dict[str, Any]]) -> Iterator[tuple[RockerResult, dict[str, Any]]]:
-    """Run `probe` as the app; yield its result and report while it lives on; end it on exit."""
-    rep_r, rep_w = os.pipe()
-    rel_r, rel_w = os.pipe()
-
-    def app(_: object) -> int:
-        os.close(rep_r)
-        os.close(rel_w)
-        try:
-            rep = probe()
-        except BaseException as e:
-            rep = {"probe_error": repr(e)}
-        os.write(rep_w, json.dumps(rep).encode())
-        os.close(rep_w)
-        os.read(rel_r, 1)
-        return 0
-
-    res = enter_rocker(r, app)
-    os.close(rep_w)
-    os.close(rel_r)
-    try:
-        report = json.loads(os.read(rep_r, 1 << 16) or b"{}") if res.ok else {}
-        yield res, report
-    finally:
-        os.close(rep_r)
-        os.close(rel_w)
-        if res.ok:
-            try:
-                os.waitpid(res.app_pid, 0)
-            except ChildProcessError:  # the test reaped it
-                pass
-
-
 def test_bridge_is_reached_by_address_by_port_and_by_another_rocker(req: Callable[..., Any]) -> None:
-    with live_app(req("bridge", ("18080:8000",)), _server_probe(8000)) as (res, rep):
-        assert res.ok, res.detail
-        addr = rep["addr"]
+    with live_app(req("bridge", ("18080:8000",)), _server_probe(8000)) as run:
+        assert run.res.ok, run.res.detail
+        addr = run.report["addr"]
         assert IPv4Address(addr) in SUBNET
         host = _connect(addr, 8000)
         outside = json.loads(out.in_outside(
@@ -288,15 +279,15 @@ def test_bridge_is_reached_by_address_by_port_and_by_another_rocker(req: Callabl
 
 
 def test_a_published_port_is_refused_naming_its_holder(req: Callable[..., Any]) -> None:
-    with live_app(req("bridge", ("18082:80",)), lambda: {}) as (res, _):
-        assert res.ok, res.detail
+    with live_app(req("bridge", ("18082:80",)), lambda: {}) as run:
+        assert run.res.ok, run.res.detail
         again = run_app(req("bridge", ("18082:81",)), lambda: {})
         udp = run_app(req("bridge", ("18082:80/udp",)), lambda: {})  # another protocol: another port
         assert udp.res.ok, udp.res.detail
     assert again.res.err_no == RockerErr.build_rocker_failed
     assert again.res.cause is not None and again.res.cause.errno == errno.EADDRINUSE
-    assert f"host port 18082/tcp is already published by {res.guard_pname}" in again.res.detail
-    assert wait_gone(res.guard_pid, 5) is not None
+    assert f"host port 18082/tcp is already published by {run.res.guard_pname}" in again.res.detail
+    assert wait_gone(run.res.guard_pid, 5) is not None
     deadline = time.monotonic() + 5  # given back when rockerd sees its holder end
     while not (freed := run_app(req("bridge", ("18082:80",)), lambda: {})).res.ok and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -314,13 +305,13 @@ def _records(d: Path) -> list[str]:
 
 def test_sigkill_of_the_guard_frees_address_port_and_veth(req: Callable[..., Any], world: World) -> None:
     base = world.base
-    with live_app(req("bridge", ("18084:80",)), _server_probe(80)) as (res, _):
-        assert res.ok, res.detail
-        veth = "v" + res.guard_pname
-        assert veth in _links() and _records(base / "d") == [f"{res.guard_pname}.json"]
-        os.kill(res.guard_pid, signal.SIGKILL)
-        os.waitpid(res.app_pid, 0)  # the app dies with its PID namespace; its init waits until it is reaped
-        assert wait_gone(res.guard_pid, 5) is not None
+    with live_app(req("bridge", ("18084:80",)), _server_probe(80)) as run:
+        assert run.res.ok, run.res.detail
+        veth = "v" + run.res.guard_pname
+        assert veth in _links() and _records(base / "d") == [f"{run.res.guard_pname}.json"]
+        os.kill(run.res.guard_pid, signal.SIGKILL)
+        os.waitpid(run.res.app_pid, 0)  # the app dies with its PID namespace; its init waits until it is reaped
+        assert wait_gone(run.res.guard_pid, 5) is not None
         deadline = time.monotonic() + 5
         while (veth in _links() or _records(base / "d")) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -333,9 +324,9 @@ def test_200_bridged_rockers_get_200_addresses_and_give_them_back(req: Callable[
     addrs: list[str] = []
     with ExitStack() as stack:
         for _ in range(200):
-            res, rep = stack.enter_context(live_app(req("bridge"), _server_probe(80)))
-            assert res.ok, res.detail
-            addrs.append(rep["addr"])
+            run = stack.enter_context(live_app(req("bridge"), _server_probe(80)))
+            assert run.res.ok, run.res.detail
+            addrs.append(run.report["addr"])
         assert len(set(addrs)) == 200 and all(IPv4Address(a) in SUBNET for a in addrs)
         veths = {n for n in _links() if n.startswith("vrk-")}
         assert len(veths) == 200
@@ -355,17 +346,17 @@ def _logged(d: Daemon, text: str, timeout: float = 5.0) -> bool:
 
 @pytest.mark.no_leakcheck  # the restarted rockerd outlives the test: it is the module's daemon from now on
 def test_a_restarted_rockerd_keeps_the_address_and_ports(req: Callable[..., Any], world: World) -> None:
-    with live_app(req("bridge", ("18085:8000",)), _server_probe(8000)) as (res, rep):
-        assert res.ok, res.detail
+    with live_app(req("bridge", ("18085:8000",)), _server_probe(8000)) as run:
+        assert run.res.ok, run.res.detail
         world.restart()
-        assert _logged(world.d, f"adopted {res.guard_pname}"), world.d.log_text()
+        assert _logged(world.d, f"adopted {run.res.guard_pname}"), world.d.log_text()
         listed = [r for r in wire.call(world.d.socket, "io.rocker.Rocker.List", {})[0]["rockers"]
-                  if r["guard_pname"] == res.guard_pname]
+                  if r["guard_pname"] == run.res.guard_pname]
         assert listed and listed[0]["network"] == "bridge" and listed[0]["publish"] == ["18085:8000"]
         taken = run_app(req("bridge", ("18085:8000",)), lambda: {})
-        assert f"already published by {res.guard_pname}" in taken.res.detail
-        other = run_app(req("bridge"), lambda: _connect(rep["addr"], 8000))
-        assert other.res.ok and other.report["me"] != rep["addr"], other.report
+        assert f"already published by {run.res.guard_pname}" in taken.res.detail
+        other = run_app(req("bridge"), lambda: _connect(run.report["addr"], 8000))
+        assert other.res.ok and other.report["me"] != run.report["addr"], other.report
         outside = json.loads(out.in_outside(
             f"import json, socket\ns = socket.create_connection(({out.HOST_ADDR!r}, 18085), timeout=3)\n"
             "s.sendall(b'x'); print(json.dumps(s.recv(100).decode()))"))
@@ -432,9 +423,9 @@ def test_a_full_pool_refuses_and_ended_rockers_give_their_addresses_back(req: Ca
             with ExitStack() as stack:
                 addrs = []
                 for _ in range(5):
-                    res, rep = stack.enter_context(live_app(req("bridge"), _server_probe(80)))
-                    assert res.ok, res.detail
-                    addrs.append(rep["addr"])
+                    run = stack.enter_context(live_app(req("bridge"), _server_probe(80)))
+                    assert run.res.ok, run.res.detail
+                    addrs.append(run.report["addr"])
                 assert sorted(addrs) == [f"198.18.2.{i}" for i in range(2, 7)]
                 full = run_app(req("bridge"), lambda: {})
                 assert full.res.cause is not None and full.res.cause.errno == errno.EADDRNOTAVAIL, full.res.detail

@@ -1,13 +1,18 @@
-"""The parts of networking that need no kernel: the address pool, resolv.conf, publish specs."""
+"""The parts of networking that need no kernel: the address pool, resolv.conf, publish specs, messages."""
 
 from __future__ import annotations
 
+import socket
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from rockerd.network import dns
+from rockerd.network import dns, rtnl
 from rockerd.network.ipam import Pool, PoolExhausted
 from rockerd.request import RequestInvalid, parse_publish, parse_request
 
@@ -63,3 +68,33 @@ def test_bad_publish_refused(publish: list[str], network: str, reason: str) -> N
     with pytest.raises(RequestInvalid, match=reason):
         parse_request({"uid": 0, "gid": 0, "app_pkg_path": "/a.sq", "app_exec_dir": "/x/e", "app_data_dir": "/x/d",
                        "network": network, "publish": publish})
+
+
+def _pyroute2(msg: Any, attrs: list[tuple[str, Any]], **fields: int) -> bytes:
+    """The same message encoded by pyroute2's codec (the reference), its body after the header."""
+    for k, v in fields.items():
+        msg[k] = v
+    msg["attrs"] = attrs
+    msg.encode()
+    return bytes(msg.data)[16:]
+
+
+def test_per_rocker_messages_match_pyroute2s_encoding() -> None:
+    """rtnl.py packs these with struct (pyroute2's codec cost ~0.5 ms of Python per bridged rocker):
+    each must be, byte for byte, what pyroute2 would have sent."""
+    net, addr = IPv4Network("198.18.0.0/23"), IPv4Address("198.18.1.7")
+    peer = {"attrs": [("IFLA_IFNAME", "eth0"), ("IFLA_NET_NS_FD", 9)]}
+    info = {"attrs": [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]})]}
+    assert rtnl.veth_msg("vrk-0123abcd", "eth0", 9, 42) == _pyroute2(
+        ifinfmsg(), [("IFLA_IFNAME", "vrk-0123abcd"), ("IFLA_MASTER", 42), ("IFLA_LINKINFO", info)])
+    af = {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]}
+    assert rtnl.ipv6_off_msg(3) == _pyroute2(ifinfmsg(), [("IFLA_AF_SPEC", af)], index=3)
+    assert rtnl.link_msg(3, up=True) == _pyroute2(ifinfmsg(), [], index=3, flags=IFF_UP, change=IFF_UP)
+    assert rtnl.link_msg(up=True, name="vrk-0123abcd") == _pyroute2(
+        ifinfmsg(), [("IFLA_IFNAME", "vrk-0123abcd")], flags=IFF_UP, change=IFF_UP)
+    assert rtnl.addr_msg(3, addr, net) == _pyroute2(
+        ifaddrmsg(), [("IFA_LOCAL", str(addr)), ("IFA_ADDRESS", str(addr)), ("IFA_BROADCAST", "198.18.1.255")],
+        family=socket.AF_INET, prefixlen=23, index=3)
+    assert rtnl.default_route_msg(net[1], 3) == _pyroute2(
+        rtmsg(), [("RTA_GATEWAY", str(net[1])), ("RTA_OIF", 3)],
+        family=socket.AF_INET, table=254, proto=4, scope=0, type=1, flags=4)

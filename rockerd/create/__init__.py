@@ -27,6 +27,7 @@ from .handoff import (
     GuardReady,
     GuardStarted,
     NetworkMounts,
+    NetworkReady,
     OpenNamespaces,
     OpenPackage,
     PackageOpened,
@@ -73,6 +74,7 @@ STEPS: tuple[Step[BuildContext], ...] = (
     OpenNamespaces(),         # the guard's ns fds, for the reply
     BringLoUp(),              # without a network plan: lo up; host mode: the host's net fd dropped
     GuardReady(),             # the guard's "R" (or its "E<errno> <step>" report)
+    NetworkReady(),           # waits for a bridged rocker's veth, address, route (StartGuard's job)
 )
 
 

@@ -38,7 +38,9 @@ NS_NAMES = ("user", "mnt", "pid", "net", "uts", "ipc")
 SPAWN_THREADS = 2
 _spawner: ThreadPoolExecutor | None = None
 
-GuardStart = asyncio.Future[tuple[Spawned, socket.socket]]
+NetJob = Future[None]  # a bridged rocker's veth, address and route, on a spawn thread (Network.setup)
+Started = tuple[Spawned, socket.socket, NetJob | None]
+GuardStart = asyncio.Future[Started]
 
 
 @dataclass
@@ -54,6 +56,7 @@ class BuildContext(HostContext):
     status: socket.socket | None = None  # our end of the guard's status socket
     ns_fds: dict[str, int] = field(default_factory=dict)
     net: tuple[Network, Plan] | None = None  # None: a netns with lo only (rockerd/network/)
+    net_job: NetJob | None = None  # from GuardStarted until NetworkReady
     cgroup_fds: list[int] = field(default_factory=list)  # cgroup.procs the guard joins before it runs
 
 
@@ -91,19 +94,23 @@ class StartGuard(Step[BuildContext]):
             raise
         except Exception:
             return  # no guard was started
+        await _settled(starting.result()[2])
         _reap_late(starting)
 
 
 def _start_guard(name: str, req: RockerRequestModel, guard_fd: int, first_entry_timeout: float,
-                 net: tuple[Network, Plan] | None, cgroup_fds: list[int]) -> tuple[Spawned, socket.socket]:
-    """start_guard, then its network (lo, or a veth on the bridge) on the same worker thread: netlink
-    work that overlaps with the mounts the loop builds meanwhile. Reaps the guard if it fails."""
+                 net: tuple[Network, Plan] | None, cgroup_fds: list[int]) -> Started:
+    """start_guard, then its network: lo up here; a bridged rocker's veth, address and route as a
+    job of its own (NetworkReady waits for it), so the mounts go to the guard meanwhile.
+    Reaps the guard if it fails."""
     spawned, status = start_guard(name, req.uid, req.gid, guard_fd, first_entry_timeout,
                                   net[1].ns_flags if net else ns.ROCKER_NS, cgroup_fds)
     if net is None or net[1].mode == "host":
-        return spawned, status
+        return spawned, status, None
     try:
         fd = os.open(f"/proc/{spawned.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # our unreaped child
+        if net[1].mode == "bridge":
+            return spawned, status, _spawn_pool().submit(_setup_net, net, fd, req.uid)
         try:
             net[0].setup(net[1], fd, req.uid)
         finally:
@@ -117,7 +124,23 @@ def _start_guard(name: str, req: RockerRequestModel, guard_fd: int, first_entry_
         if isinstance(e, Exception):
             raise as_build_error("set up the network", e) from e
         raise
-    return spawned, status
+    return spawned, status, None
+
+
+def _setup_net(net: tuple[Network, Plan], netns_fd: int, uid: int) -> None:
+    try:
+        net[0].setup(net[1], netns_fd, uid)
+    finally:
+        os.close(netns_fd)
+
+
+async def _settled(job: NetJob | None) -> None:
+    """Wait out a network job before its rocker is undone (its record and rules must not come after)."""
+    if job is not None:
+        try:
+            await asyncio.shield(asyncio.wrap_future(job))
+        except Exception:  # NetworkReady reports it; here only its end matters
+            pass
 
 
 def _early_report(status: socket.socket) -> BuildError | None:
@@ -131,7 +154,7 @@ def _early_report(status: socket.socket) -> BuildError | None:
 def _reap_late(f: GuardStart) -> None:
     """Reap the guard a finished start gave, if it gave one (idempotent: GuardStarted may have)."""
     if not f.cancelled() and f.exception() is None:
-        spawned, status = f.result()
+        spawned, status, _ = f.result()
         reap(spawned)
         status.close()
 
@@ -169,9 +192,11 @@ class GuardStarted(Step[BuildContext]):
 
     async def execute(self, ctx: BuildContext) -> None:
         assert ctx.starting is not None
-        ctx.spawned, ctx.status = await asyncio.shield(ctx.starting)
+        ctx.spawned, ctx.status, ctx.net_job = await asyncio.shield(ctx.starting)
 
-    def undo(self, ctx: BuildContext) -> None:
+    async def undo(self, ctx: BuildContext) -> None:
+        job, ctx.net_job = ctx.net_job, None
+        await _settled(job)
         if ctx.spawned is not None:
             reap(ctx.spawned)
         if ctx.status is not None:
@@ -244,6 +269,21 @@ class GuardReady(Step[BuildContext]):
     async def execute(self, ctx: BuildContext) -> None:
         assert ctx.spawned is not None and ctx.status is not None
         await wait_ready(ctx.spawned, ctx.status.detach(), ctx.ready_timeout)  # it closes the fd
+
+
+class NetworkReady(Step[BuildContext]):
+    """A bridged rocker's network, set up on a spawn thread while the guard attached its mounts."""
+
+    def describe(self) -> str:
+        return "set up the network"
+
+    async def execute(self, ctx: BuildContext) -> None:
+        if ctx.net_job is None:
+            return
+        try:  # shielded: a cancelled build still lets the job finish (GuardStarted's undo waits for it)
+            await asyncio.shield(asyncio.wrap_future(ctx.net_job))
+        except Exception as e:
+            raise as_build_error("set up the network", e) from e
 
 
 def open_ns_fds(pid: int) -> dict[str, int]:
