@@ -125,18 +125,31 @@ def fsconfig_fd(fsfd: int, key: str, fd: int, what: str) -> None:
     _fsconfig(fsfd, FSCONFIG_SET_FD, key, None, fd, f"{what} {key}", advice=_advice(key, fd))
 
 
+def fsconfig_fd_path(fsfd: int, key: str, fd: int, what: str) -> None:
+    """fsconfig_fd for keys that take no fds yet (overlayfs layers before 6.13): `fd` as its
+    /proc/self/fd/N string, with the same advice on a refusal."""
+    path = fd_path(fd)
+    _fsconfig(fsfd, FSCONFIG_SET_STRING, key, path, 0, f"{what} {key}={path}", advice=_advice(key, fd))
+
+
 def fd_path(fd: int) -> str:
     """/proc/self/fd/N: a path string the kernel follows (magic link) to exactly what `fd` holds,
     resolving no name again; for fsconfig keys that take no fds (overlayfs before 6.13)."""
     return f"/proc/self/fd/{fd}"
 
 
-def fsconfig_create(fsfd: int, what: str, advice: str = "") -> None:
+def fsconfig_create(fsfd: int, what: str, advice: str = "", upper_work: tuple[int, int] | None = None) -> None:
     """Create the superblock; a refusal carries the kernel's own messages, and `advice` if it
-    mentions the upper or work dir (overlayfs checks those here)."""
+    mentions the upper or work dir (overlayfs checks those here). Overlayfs before 6.5 parses its
+    options itself and logs its reasons to dmesg only: a refusal without messages gets the advice
+    for the `upper_work` dir fds when they lie on a filesystem overlayfs cannot write to."""
     try:
         _fsconfig(fsfd, FSCONFIG_CMD_CREATE, None, None, 0, what, call="fsconfig(create)")
     except KernelSaid as e:
+        if not e.messages and upper_work:
+            advice = advice or _advice("upperdir", upper_work[0]) or _advice("workdir", upper_work[1])
+            if advice:
+                raise KernelSaid(e.errno or 0, "fsconfig(create)", what, [], advice) from None
         if not any("upper" in m or "work" in m for m in e.messages):
             raise
         raise KernelSaid(e.errno or 0, "fsconfig(create)", what, e.messages, advice or UPPER_ADVICE) from None

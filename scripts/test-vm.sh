@@ -5,11 +5,13 @@
 #   ./scripts/test-vm.sh                      # the 6.1 subset (CI runs this)
 #   ./scripts/test-vm.sh --per-file tests/test_*.py   # the whole suite on 6.1, one pytest per file,
 #                                             # a "RESULT file rc=N time=Ns summary" line for each
+#   ./scripts/test-vm.sh --grouped tests/test_a.py tests/test_b.py   # one pytest for all (saves its
+#                                             # ~40 s start per file), the same RESULT lines from JUnit XML
 #   ROCKER_VM_KERNEL=6.1.0-57-amd64 ./scripts/test-vm.sh ...   # another Debian kernel
 set -euo pipefail
 cd "$(dirname "$0")/.."
 per_file=0
-[ "${1:-}" != --per-file ] || { per_file=1; shift; }
+case "${1:-}" in --per-file) per_file=1; shift ;; --grouped) per_file=2; shift ;; esac
 [ $# -gt 0 ] || set -- tests/test_kernel_paths.py tests/test_rocker_e2e.py tests/test_overlay_sharing.py \
     tests/test_packages.py tests/test_faults.py
 kernel=()
@@ -19,6 +21,8 @@ kernel=()
 exec ./scripts/kvm-run.sh "${kernel[@]}" --tmpfs /tmp -- env ROCKER_TEST_TIME_SCALE="${ROCKER_TEST_TIME_SCALE:-6}" \
     sh -c 'modprobe -a overlay squashfs loop && uname -r && .venv/bin/python -c "import rockerd.main, rocker_client.cli, pytest" &&
            pytest() { .venv/bin/python -m pytest -q -p no:cacheprovider --timeout 600 "$@"; }
+           [ "$0" != 2 ] || { rc=0; pytest --junitxml=/tmp/vm-junit.xml "$@" || rc=$?
+                              .venv/bin/python scripts/junit_per_file.py /tmp/vm-junit.xml; exit $rc; }
            [ "$0" = 1 ] || { pytest "$@"; exit; }
            worst=0
            for f; do

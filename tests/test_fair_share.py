@@ -145,22 +145,27 @@ def test_idle_and_long_lived_connections_are_closed(base: Path) -> None:
         idle.settimeout(5)
         assert idle.recv(1) == b""
         idle_for = time.monotonic() - t0
+        t1 = time.monotonic()
         with wire.Connection(d.socket) as conn:  # a call every 0.2 s: never idle, but not forever either
-            calls = 0
-            while time.monotonic() - t0 < 5:
+            calls, slowest = 0, 0.0
+            while time.monotonic() - t1 < 5:
+                c0 = time.monotonic()
                 try:
                     conn.call("org.varlink.service.GetInfo")
                 except wire.WireError:
                     break
+                slowest = max(slowest, time.monotonic() - c0)
                 calls += 1
                 time.sleep(0.2)
-            lived = time.monotonic() - t0
+            lived = time.monotonic() - t1
         idle.close()
         busy.close()
     finally:
         d.stop()
     assert 0.4 < idle_for < 1.5, idle_for
-    assert 1.8 < lived < 3.0 and calls >= 5, (lived, calls)
+    # Closed at 2 s of life, seen by the next call: at most one pause and one call (the slowest seen,
+    # slower in an emulated VM) after that, plus the close's own way back.
+    assert 1.8 < lived < 2.0 + 0.2 + slowest + 0.3 and calls >= 5, (lived, calls, slowest)
     log = d.log_text()
     assert "sent no request within 0.5s (idle timeout)" in log
     assert "reached the connection life limit of 2s" in log

@@ -333,7 +333,7 @@ class MountOverlays(Step[HostContext]):
             fsfd = m.fsopen("overlay")
             try:
                 _set_layers(fsfd, ctx.dir_fds[f"lower{k}"], ctx.dir_fds[f"upper{k}"], ctx.dir_fds[f"work{k}"], what)
-                m.fsconfig_create(fsfd, what)
+                m.fsconfig_create(fsfd, what, upper_work=(ctx.dir_fds[f"upper{k}"], ctx.dir_fds[f"work{k}"]))
                 mfd = m.fsmount(fsfd, m.MOUNT_ATTR_NOSUID | m.MOUNT_ATTR_NODEV, what)
             finally:
                 os.close(fsfd)
@@ -355,9 +355,9 @@ def _set_layers(fsfd: int, lower: int, upper: int, work: int, what: str) -> None
         m.fsconfig_fd(fsfd, "upperdir", upper, what)
         m.fsconfig_fd(fsfd, "workdir", work, what)
     else:
-        m.fsconfig_string(fsfd, "lowerdir", m.fd_path(lower), what)
-        m.fsconfig_string(fsfd, "upperdir", m.fd_path(upper), what)
-        m.fsconfig_string(fsfd, "workdir", m.fd_path(work), what)
+        m.fsconfig_fd_path(fsfd, "lowerdir", lower, what)
+        m.fsconfig_fd_path(fsfd, "upperdir", upper, what)
+        m.fsconfig_fd_path(fsfd, "workdir", work, what)
 
 
 class MountPackage(Step[HostContext]):

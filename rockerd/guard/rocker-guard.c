@@ -41,6 +41,9 @@
 
 #include "rocker-guard-proto.h"
 
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif
@@ -176,6 +179,42 @@ static int is_alive(const char *name) {
     while (p && *p >= '0' && *p <= '9')
         threads = threads * 10 + *p++ - '0';
     return threads > 1;
+}
+
+/* fork allocates the PID (ns_last_pid moves) well before it attaches the new
+ * process, which only then shows in /proc: a scan in between lists nobody
+ * while someone is entering. Asking for that very PID (clone3 set_tid) tells:
+ * EEXIST and no /proc entry, it is being born (not empty); we got it, it came
+ * and went (our stand-in exits at once); in /proc, alive unless a zombie. */
+static int being_born(long pid) {
+    if (pid <= 1)
+        return 0;
+    pid_t tid = (pid_t)pid;
+    unsigned long long args[11] = {0}; /* struct clone_args */
+    args[4] = SIGCHLD;                 /* exit_signal */
+    args[8] = (unsigned long long)(unsigned long)&tid;
+    args[9] = 1; /* set_tid, set_tid_size */
+    long child = syscall(SYS_clone3, args, sizeof args);
+    if (child == 0)
+        syscall(SYS_exit_group, 0);
+    if (child > 0) {
+        while (waitpid((pid_t)child, NULL, 0) < 0 && errno == EINTR) {}
+        return 0;
+    }
+    if (errno != EEXIST)
+        return 0; /* cannot tell: as before */
+    char name[24];
+    int i = sizeof name - 6;
+    memcpy(name + i, "/stat", 6);
+    do
+        name[--i] = (char)('0' + pid % 10);
+    while ((pid /= 10) && i);
+    int fd = openat(procfd, name + i, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT || errno == ESRCH;
+    close(fd);
+    name[sizeof name - 6] = 0;
+    return is_alive(name + i);
 }
 
 static int is_tracked(long pid) {
@@ -442,7 +481,7 @@ int main(int argc, char **argv) {
         int live = scan(1, &event);
         /* The listing can miss a process forked while it ran (its parent
          * gone before being listed); the PID counter cannot. Look again. */
-        if (live == 0 && last_pid() != last)
+        if (live == 0 && (last_pid() != last || being_born(last)))
             live = -1, event = 1;
         long long now = now_ms();
         if (live == 0 && (entered || grace_deadline))
