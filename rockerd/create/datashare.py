@@ -164,8 +164,8 @@ class DataShares:
     @staticmethod
     def publish(share: Share, mounts: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """The first rocker's overlay mounts are the share's to keep; clones of them for the rocker instead."""
-        share.kept = stage.keep(share.id, mounts)
-        return share.kept.clones()
+        share.kept, clones = stage.keep(share.id, mounts)
+        return clones
 
     @staticmethod
     def clones(share: Share) -> list[tuple[str, int]]:
@@ -236,7 +236,7 @@ class DataShares:
                 mounts = stage.take(nsfd, targets)
             finally:
                 os.close(nsfd)
-            share.kept = stage.Staged(share.id, mounts)  # clones made in another namespace: staged on any kernel
+            share.kept = stage.Staged.put(share.id, mounts)  # clones made in another namespace: staged on any kernel
         except (OSError, BuildError, cf.TimeoutError) as e:
             log.warning("adopted %s: its overlays on data dir %s cannot be shared (%s): a new rocker there is "
                         "refused until it ends", name, share.data_dir, e)

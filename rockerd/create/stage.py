@@ -153,8 +153,12 @@ class Detached(Kept):
 class Staged(Kept):
     """Before 6.15: attached under /shares in the stager's namespace, cloned there."""
 
-    def __init__(self, share_id: int, mounts: Mounts) -> None:
-        self.staged = stager().call(_put, share_id, mounts)
+    def __init__(self, staged: list[tuple[str, str]]) -> None:
+        self.staged = staged
+
+    @classmethod
+    def put(cls, share_id: int, mounts: Mounts) -> Staged:
+        return cls(stager().call(_put, share_id, mounts))
 
     def __len__(self) -> int:
         return len(self.staged)
@@ -167,12 +171,18 @@ class Staged(Kept):
         stager().call(_unstage, staged)
 
 
-def keep(share_id: int, mounts: Mounts) -> Kept:
+def keep(share_id: int, mounts: Mounts) -> tuple[Kept, Mounts]:
     """Keep a data dir's overlay mounts, made in rockerd's own namespace (their fds are the Kept's
-    now, or closed)."""
+    now, or closed), and clones of them for the first rocker: staged, in one trip to the stager."""
     if kernel.current().tree_clone:
-        return Detached(mounts)
-    return Staged(share_id, mounts)
+        kept = Detached(mounts)
+        try:
+            return kept, kept.clones()
+        except BaseException:
+            kept.drop()
+            raise
+    staged, clones = stager().call(_put_and_clone, share_id, mounts)
+    return Staged(staged), clones
 
 
 def take(nsfd: int, targets: Sequence[str]) -> Mounts:
@@ -200,6 +210,15 @@ def _put(share_id: int, mounts: Mounts) -> list[tuple[str, str]]:
         for _, mfd in mounts:
             os.close(mfd)
     return staged
+
+
+def _put_and_clone(share_id: int, mounts: Mounts) -> tuple[list[tuple[str, str]], Mounts]:
+    staged = _put(share_id, mounts)
+    try:
+        return staged, _each(staged, _clone_at)
+    except BaseException:
+        _unstage(staged)
+        raise
 
 
 def _clone_at(where: str, what: str) -> int:
