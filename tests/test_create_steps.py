@@ -133,12 +133,7 @@ def world(base: Path, pkg: Path) -> Iterator[dict]:
     if not had_netns:  # a forked app of a later test in this process would inherit it
         os.close(net._own_netns())
         net._own_netns.cache_clear()
-    settle_threads()  # no thread of ours may outlive the test
-
-
-def settle_threads() -> None:
-    """Wait for the build's worker threads: an abandoned package open or dir steps' run cleans up
-    (closes its fd, undoes its dirs) when its thread returns, which may be after the build ended."""
+    # no thread of ours may outlive the test
     for mod, attr in ((handoff, "_spawner"), (pkgopen, "_pool"), (dirsteps, "_pool")):
         pool = getattr(mod, attr)
         if pool is not None:
@@ -152,7 +147,6 @@ def build(w: dict, packages: create.PackageCache, slots: create.WorkSlots) -> cr
 
 
 def assert_nothing_left(w: dict, packages: create.PackageCache, slots: create.WorkSlots) -> None:
-    settle_threads()
     assert len(packages) == 0, "a package mount is still held"
     assert not slots._busy, "a work slot is still taken"
     assert children() == w["children"], "a guard of the build is not reaped"
@@ -260,4 +254,7 @@ def test_cancelled_while_the_dir_steps_run_leaves_nothing(world: dict, monkeypat
         return time.monotonic() - t0
 
     assert asyncio.run(main()) < 0.15, "the cancelled build waited for its dir steps' thread"
-    assert_nothing_left(world, packages, slots)  # once the thread returned and undid its work
+    assert dirsteps._pool is not None
+    dirsteps._pool.shutdown(wait=True)  # the thread returns and undoes its work
+    dirsteps._pool = None
+    assert_nothing_left(world, packages, slots)
