@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -223,3 +224,37 @@ def test_a_build_that_succeeds_holds_only_what_it_returns(world: dict) -> None:
         spawn.reap(spawn.Spawned(built.pid, built.pidfd))
         packages.release(built.pkg_key)
         slots.give_back(world["req"].app_data_dir, built.work_slot)
+
+
+class SlowOnItsThread(Step[handoff.BuildContext]):
+    """A last dir step that takes a while, as a slow lookup would (on the dir steps' thread)."""
+
+    def describe(self) -> str:
+        return "slow dir step"
+
+    def execute(self, ctx: handoff.BuildContext) -> None:
+        time.sleep(0.3)
+
+
+def test_cancelled_while_the_dir_steps_run_leaves_nothing(world: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build is cancelled while its dir steps run on their thread (dirsteps.done_within): the
+    build ends at once, and what the thread made is undone when it returns."""
+    packages, slots = create.PackageCache(warm_budget=0), create.WorkSlots()
+    (host_dirs,) = [s for s in create.STEPS if isinstance(s, dirsteps.HostDirs)]
+    monkeypatch.setattr(host_dirs, "steps", [*host_dirs.steps, SlowOnItsThread()])
+
+    async def main() -> float:
+        task = asyncio.create_task(create.build_rocker(world["req"], "rk-steps-test", caller=None, packages=packages,
+                                                       slots=slots, guard_fd=world["guard_fd"]))
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - t0
+
+    assert asyncio.run(main()) < 0.15, "the cancelled build waited for its dir steps' thread"
+    assert dirsteps._pool is not None
+    dirsteps._pool.shutdown(wait=True)  # the thread returns and undoes its work
+    dirsteps._pool = None
+    assert_nothing_left(world, packages, slots)

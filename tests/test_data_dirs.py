@@ -20,6 +20,7 @@ from rockers import make_req, run_app
 
 from rocker_client import RockerResult, enter_rocker
 from rockerd import kernel
+from rockerd.create import stage
 
 SLOW = float(os.environ.get("ROCKER_TEST_TIME_SCALE", "1"))
 PYTHON = "/usr/bin/python3"  # the host's python3 (with sqlite3), seen in the rocker through the host root
@@ -168,6 +169,37 @@ def test_different_overlays_or_uid_refused_naming_the_holder(daemon: Daemon, bas
         assert "same overlay dirs and ids" in res.detail, res.detail
     assert results["same"].ok, results["same"].detail
     assert "refused request" in daemon.log_text()
+
+
+def _overlay_fds(pid: int) -> int:
+    """How many of `pid`'s fds are on an overlayfs (each reopened O_PATH through /proc, then fstatfs)."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            ref = os.open(f"/proc/{pid}/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue  # closed meanwhile, or a socket
+        try:
+            n += stage._fs_magic(ref) == stage.OVERLAYFS_SUPER_MAGIC
+        finally:
+            os.close(ref)
+    return n
+
+
+def test_overlays_kept_only_while_the_data_dir_is_used(daemon: Daemon, base: Path, pkg: Path) -> None:
+    """The first rocker's overlays are kept for the rockers that join it: on 6.15 as detached mounts,
+    fds of rockerd's (the first create makes no trip to the stager thread, issue 13's create cost),
+    before it attached in the stager's namespace (test_kernel_paths checks that one). Once the last
+    rocker on the data dir ends, rockerd holds none of them."""
+    host = base / "host"
+    host.mkdir()
+    detached = os.environ.get(kernel.FORCE_ENV) is None and kernel.TREE_CLONE.name in kernel.probe(None).fast
+    seen: list[int] = []
+    run = run_app(make_req(base, pkg, overlays=(str(host), "/usr")), lambda: {},
+                  while_alive=lambda _: seen.append(_overlay_fds(daemon.proc.pid)))
+    assert run.res.ok, run.res.detail
+    assert seen == [2 if detached else 0], "the overlays of the live data dir, as fds of rockerd's"
+    assert wait_until(lambda: _overlay_fds(daemon.proc.pid) == 0, 5), "rockerd kept an overlay after its last rocker"
 
 
 def _st_dev(d: str) -> dict[str, Any]:

@@ -10,46 +10,40 @@ for a data dir in use with other overlay dirs or ids is refused, naming a
 rocker that holds it. The last rocker's end takes the overlays and the work
 slot with it.
 
-The share keeps each overlay attached in a mount namespace of its own (the
-"stage": one thread of rockerd unshares it and keeps nothing in it but a
-tmpfs), and clones it from there for each rocker: open_tree(OPEN_TREE_CLONE)
-of an attached mount works on every kernel rockerd supports (a detached one
-can only be cloned from 6.15), so both kernel paths share the same way, and
-the overlay lives exactly as long as the share, whichever rocker ends first.
-Guards never see the stage (they copy the daemon's own namespace). A rockerd
+The share keeps the first rocker's overlay mounts (stage.py's `Kept`) and
+gives each rocker open_tree(OPEN_TREE_CLONE) clones of them, the first one
+included, so an overlay lives exactly as long as the share, whichever rocker
+ends first. On Linux 6.15 the kept mounts are detached ones, rockerd's fds:
+a clone is one syscall on the build's own thread. Before it they stay
+attached in the stager's private mount namespace and are cloned there.
+Guards never see either (they copy the daemon's own namespace). A rockerd
 restarted with rockers live takes each adopted rocker's overlays from its
-guard's mount namespace (setns on the stage thread) onto the stage, after
-checking they are overlays, so later rockers on that data dir join them.
+guard's mount namespace (stage.take), after checking they are overlays, and
+keeps them staged (on any kernel: 6.15 clones a detached mount only in the
+namespace it came from), so later rockers on that data dir join them.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import ctypes
-import errno
 import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from rocker_sys import fs, ns
-from rocker_sys import mount as m
-from rocker_sys.libc import check, libc
+from rocker_sys import fs
 
-from .. import policy
+from .. import kernel, policy
 from ..request import RockerRequestModel
-from . import layout
-from .stage import enter_stage_namespace
+from . import layout, stage
 from .steps import BuildError
 from .workslots import WorkSlots
 
 log = logging.getLogger("rockerd.datashare")
 
-OVERLAYFS_SUPER_MAGIC = 0x794C7630
-STAGE_DEADLINE = 5.0  # seconds a stage operation may take (mount work only, no caller's path)
 T = TypeVar("T")
 DataKey = tuple[int, int]  # (st_dev, st_ino) of the data dir
 Layers = tuple[tuple[str, ...], int, int]  # overlay dirs, uid, gid: what must match to share
@@ -65,10 +59,10 @@ class Share:
     data_dir: str
     layers: Layers
     data_fd: int  # O_PATH, for removing the work slot at the end
-    id: int = 0  # names its stage dirs
+    id: int = 0  # names its stage dirs (before 6.15)
     members: set[str] = field(default_factory=set)  # rockers on it, builds in progress included
     holders: dict[str, int] = field(default_factory=dict)  # built rockers: name -> guard pid
-    staged: list[tuple[str, str]] = field(default_factory=list)  # (overlay dir, its stage dir)
+    kept: stage.Kept | None = None  # its overlays, which each rocker on it gets clones of
     slot: int | None = None
     first: cf.Future[bool] | None = None  # while the first rocker builds the overlays
     removing: bool = False  # rm-data is removing the dir
@@ -105,15 +99,15 @@ def _locked(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 class DataShares:
-    """Every data dir in use: who uses it, with which overlays, and where they are staged."""
+    """Every data dir in use: who uses it, with which overlays, and where they are kept."""
 
     def __init__(self, slots: WorkSlots) -> None:
         self.slots = slots
         self._by_key: dict[DataKey, Share] = {}
         self._by_name: dict[str, Share] = {}
         self._ids = itertools.count()
-        self.stage = Stage()
-        self.stage.call(int)  # its thread and namespace now, not on a create's path (and its fd with the daemon's)
+        if not kernel.current().tree_clone:
+            stage.stager().up()  # its thread and namespace now, not on a create's path (and its fd with the daemon's)
         self.lock = threading.RLock()  # builds run their dir steps on threads (dirsteps.py)
 
     def __len__(self) -> int:
@@ -139,7 +133,7 @@ class DataShares:
                     f"only with the same overlay dirs and ids (use another data dir, or wait for it to end)")
             if share.first is not None:
                 raise SharePending(share.first)
-            if len(share.staged) != len(layers[0]):
+            if len(share.kept or ()) != len(layers[0]):
                 raise DataDirInUse(f"data dir {req.app_data_dir} is in use by rocker {share.holder_name()}, adopted "
                                    f"after a rockerd restart, whose overlays could not be taken over (see rockerd's "
                                    f"log): wait for it to end")
@@ -167,13 +161,15 @@ class DataShares:
         if share is not None and share.removing:
             del self._by_key[key]
 
-    def publish(self, share: Share, mounts: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        """The first rocker's overlay mounts onto the stage; clones of them for the rocker instead."""
-        share.staged = self.stage.call(self.stage.put, share.id, mounts)
-        return self.stage.call(self.stage.clone, share.staged)
+    @staticmethod
+    def publish(share: Share, mounts: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The first rocker's overlay mounts are the share's to keep; clones of them for the rocker instead."""
+        share.kept, clones = stage.keep(share.id, mounts)
+        return clones
 
-    def clones(self, share: Share) -> list[tuple[str, int]]:
-        return self.stage.call(self.stage.clone, share.staged)
+    @staticmethod
+    def clones(share: Share) -> list[tuple[str, int]]:
+        return share.kept.clones() if share.kept is not None else []
 
     @_locked
     def built(self, name: str, pid: int) -> None:
@@ -237,10 +233,10 @@ class DataShares:
         try:
             nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                mounts = self.stage.call(self.stage.take, nsfd, targets)
+                mounts = stage.take(nsfd, targets)
             finally:
                 os.close(nsfd)
-            share.staged = self.stage.call(self.stage.put, share.id, mounts)
+            share.kept = stage.Staged.put(share.id, mounts)  # clones made in another namespace: staged on any kernel
         except (OSError, BuildError, cf.TimeoutError) as e:
             log.warning("adopted %s: its overlays on data dir %s cannot be shared (%s): a new rocker there is "
                         "refused until it ends", name, share.data_dir, e)
@@ -248,8 +244,8 @@ class DataShares:
     def _end(self, share: Share) -> None:
         del self._by_key[share.key]
         try:
-            if share.staged:
-                self.stage.call(self.stage.drop, share.staged)
+            if share.kept is not None:
+                share.kept.drop()
             if share.slot is not None:
                 remove_work_slot(share.data_fd, share.slot)
                 self.slots.give_back(share.data_dir, share.slot)
@@ -257,110 +253,6 @@ class DataShares:
             log.warning("data dir %s: ending its share: %s", share.data_dir, e)
         finally:
             os.close(share.data_fd)
-
-
-class Stage:
-    """A thread in a mount namespace of its own, where shared overlays stay attached (see stage.py).
-
-    Attached, a mount can be cloned on any kernel; in this namespace, no guard
-    copies it. The namespace keeps nothing of the host's mounts (each is
-    detached right after the unshare), so it pins no filesystem but its own.
-    """
-
-    ROOT = "/shares"  # in the stage's own tmpfs root
-
-    def __init__(self) -> None:
-        self._pool: cf.ThreadPoolExecutor | None = None
-        self._home = -1
-
-    def call(self, fn: Callable[..., T], *args: object) -> T:
-        if self._pool is None:
-            self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="rockerd-stage", initializer=self._enter)
-        return self._pool.submit(fn, *args).result(STAGE_DEADLINE)
-
-    def _enter(self) -> None:
-        """The same kind of namespace stage.py's thread has: its only mount a small tmpfs (the host's
-        mounts detached), so it pins no host filesystem; the shares' overlays are attached in it."""
-        me = os.open("/proc/thread-self", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # no /proc once in there
-        try:
-            enter_stage_namespace()
-            self._home = os.open("ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=me)
-        finally:
-            os.close(me)
-        os.mkdir(self.ROOT, 0o700)
-
-    def put(self, share_id: int, mounts: list[tuple[str, int]]) -> list[tuple[str, str]]:
-        """Attach each detached mount (its fd is closed) at a stage dir of its own."""
-        staged: list[tuple[str, str]] = []
-        try:
-            for k, (target, mfd) in enumerate(mounts):
-                where = f"{self.ROOT}/{share_id}-{k}"
-                os.mkdir(where, 0o700)
-                try:
-                    m.move_mount(mfd, where)
-                except BaseException:
-                    os.rmdir(where)
-                    raise
-                staged.append((target, where))
-        except BaseException:
-            self.drop(staged)
-            raise
-        finally:
-            for _, mfd in mounts:
-                os.close(mfd)
-        return staged
-
-    @staticmethod
-    def clone(staged: list[tuple[str, str]]) -> list[tuple[str, int]]:
-        return _clone_trees(staged)
-
-    @staticmethod
-    def drop(staged: list[tuple[str, str]]) -> None:
-        for _, where in staged:
-            libc.umount2(os.fsencode(where), m.MNT_DETACH)
-            try:
-                os.rmdir(where)
-            except OSError as e:
-                log.warning("stage dir %s: %s", where, e)
-
-    def take(self, nsfd: int, targets: Sequence[str]) -> list[tuple[str, int]]:
-        """Clones of the overlays at `targets` in another mount namespace (an adopted guard's)."""
-        ns.setns(nsfd, ns.CLONE_NEWNS, "an adopted rocker's mount namespace")
-        try:
-            out = _clone_trees([(t, t) for t in targets])
-        finally:
-            ns.setns(self._home, ns.CLONE_NEWNS, "the stage's mount namespace")
-        for t, fd in out:
-            if _fs_magic(fd) != OVERLAYFS_SUPER_MAGIC:
-                for _, f in out:
-                    os.close(f)
-                raise BuildError("adopt", errno.EXDEV, f"{t} is not an overlay in that rocker")
-        return out
-
-
-def _clone_trees(pairs: list[tuple[str, str]]) -> list[tuple[str, int]]:
-    """(target, a detached clone of the mount at `where`) for each (target, where), no symlink followed;
-    all or nothing."""
-    out: list[tuple[str, int]] = []
-    try:
-        for target, where in pairs:
-            ref = fs.open_nofollow(where, fs.O_PATH_DIR)
-            try:
-                out.append((target, m.clone_tree(ref, f"overlay {target}")))
-            finally:
-                os.close(ref)
-    except BaseException:
-        for _, fd in out:
-            os.close(fd)
-        raise
-    return out
-
-
-def _fs_magic(fd: int) -> int:
-    """f_type of fstatfs(2) (os.fstatvfs does not give it): the first word of struct statfs."""
-    buf = ctypes.create_string_buffer(256)
-    check(libc.fstatfs(ctypes.c_int(fd), buf), "fstatfs", f"fd {fd}")
-    return ctypes.c_long.from_buffer(buf).value
 
 
 def remove_work_slot(data_fd: int, slot: int) -> None:
