@@ -28,7 +28,7 @@ from rocker_client import RockerErr, wire
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "clients" / "c"
-EXPORTED = {"ROCKER_enter_rocker", "ROCKER_get_guardname", "ROCKER_request_new"}
+EXPORTED = {"ROCKER_enter_rocker", "ROCKER_enter_rocker_opts", "ROCKER_get_guardname", "ROCKER_request_new"}
 CREATE = "io.rocker.Rocker.Create"
 NS = ("user", "mnt", "pid", "net", "uts", "ipc")
 
