@@ -615,3 +615,16 @@ def test_c_client_options_refused_by_size_or_name(base: Path, probe_pkg: Path, p
     req.seccomp = "none"
     status, text, err = _c_client(req, probes)
     assert status == 1 and bad in err and "seccomp" in err, err
+
+
+def test_bench_seccomp_start_runs(tmp_path: Path) -> None:
+    """A tiny run of `python -m bench.seccomp.start` (no anchor kit): both profiles started apps, the
+    figures are there, nothing is left behind (the real run is in bench/README.md)."""
+    proc = subprocess.run([sys.executable, "-m", "bench.seccomp.start", "--rounds", "1", "--cycles", "2", "--kit",
+                           str(tmp_path / "no-kit")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["n"] == {"default": 2, "unconfined": 2, "floor": 0}, res
+    assert 0 < res["p50_ms"]["default"] < 30_000 and 0 < res["p50_ms"]["unconfined"] < 30_000, res
+    assert res["leftovers"] == [] and res["errors"] == [], res
