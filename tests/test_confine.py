@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from daemon import Daemon
+from daemon import Daemon, start_daemon
 from pkgbuild import HELLO_SCRIPT, build_pkg
 from rockers import make_req, run_app
 
@@ -628,3 +628,25 @@ def test_bench_seccomp_start_runs(tmp_path: Path) -> None:
     assert res["n"] == {"default": 2, "unconfined": 2, "floor": 0}, res
     assert 0 < res["p50_ms"]["default"] < 30_000 and 0 < res["p50_ms"]["unconfined"] < 30_000, res
     assert res["leftovers"] == [] and res["errors"] == [], res
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs Debian's /usr/bin/python3")
+def test_a_user_gets_nested_where_the_host_lets_users_make_user_namespaces(base: Path, pkg: Path) -> None:
+    """Through rockerd's socket, a uid-1000 caller asking for `nested` gets its rocker (this host lets
+    users make user namespaces) and, for `unconfined`, the refusal."""
+    from test_nonroot import UID, prepare_user_base, run_as
+
+    from rockerd import confine
+
+    if not confine.users_may_make_user_namespaces():
+        pytest.skip("this host keeps its users from making user namespaces")
+    prepare_user_base(base, pkg)
+    d = start_daemon(base / "d", "--socket-mode", "0666")
+    try:
+        out = run_as((base, d), UID, UID, {"seccomp": "nested"})
+        assert out["RES"]["err_no"] == RockerErr.success, out
+        assert out["APP"]["uid"] == 0, out
+        refused = run_as((base, d), UID, UID, {"seccomp": "unconfined"})["RES"]
+        assert refused["err_no"] == RockerErr.param_invalid and "only root" in refused["detail"], refused
+    finally:
+        d.stop()
