@@ -143,6 +143,11 @@ ALLOWED = {"getpid": 0, "ioctl_other": E.EBADF, "personality_linux32": 0, "perso
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None, reason="needs cc, make")
 
 
+def _kernel() -> tuple[int, int]:
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
 def _cc(*args: str | Path) -> None:
     proc = subprocess.run(["cc", "-Wall", "-Wextra", "-Werror", *map(str, args)], capture_output=True, text=True,
                           check=False)
@@ -266,7 +271,9 @@ def test_unconfined_profile_installs_nothing(base: Path, probe_pkg: Path, probes
     req.seccomp = "unconfined"
     got = _parse(_via_exec(req, probes))
     assert got["status"] == ["0", "0"], got
-    assert got["clone3"] != E.ENOSYS and got["unknown_463"] != E.ENOSYS, got
+    assert got["clone3"] != E.ENOSYS, got
+    if _kernel() >= (6, 13):  # setxattrat: before 6.13 the kernel's own answer is ENOSYS too
+        assert got["unknown_463"] != E.ENOSYS, got
 
 
 @needs_cc
@@ -616,19 +623,6 @@ def test_c_client_options_refused_by_size_or_name(base: Path, probe_pkg: Path, p
     req.seccomp = "none"
     status, text, err = _c_client(req, probes)
     assert status == 1 and bad in err and "seccomp" in err, err
-
-
-def test_bench_seccomp_start_runs(tmp_path: Path) -> None:
-    """A tiny run of `python -m bench.seccomp.start` (no anchor kit): both profiles started apps, the
-    figures are there, nothing is left behind (the real run is in bench/README.md)."""
-    proc = subprocess.run([sys.executable, "-m", "bench.seccomp.start", "--rounds", "1", "--cycles", "2", "--kit",
-                           str(tmp_path / "no-kit")], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    res = json.loads(proc.stdout)
-    assert res["n"] == {"default": 2, "unconfined": 2, "floor": 0}, res
-    assert 0 < res["p50_ms"]["default"] < 30_000 and 0 < res["p50_ms"]["unconfined"] < 30_000, res
-    assert res["leftovers"] == [] and res["errors"] == [], res
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs Debian's /usr/bin/python3")
