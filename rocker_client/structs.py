@@ -22,7 +22,8 @@ class RockerRequest:
     app_exec_dir: str = ""  # where the package is mounted, read-only
     app_data_dir: str = ""  # where the app's writes over the overlay dirs are kept
     app_overlay_dirs: list[str] = field(default_factory=list)  # host dirs to overlay copy-on-write (at most 16)
-    seccomp: str = 'default'  # the app's syscall filter: default, complain or unconfined (root only)
+    # the app's syscall filter: default, nested (may make user namespaces), complain or unconfined (root only)
+    seccomp: str = 'default'
     network: str | None = None  # none (lo only), host or bridge; unset: rockerd's default
     publish: list[str] = field(default_factory=list)  # host ports to the app ("8080:80", "53:53/udp")
     # the most memory (bytes, RAM and swap) its processes may use together; the kernel OOM-kills inside the rocker

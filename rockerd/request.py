@@ -222,8 +222,9 @@ class RockerRequestModel(BaseModel):
         list[OverlayDir], Field(max_length=MAX_OVERLAY_DIRS), AfterValidator(_overlay_list)
     ] = Field(default_factory=list, description=f"host dirs to overlay copy-on-write (at most {MAX_OVERLAY_DIRS})",
               json_schema_extra=_cli("--overlay", "DIR"))
-    seccomp: Literal["default", "complain", "unconfined"] = Field(
-        "default", description="the app's syscall filter: default, complain or unconfined (root only)",
+    seccomp: Literal["default", "nested", "complain", "unconfined"] = Field(
+        "default", description="the app's syscall filter: default, nested (may make user namespaces), "
+        "complain or unconfined (root only)",
         json_schema_extra=_cli("--seccomp", "PROFILE"))
 
     network: Literal["none", "host", "bridge"] | None = Field(

@@ -2,7 +2,8 @@
  *
  *   confine_probe FD           make each probed syscall, write "name errno" lines to FD
  *   (built with -DVIA_C_CLIENT: confine_probe FD key=value...  enters a rocker through
- *    librocker_client first, and probes in its app callback: pkg= exec= data= uid= gid=)
+ *    librocker_client first, and probes in its app callback: pkg= exec= data= uid= gid=, and
+ *    seccomp= (RockerOptions.seccomp) and optsize= (RockerOptions.size) for ROCKER_enter_rocker_opts)
  *
  * Every probe is harmless without a filter too (bad pointers, bad fds, flags the kernel
  * refuses), so that the test can run against an unfiltered rocker and see it fail. Lines:
@@ -81,6 +82,8 @@ static int probe(void *unused) {
     TRY("name_to_handle_at", SYS_name_to_handle_at, AT_FDCWD, "/", NULL, NULL, 0);
     TRY("personality_no_randomize", SYS_personality, 0x0040000L);
     TRY("personality_read_implies_exec", SYS_personality, 0x0400000L);
+    TRY("personality_high_bits", SYS_personality, 0x100040000L); /* the kernel reads 32 bits: ADDR_NO_RANDOMIZE */
+    TRY("personality_other", SYS_personality, 0x0001L);          /* a persona Docker does not allow either */
     TRY("unshare_newuser", SYS_unshare, CLONE_NEWUSER | 0x80000000L /* invalid bit: EINVAL unfiltered */);
     TRY("unshare_newnet", SYS_unshare, CLONE_NEWNET | 0x80000000L);
     TRY("clone3", SYS_clone3, NULL, 0);
@@ -99,7 +102,10 @@ static int probe(void *unused) {
     /* still allowed */
     TRY("getpid", SYS_getpid);
     TRY("ioctl_other", SYS_ioctl, -1, 0x5413L /* TIOCGWINSZ */, &c);
-    TRY("personality_linux32_query", SYS_personality, 0x0008L);
+    TRY("personality_linux32", SYS_personality, 0x0008L);
+    TRY("personality_uname26", SYS_personality, 0x20000L);
+    TRY("personality_linux32_uname26", SYS_personality, 0x20008L);
+    TRY("personality_query", SYS_personality, 0xffffffffL);
     TRY("personality_back", SYS_personality, 0L);
     /* clone(CLONE_NEWUSER) for real, in a child that exits at once if it got one */
     errno = 0;
@@ -135,6 +141,10 @@ int main(int argc, char **argv) {
     out = atoi(argv[1]);
 #ifdef VIA_C_CLIENT
     RockerRequest req = ROCKER_request_new();
+    struct {
+        RockerOptions o;
+        char newer[8]; /* what a caller built against a later lib.h might send */
+    } opts = {ROCKER_OPTIONS_INIT, {0}};
     for (int i = 2; i < argc; i++) {
         char *v = strchr(argv[i], '=');
         if (!v)
@@ -150,8 +160,14 @@ int main(int argc, char **argv) {
             req.uid = atoi(v);
         else if (!strcmp(argv[i], "gid"))
             req.gid = atoi(v);
+        else if (!strcmp(argv[i], "seccomp"))
+            opts.o.seccomp = v;
+        else if (!strcmp(argv[i], "optsize"))
+            opts.o.size = (unsigned)atoi(v);
+        else if (!strcmp(argv[i], "newer"))
+            opts.newer[0] = (char)atoi(v);
     }
-    RockerResult res = ROCKER_enter_rocker(&req, probe, NULL);
+    RockerResult res = ROCKER_enter_rocker_opts(&req, &opts.o, probe, NULL);
     if (res.err_no != ROCKER_ERR_success) {
         fprintf(stderr, "enter_rocker: %d\n", res.err_no);
         return 1;

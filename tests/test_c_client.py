@@ -28,7 +28,8 @@ from rocker_client import Exec, RockerErr, enter_rocker, request_new, wire
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "clients" / "c"
-EXPORTED = {"ROCKER_enter_rocker", "ROCKER_get_guardname", "ROCKER_join_rocker", "ROCKER_request_new"}
+EXPORTED = {"ROCKER_enter_rocker", "ROCKER_enter_rocker_opts", "ROCKER_get_guardname", "ROCKER_join_rocker",
+            "ROCKER_request_new"}
 CREATE = "io.rocker.Rocker.Create"
 NS = ("user", "mnt", "pid", "net", "uts", "ipc")
 

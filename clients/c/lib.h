@@ -45,6 +45,21 @@ typedef struct {
     char *app_overlay_dirs[16];
 } RockerRequest;
 
+//! rocker's additions to the request, beside the seed's RockerRequest (whose layout stays the seed's).
+//! Start from ROCKER_OPTIONS_INIT, then set what you need; a NULL field means rockerd's default.
+//-
+//@ size: sizeof(RockerOptions) as the caller was compiled (ROCKER_OPTIONS_INIT sets it): later
+//@       versions add fields at the end; a library older than the caller refuses non-zero ones
+//@ seccomp: the app's syscall filter profile: "default", "nested", "complain" or "unconfined"
+//@          (only root may ask for the last two; docs/security.md)
+typedef struct {
+    unsigned int size;
+    const char *seccomp;
+} RockerOptions;
+
+#define ROCKER_OPTIONS_INIT                                                                                            \
+    { sizeof(RockerOptions), NULL }
+
 //! API to request creation of a new rocker and run the specified function inside it.
 //! Returns a RockerResult struct (NOTE: value, not pointer).
 //! The app runs in a child of the caller (waitpid(res.app_pid, ...) works) and
@@ -66,6 +81,11 @@ RockerResult ROCKER_enter_rocker(RockerRequest *req, int (*app)(void *), void *a
 //@ app[in]: function to execute inside the rocker
 //@ app_args[in]: arguments to pass to the app function
 RockerResult ROCKER_join_rocker(const char *guard_pname, int (*app)(void *), void *app_args)
+    __attribute__((visibility("default")));
+
+//! ROCKER_enter_rocker with rocker's additions to the request (opts NULL: none, as ROCKER_enter_rocker).
+//! ROCKER_ERR_param_invalid if opts->size is too small, or larger with non-zero bytes this library does not know.
+RockerResult ROCKER_enter_rocker_opts(RockerRequest *req, const RockerOptions *opts, int (*app)(void *), void *app_args)
     __attribute__((visibility("default")));
 
 //! Get the name of the specified process from '/proc/<PID>/stat'.

@@ -25,6 +25,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,7 +120,7 @@ static int wait_fd(int fd, short events, long long deadline) {
 /* ---- the varlink call ---- */
 
 /* -1 (and b->failed set) on allocation failure; call_and_enter checks b->failed. */
-static int encode_create(struct rkj_buf *b, const RockerRequest *req) {
+static int encode_create(struct rkj_buf *b, const RockerRequest *req, const RockerOptions *opts) {
     rkj_puts(b, "{\"method\":\"" CREATE "\",\"parameters\":{\"app_id\":");
     rkj_put_int(b, req->app_id);
     rkj_puts(b, ",\"uid\":");
@@ -141,7 +142,12 @@ static int encode_create(struct rkj_buf *b, const RockerRequest *req) {
             rkj_put(b, ",", 1);
         rkj_put_string(b, req->app_overlay_dirs[i]);
     }
-    rkj_puts(b, "]}}");
+    rkj_put(b, "]", 1);
+    if (opts && opts->seccomp) {
+        rkj_puts(b, ",\"seccomp\":");
+        rkj_put_string(b, opts->seccomp);
+    }
+    rkj_puts(b, "}}");
     rkj_put(b, "", 1); /* the varlink message terminator */
     return b->failed ? -1 : 0;
 }
@@ -495,6 +501,21 @@ static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct cgroups *cg, c
 
 /* ---- the API ---- */
 
+/* RockerOptions as the caller sized it: what this library knows of it, or -1 (a newer caller set a
+ * field this library lacks, or an older size than any version had). */
+static int known_options(const RockerOptions *in, RockerOptions *out) {
+    memset(out, 0, sizeof *out);
+    if (!in)
+        return 0;
+    if (in->size < offsetof(RockerOptions, seccomp) + sizeof in->seccomp || in->size > 4096)
+        return -1;
+    for (size_t i = sizeof *out; i < in->size; i++) /* as the kernel's clone3 and openat2 do */
+        if (((const unsigned char *)in)[i])
+            return -1;
+    memcpy(out, in, in->size < sizeof *out ? in->size : sizeof *out);
+    return 0;
+}
+
 /* Send one encoded call (Create or Join: `what`), and start the app in the rocker its reply
  * names; both replies have the same shape (rockerd/entry.py). Frees msg. */
 static RockerResult call_and_enter(struct rkj_buf *msg, const char *what, int (*app)(void *), void *app_args) {
@@ -580,12 +601,18 @@ static RockerResult call_and_enter(struct rkj_buf *msg, const char *what, int (*
 
 __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRequest *req, int (*app)(void *),
                                                                         void *app_args) {
-    if (!req || !app) {
-        debug("%s is NULL", req ? "app" : "req");
+    return ROCKER_enter_rocker_opts(req, NULL, app, app_args);
+}
+
+__attribute__((visibility("default"))) RockerResult
+ROCKER_enter_rocker_opts(RockerRequest *req, const RockerOptions *opts, int (*app)(void *), void *app_args) {
+    RockerOptions known;
+    if (!req || !app || known_options(opts, &known) < 0) {
+        debug("%s", !req ? "req is NULL" : !app ? "app is NULL" : "opts: a size or a field this library does not know");
         return result(ROCKER_ERR_param_invalid);
     }
     struct rkj_buf msg = {0};
-    encode_create(&msg, req);
+    encode_create(&msg, req, opts ? &known : NULL);
     return call_and_enter(&msg, "Create", app, app_args);
 }
 

@@ -127,9 +127,10 @@ def _run_options(run: Parser) -> None:
                           "default: rockerd's --default-network, none unless set")
     run.add_argument("-p", "--publish", action="append", default=[], metavar="HOST:PORT[/udp]",
                      help="forward the host's port HOST to the app's PORT (--network bridge); repeatable")
-    run.add_argument("--seccomp", choices=("default", "complain", "unconfined"), default="default",
-                     metavar="PROFILE", help="the app's syscall filter: default, complain (allow and log what "
-                     "default denies) or unconfined (none); only root may lift it (docs/security.md)")
+    run.add_argument("--seccomp", choices=("default", "nested", "complain", "unconfined"), default="default",
+                     metavar="PROFILE", help="the app's syscall filter: default, nested (default, but the app may make "
+                     "user namespaces), complain (allow and log what default denies) or unconfined (none); "
+                     "only root may lift it (docs/security.md)")
     run.add_argument("-w", "--workdir", metavar="DIR",
                      help="where CMD starts, inside the rocker (default: the current directory, else /)")
     run.add_argument("--memory", type=parse_size, metavar="SIZE",
