@@ -29,15 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .report import _get
+
 LOCK = "/tmp/rocker-tests.lock"
-
-
-def _get(d: Any, *path: str) -> Any:
-    for p in path:
-        if not isinstance(d, dict) or p not in d:
-            return None
-        d = d[p]
-    return d
 
 
 def _guard_pss(fig: dict[str, Any]) -> float | None:

@@ -14,6 +14,7 @@ import pytest
 
 from rocker_sys import fs
 from rocker_sys import mount as m
+from rockerd.create.host import set_layers
 
 # Overlayfs on the fs-context API (its own messages, options checked at fsconfig): Linux 6.5.
 OVERLAY_FS_CONTEXT = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2]) >= (6, 5)
@@ -40,14 +41,7 @@ def _overlay(lower: int, upper: int, work: int, what: str, fds: bool = FD_LAYERS
     """Layers as fds (6.13), else as /proc/self/fd/N strings (rockerd/create/host.py's two paths)."""
     fsfd = m.fsopen("overlay")
     try:
-        if fds:
-            m.fsconfig_fd(fsfd, "lowerdir+", lower, what)
-            m.fsconfig_fd(fsfd, "upperdir", upper, what)
-            m.fsconfig_fd(fsfd, "workdir", work, what)
-        else:
-            m.fsconfig_fd_path(fsfd, "lowerdir", lower, what)
-            m.fsconfig_fd_path(fsfd, "upperdir", upper, what)
-            m.fsconfig_fd_path(fsfd, "workdir", work, what)
+        set_layers(fsfd, lower, upper, work, what, fds)
         m.fsconfig_create(fsfd, what, upper_work=(upper, work))
         return m.fsmount(fsfd, 0, what)
     finally:

@@ -332,7 +332,8 @@ class MountOverlays(Step[HostContext]):
             what = f"overlay {group.lower}"
             fsfd = m.fsopen("overlay")
             try:
-                _set_layers(fsfd, ctx.dir_fds[f"lower{k}"], ctx.dir_fds[f"upper{k}"], ctx.dir_fds[f"work{k}"], what)
+                set_layers(fsfd, ctx.dir_fds[f"lower{k}"], ctx.dir_fds[f"upper{k}"], ctx.dir_fds[f"work{k}"], what,
+                           kernel.current().overlay_fd)
                 m.fsconfig_create(fsfd, what, upper_work=(ctx.dir_fds[f"upper{k}"], ctx.dir_fds[f"work{k}"]))
                 mfd = m.fsmount(fsfd, m.MOUNT_ATTR_NOSUID | m.MOUNT_ATTR_NODEV, what)
             finally:
@@ -347,10 +348,10 @@ class MountOverlays(Step[HostContext]):
             ctx.mounts += zip(members, clones, strict=True)
 
 
-def _set_layers(fsfd: int, lower: int, upper: int, work: int, what: str) -> None:
+def set_layers(fsfd: int, lower: int, upper: int, work: int, what: str, as_fds: bool) -> None:
     """The overlay's layers as fds (Linux 6.13), else as /proc/self/fd/N strings: both name the
-    opened dirs, never a path again (kernel.py probes which one this kernel takes)."""
-    if kernel.current().overlay_fd:
+    opened dirs, never a path again (kernel.py probes which one this kernel takes: `as_fds`)."""
+    if as_fds:
         m.fsconfig_fd(fsfd, "lowerdir+", lower, what)
         m.fsconfig_fd(fsfd, "upperdir", upper, what)
         m.fsconfig_fd(fsfd, "workdir", work, what)
