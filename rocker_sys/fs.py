@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 
 from . import nr
@@ -70,31 +71,72 @@ def _fsuid() -> int:
     return setfsuid(0xFFFFFFFF)  # (uid_t)-1 changes nothing and returns the current fsuid
 
 
+# Dirs this process is making right now: (parent dev, parent ino, name) -> the maker's lock. A
+# concurrent build of the same layout that finds such a dir waits for its maker to finish, so
+# it cannot fill it before the maker's "is it the one I made, still empty" check (make_dir).
+_making: dict[tuple[int, int, str], threading.Lock] = {}
+_making_guard = threading.Lock()
+
+
+def _wait_for_maker(parent_fd: int, name: str) -> None:
+    st = os.fstat(parent_fd)
+    lock = _making.get((st.st_dev, st.st_ino, name))
+    if lock is not None:
+        with lock:
+            pass
+
+
 def make_dir(parent_fd: int, name: str, spec: DirSpec, where: str) -> tuple[int, bool]:
     """The dir `name` right below `parent_fd` as an O_RDONLY fd, made to `spec` if missing.
 
     Returns (fd, made). A new dir is checked to be the one mkdirat just made (a dir cannot be
     hard-linked; one made by anyone else has another owner, and a non-empty one is not new)
     before its owner and mode are set on the fd. An existing dir is returned as it is: whether
-    it will do is the caller's business.
+    it will do is the caller's business; if this process is making it right now (another
+    build of the same layout), only once its maker is done with it.
     """
-    made = False
     try:  # the usual case: it is there
         fd = open_nofollow(name, O_DIR, parent_fd, beneath=True)
     except SyscallError as e:
         if e.errno != errno.ENOENT:
             raise SyscallError(e.errno or errno.EIO, "openat2", where) from None
-        try:
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
-            made = True
-        except FileExistsError:
-            pass  # raced with a concurrent build of the same layout: fine
-        except OSError as e:
-            raise SyscallError(e.errno or errno.EIO, "mkdirat", where) from None
-        try:
-            fd = open_nofollow(name, O_DIR, parent_fd, beneath=True)
-        except SyscallError as e:
-            raise SyscallError(e.errno or errno.EIO, "openat2", where) from None
+        return _make_new(parent_fd, name, spec, where)
+    if _making:  # rare: only while some build of this process makes a dir
+        _wait_for_maker(parent_fd, name)
+    return fd, False
+
+
+def _make_new(parent_fd: int, name: str, spec: DirSpec, where: str) -> tuple[int, bool]:
+    st = os.fstat(parent_fd)
+    key = (st.st_dev, st.st_ino, name)
+    with _making_guard:
+        lock = _making.get(key)
+        mine = lock is None
+        if mine:
+            lock = _making[key] = threading.Lock()
+    assert lock is not None
+    try:
+        with lock:
+            return _make_locked(parent_fd, name, spec, where)
+    finally:
+        if mine:
+            with _making_guard:
+                del _making[key]
+
+
+def _make_locked(parent_fd: int, name: str, spec: DirSpec, where: str) -> tuple[int, bool]:
+    made = False
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+        made = True
+    except FileExistsError:
+        pass  # raced with a concurrent build of the same layout (now done with it): fine
+    except OSError as e:
+        raise SyscallError(e.errno or errno.EIO, "mkdirat", where) from None
+    try:
+        fd = open_nofollow(name, O_DIR, parent_fd, beneath=True)
+    except SyscallError as e:
+        raise SyscallError(e.errno or errno.EIO, "openat2", where) from None
     try:
         if made:
             st = os.fstat(fd)

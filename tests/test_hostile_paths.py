@@ -83,7 +83,7 @@ def test_new_dir_is_chowned_on_its_fd_not_by_name(tmp_path: Path, monkeypatch: p
     swapped: list[int] = []
 
     def fstat_after_swap(fd: int) -> os.stat_result:
-        if not swapped:  # the first fstat is make_dir's check of the dir it just made
+        if not swapped and fd != pfd:  # the first fstat of a new fd is make_dir's check of the dir it just made
             os.rename("d", "moved", src_dir_fd=pfd, dst_dir_fd=pfd)
             os.link(evil, "d", dst_dir_fd=pfd)
             swapped.append(fd)
@@ -128,6 +128,36 @@ def test_new_dir_swapped_before_it_is_opened_is_refused(tmp_path: Path, monkeypa
     assert info.value.errno == errno.EEXIST
     st = (parent / "d").stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (UID, UID, 0o755), oct(st.st_mode)
+
+
+def test_concurrent_builds_of_one_layout_do_not_refuse_each_others_new_dir(tmp_path: Path) -> None:
+    """Builds of the same layout at once (a threaded launcher: eight rockers on one exec dir): one
+    makes a dir, another finds it and fills it before the maker's "still the empty dir I made"
+    check. That must not read as a swap: the finder waits for the maker (fs.make_dir). Before,
+    most rounds of this failed with "replaced while being made"."""
+    threads, rounds = 6, 200
+    pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    failed: list[OSError] = []
+
+    def build(name: str, i: int) -> None:
+        try:
+            fd, _ = fs.make_dir(pfd, name, fs.DirSpec(0o755), str(tmp_path / name))
+            try:
+                os.mkdir(f"child{i}", dir_fd=fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            failed.append(e)
+
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            for r in range(rounds):
+                list(pool.map(build, [f"d{r}"] * threads, range(threads)))
+    finally:
+        os.close(pfd)
+    assert not failed, f"{len(failed)} of {threads * rounds} makes refused, e.g. {failed[0]}"
+    assert all(len(os.listdir(tmp_path / f"d{r}")) == threads for r in range(rounds))
+    assert not fs._making, "a maker's entry is left"
 
 
 def test_owner_can_rm_rf_a_data_dir_root_asked_for(base: Path, pkg: Path, rockerd: Daemon) -> None:
