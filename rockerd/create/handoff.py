@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -143,7 +144,13 @@ async def _settled(job: NetJob | None) -> None:
             pass
 
 
-def _early_report(status: socket.socket) -> BuildError | None:
+def _early_report(status: socket.socket, wait_ms: int = 0) -> BuildError | None:
+    """A report the guard's child left on the status socket; `wait_ms` bounds a wait for one that is
+    on its way (the peer's end closing ends the wait at once)."""
+    if wait_ms:
+        poller = select.poll()
+        poller.register(status.fileno(), select.POLLIN)
+        poller.poll(wait_ms)
     try:
         data = status.recv(4096, socket.MSG_DONTWAIT)
     except OSError:
@@ -238,7 +245,7 @@ class OpenNamespaces(Step[BuildContext]):
         try:
             ctx.ns_fds = open_ns_fds(ctx.spawned.pid)
         except OSError as e:  # gone already: a child that failed (at its exec, say) has said why: that first
-            report = _early_report(ctx.status) if ctx.status is not None else None
+            report = _early_report(ctx.status, wait_ms=1000) if ctx.status is not None else None
             if report is not None:
                 raise report from e
             raise
