@@ -19,6 +19,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 from rocker_sys.libc import SyscallError
 
+from .nlmsg import error_of, messages
+
 TABLE = "rocker"
 NFPROTO_IPV4 = 2
 NFNL_SUBSYS_NFTABLES = 10
@@ -173,17 +175,14 @@ class Nft:
         pending, first = set(seqs), 0
         while pending:
             buf = self.sock.recv(1 << 16)
-            off = 0
-            while off + 16 <= len(buf):
-                length, kind, _, seq, _ = struct.unpack_from("=LHHLL", buf, off)
+            for kind, seq, off, _ in messages(buf):
                 if kind == NLMSG_ERROR:
-                    (err,) = struct.unpack_from("i", buf, off + 16)
+                    err = error_of(buf, off)
                     if err and not first:
                         first = -err
                     if err:
                         pending.clear()  # the transaction is aborted: no more acks come
                     pending.discard(seq)
-                off += max((length + 3) & ~3, 16)
         if first:
             raise SyscallError(first, "nfnetlink", what)
 
@@ -258,15 +257,12 @@ class Nft:
         out: list[tuple[int, dict[int, bytes]]] = []
         while True:
             buf = self.sock.recv(1 << 20)
-            off = 0
-            while off + 16 <= len(buf):
-                length, mtype, _, _, _ = struct.unpack_from("=LHHLL", buf, off)
+            for mtype, _, off, length in messages(buf):
                 if mtype == NLMSG_DONE:
                     return out
                 if mtype == NLMSG_ERROR:
-                    (err,) = struct.unpack_from("i", buf, off + 16)
+                    err = error_of(buf, off)
                     if err == -errno.ENOENT:
                         return out
                     raise SyscallError(-err, "nfnetlink", "dump")
                 out.append((buf[off + 16], parse_attrs(buf[off + 20:off + length])))
-                off += max((length + 3) & ~3, 16)

@@ -27,6 +27,8 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 
 from rocker_sys.libc import SyscallError
 
+from .nlmsg import error_of, messages
+
 NLMSG_ERROR = 2
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 IN6_ADDR_GEN_MODE_NONE = 1
@@ -153,17 +155,12 @@ class Rtnl:
         pending, first_err = set(names), None
         while pending:
             buf = self.sock.recv(65536)
-            off = 0
-            while off + 16 <= len(buf):
-                length, kind, _, seq, _ = struct.unpack_from("=LHHLL", buf, off)
+            for kind, seq, off, _ in messages(buf):
                 if kind == NLMSG_ERROR and seq in pending:
                     pending.discard(seq)
-                    (err,) = struct.unpack_from("i", buf, off + 16)
+                    err = error_of(buf, off)
                     if err and first_err is None:
                         first_err = SyscallError(-err, "rtnetlink", names[seq])
-                off += (length + 3) & ~3
-                if not length:
-                    break
         if first_err is not None:
             raise first_err
 
