@@ -48,7 +48,7 @@ BUILTIN_IGNORE = (re.compile(r"^mount: /run/netns \(type (?!nsfs)"),)
 class Resource:
     """One piece of host state; equality is by (kind, key) so snapshots compare as sets."""
 
-    kind: str  # "mount" | "loop" | "netns" | "process" | "namespace" | "cgroup"
+    kind: str  # "mount" | "loop" | "netns" | "process" | "namespace" | "cgroup" | "tempdir" | network kinds
     key: tuple[str | int, ...]
     detail: str = field(compare=False)
 
@@ -109,6 +109,16 @@ def loop_devices() -> Iterator[Resource]:
             continue
         autoclear = (_read_text(f"/sys/block/{name}/loop/autoclear") or "?").strip()
         yield Resource("loop", (name, backing), f"/dev/{name} backed by {backing} (autoclear={autoclear})")
+
+
+def temp_dirs(tmp: str = "/tmp", prefix: str = "rocker-test-") -> Iterator[Resource]:
+    """The tests' own temp dirs (tests/rockers.py `base`): a fixture whose cleanup failed leaves one."""
+    try:
+        names = sorted(n for n in os.listdir(tmp) if n.startswith(prefix))
+    except OSError:
+        return
+    for name in names:
+        yield Resource("tempdir", (name,), f"{tmp}/{name}")
 
 
 def named_netns(run_dir: str = "/run/netns") -> Iterator[Resource]:
@@ -287,6 +297,7 @@ class Scanner:
             parse_mountinfo(mountinfo),
             rocker_cgroups(mountinfo),
             loop_devices(),
+            temp_dirs(),
             named_netns(),
             processes(self.root_pid),
             own_namespaces(self.root_pid),
