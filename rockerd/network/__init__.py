@@ -8,7 +8,7 @@
             address, ip_forward and the nftables table are set up when the first bridged
             rocker needs them and removed when rockerd stops with none left.
 
-All of it is netlink from the daemon's thread (rtnl.py, nft.py): no process is started.
+All of it is netlink from the daemon's thread (rtnl.py, veth.py, nft.py): no process is started.
 Each bridged rocker's address and ports are also written to a small record of this
 module's own (<run dir>/<name>.json), so a restarted rockerd takes them back.
 """

@@ -1,5 +1,6 @@
 """A bridged rocker's link: the veth pair with its host end on the bridge, `eth0` inside with its
-address and default route. Two netlink round trips on the host's side and one batch in the rocker's.
+address and default route: one netlink round trip and a sysctl on the host's side, then an index
+lookup and one batch through a socket of the rocker's namespace.
 
 Used by Network (rockerd) and bench/netcost.py (the kernel's share of it, no rockerd)."""
 
