@@ -1,9 +1,8 @@
 """`python3 -m bench.netcost MODE LIVE [SAMPLES]`: the kernel's share of a bridged rocker, at 0 and LIVE.
 
 Root only; no rockerd. Makes a bridge of its own (`rkcost0`, no address: no packet leaves it), then
-per sample a network namespace and what rockerd/network does for a bridged rocker: the veth pair
-with its peer made in the namespace, the host end up, and inside lo and eth0 up, an address
-(198.19.0.0/16) and a default route. p50 of SAMPLES (default 30) at 0 live, then again with LIVE
+per sample a network namespace and what rockerd/network does for a bridged rocker (veth.py's
+link_rocker, addresses from 198.19.0.0/16). p50 of SAMPLES (default 30) at 0 live, then again with LIVE
 such namespaces kept, all removed at the end. MODE is a comma list of what to turn on:
 
     v6on    IPv6 left on both veth ends (rockerd before: a link-local address each, with its DAD,
@@ -23,21 +22,9 @@ import time
 from ipaddress import IPv4Network
 
 from rocker_sys import ns
-from rockerd.network import _ipv6_off
-from rockerd.network.netns import _own_netns, rtnl_in
-from rockerd.network.rtnl import (
-    CREATE,
-    RTM_NEWADDR,
-    RTM_NEWLINK,
-    RTM_NEWROUTE,
-    Rtnl,
-    _py_link,
-    addr_msg,
-    default_route_msg,
-    ipv6_off_msg,
-    link_msg,
-    veth_msg,
-)
+from rockerd.network.netns import _own_netns
+from rockerd.network.rtnl import CREATE, RTM_NEWLINK, Rtnl, _py_link
+from rockerd.network.veth import link_rocker
 
 BRIDGE = "rkcost0"
 NET = IPv4Network("198.19.0.0/16")
@@ -52,19 +39,8 @@ def new_netns() -> int:
     return fd
 
 
-def attach(r: Rtnl, i: int, fd: int, bridge: int, v6: bool) -> None:
-    name = f"rkc{i}"
-    r.request("veth", veth_msg(name, "eth0", fd, bridge), RTM_NEWLINK, CREATE)
-    if not v6:
-        _ipv6_off(name)
-    r.request("up", link_msg(up=True, name=name), RTM_NEWLINK, 0)
-    with rtnl_in(fd, 0) as rr:
-        idx = rr.link_index("eth0")
-        rr.batch([("lo up", link_msg(1, up=True), RTM_NEWLINK, 0),
-                  *([] if v6 else [("v6 off", ipv6_off_msg(idx), RTM_NEWLINK, 0)]),
-                  ("eth0 up", link_msg(idx, up=True), RTM_NEWLINK, 0),
-                  ("address", addr_msg(idx, NET.network_address + 2 + i % 60000, NET), RTM_NEWADDR, CREATE),
-                  ("route", default_route_msg(NET[1], idx), RTM_NEWROUTE, CREATE)])
+def attach(i: int, fd: int, bridge: int, v6: bool) -> None:
+    link_rocker(fd, 0, f"rkc{i}", bridge, NET.network_address + 2 + i % 60000, NET, NET[1], ipv6=v6)
 
 
 def main() -> None:
@@ -84,7 +60,7 @@ def main() -> None:
                 for k in range(samples):
                     t = time.perf_counter()
                     fd = new_netns()
-                    attach(r, base + k, fd, bridge, v6)
+                    attach(base + k, fd, bridge, v6)
                     times.append((time.perf_counter() - t) * 1e3)
                     os.close(fd)  # the namespace and its veth go with the last reference
                     time.sleep(0.02)
@@ -95,7 +71,7 @@ def main() -> None:
             for i in range(live):
                 fd = new_netns()
                 fds.append(fd)
-                attach(r, i, fd, bridge, v6)
+                attach(i, fd, bridge, v6)
             build = time.perf_counter() - t
             time.sleep(3)
             atn = measure(60000)

@@ -23,9 +23,10 @@ from .quick import bench_setup
 KEYS = ("create_daemon_ms", "create_client_ms", "start_first_line_ms", "start_exec_ms")
 
 
-def measure(modes: list[str], samples: int, warm: bool) -> dict[str, list[dict[str, Any]]]:
+def measure(modes: list[str], samples: int, warm: bool,
+            rockerd_args: tuple[str, ...] = ()) -> dict[str, list[dict[str, Any]]]:
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-    with bench_setup("netmodes") as s:
+    with bench_setup("netmodes", rockerd_args) as s:
         setups = {m: dataclasses.replace(s, network=m) for m in modes}
         holder = ours.hold_one(s, "holder") if warm else None
         try:
@@ -74,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="none,host", help="comma-separated network modes (the first: reference)")
     p.add_argument("--samples", type=int, default=150, help="cycles per mode")
     p.add_argument("--warm", action="store_true", help="keep the package mounted by another rocker meanwhile")
+    p.add_argument("--rockerd-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for the benchmark's rockerd (repeatable; e.g. --rockerd-arg=--cgroups=none)")
     p.add_argument("--out", type=Path, default=None, help="JSON of every cycle")
     a = p.parse_args(argv)
-    rows = measure(a.modes.split(","), a.samples, a.warm)
+    rows = measure(a.modes.split(","), a.samples, a.warm, tuple(a.rockerd_arg))
     if a.out:
         a.out.write_text(json.dumps(rows) + "\n")
     print(report(rows))

@@ -83,6 +83,7 @@ def _patch_daemon(out_path: str) -> None:
     timed_method(service, "parse_request", "parse request")
     timed_method(service.journal, "event", "journal event (log line)")
     timed_method(service.Network, "plan", "network plan")
+    timed_method(service.Network, "setup", "network setup (a bridged rocker's: on a spawn thread)")
     timed_method(service.CgroupManager, "started", "cgroup started (limits)")
     timed_method(service.Registry, "add", "registry add")
     # the end of the previous rocker, handled on the loop (where the next Create may wait for it)

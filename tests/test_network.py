@@ -28,6 +28,7 @@ import netoutside as out
 import pytest
 from daemon import Daemon, start_daemon
 from pkgbuild import build_pkg
+from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK
 from rockers import live_app, lo_works, make_req, run_app, wait_gone
 
@@ -238,6 +239,23 @@ def test_bridged_links_have_no_ipv6_and_the_bridge_keeps_its_mac(req: Callable[.
     assert (br / "bridge/multicast_snooping").read_text().strip() == "0"
     assert (br / "addr_assign_type").read_text().strip() == "3"  # NET_ADDR_SET: ours, not a port's
     assert (br / "address").read_text() == mac
+
+
+def _queues() -> dict[str, int]:
+    """eth0's transmit and receive queues, as the kernel reports them (the app's netns)."""
+    with IPRoute() as ipr:
+        (link,) = ipr.link("get", ifname="eth0")
+        return {k: link.get_attr(f"IFLA_NUM_{k.upper()}_QUEUES") for k in ("tx", "rx")}
+
+
+def test_each_veth_end_has_one_queue_each_way(req: Callable[..., Any]) -> None:
+    """veth's default is a transmit and a receive queue per possible CPU, each a sysfs directory made
+    and removed with the link: one of each (docs/networking.md, Cost)."""
+    with live_app(req("bridge"), _queues) as run:
+        assert run.res.ok, run.res.detail
+        host_end = sorted(os.listdir(f"/sys/class/net/v{run.res.guard_pname}/queues"))
+    assert run.report == {"tx": 1, "rx": 1}
+    assert host_end == ["rx-0", "tx-0"]
 
 
 def _server_probe(port: int) -> Callable[[], dict[str, Any]]:

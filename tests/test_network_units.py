@@ -83,10 +83,12 @@ def test_per_rocker_messages_match_pyroute2s_encoding() -> None:
     """rtnl.py packs these with struct (pyroute2's codec cost ~0.5 ms of Python per bridged rocker):
     each must be, byte for byte, what pyroute2 would have sent."""
     net, addr = IPv4Network("198.18.0.0/23"), IPv4Address("198.18.1.7")
-    peer = {"attrs": [("IFLA_IFNAME", "eth0"), ("IFLA_NET_NS_FD", 9)]}
+    queues = [("IFLA_NUM_TX_QUEUES", 1), ("IFLA_NUM_RX_QUEUES", 1)]
+    peer = {"attrs": [("IFLA_IFNAME", "eth0"), ("IFLA_NET_NS_FD", 9), *queues]}
     info = {"attrs": [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]})]}
-    assert rtnl.veth_msg("vrk-0123abcd", "eth0", 9, 42) == _pyroute2(
-        ifinfmsg(), [("IFLA_IFNAME", "vrk-0123abcd"), ("IFLA_MASTER", 42), ("IFLA_LINKINFO", info)])
+    host = [("IFLA_IFNAME", "vrk-0123abcd"), ("IFLA_MASTER", 42), *queues, ("IFLA_LINKINFO", info)]
+    assert rtnl.veth_msg("vrk-0123abcd", "eth0", 9, 42) == _pyroute2(ifinfmsg(), host, flags=IFF_UP, change=IFF_UP)
+    assert rtnl.veth_msg("vrk-0123abcd", "eth0", 9, 42, up=False) == _pyroute2(ifinfmsg(), host)
     af = {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]}
     assert rtnl.ipv6_off_msg(3) == _pyroute2(ifinfmsg(), [("IFLA_AF_SPEC", af)], index=3)
     assert rtnl.link_msg(3, up=True) == _pyroute2(ifinfmsg(), [], index=3, flags=IFF_UP, change=IFF_UP)

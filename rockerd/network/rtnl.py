@@ -34,6 +34,7 @@ CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 IN6_ADDR_GEN_MODE_NONE = 1
 # attribute numbers, linux/if_link.h, if_addr.h, rtnetlink.h, veth.h
 IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_AF_SPEC, IFLA_NET_NS_FD = 3, 10, 18, 26, 28
+IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES = 31, 32
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFLA_INET6_ADDR_GEN_MODE = 8
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
@@ -74,12 +75,19 @@ def link_msg(index: int = 0, *, up: bool = False, name: str | None = None) -> by
     return _ifinfo(index, up) + (_str(IFLA_IFNAME, name) if name is not None else b"")
 
 
-def veth_msg(host_name: str, peer_name: str, peer_netns_fd: int, master: int) -> bytes:
-    """A veth pair: `host_name` here on bridge `master`, `peer_name` in the rocker's netns, both down
-    (so IPv6 can be turned off on each before it is up: see ipv6_off_msg)."""
-    peer = _ifinfo() + _str(IFLA_IFNAME, peer_name) + _u32(IFLA_NET_NS_FD, peer_netns_fd)
+def veth_msg(host_name: str, peer_name: str, peer_netns_fd: int, master: int, *, up: bool = True) -> bytes:
+    """A veth pair: `host_name` here on bridge `master` (up if `up`), `peer_name` in the rocker's netns,
+    down (so IPv6 can be turned off on it before it is up: see ipv6_off_msg; until it is, the host end
+    has no carrier, which is what IPv6 waits for there too).
+
+    One transmit and one receive queue per end: veth's default is one of each per possible CPU, each
+    a sysfs directory of its own made and removed with the link (a third of the pair's creation on 2
+    CPUs). Without XDP or GRO on the veth (the default) a packet goes to the receiving CPU's backlog
+    whatever the queue, so nothing is lost by it."""
+    queues = _u32(IFLA_NUM_TX_QUEUES, 1) + _u32(IFLA_NUM_RX_QUEUES, 1)
+    peer = _ifinfo() + _str(IFLA_IFNAME, peer_name) + _u32(IFLA_NET_NS_FD, peer_netns_fd) + queues
     info = _str(IFLA_INFO_KIND, "veth") + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer))
-    return link_msg(name=host_name) + _u32(IFLA_MASTER, master) + _attr(IFLA_LINKINFO, info)
+    return link_msg(up=up, name=host_name) + _u32(IFLA_MASTER, master) + queues + _attr(IFLA_LINKINFO, info)
 
 
 def ipv6_off_msg(index: int) -> bytes:
