@@ -73,7 +73,8 @@ def test_what_cannot_be_told_gets_the_whole_parser(argv: list[str]) -> None:
 # -- the C front (clients/cli): `rocker run` decided as the Python CLI decides, or handed to it --------------------
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
-FRONT = SCRIPTS / "rocker"
+BUILT_HERE = ROOT / "clients/cli/rocker"  # scripts/mutants.py builds the front here, in its copy of the tree
+FRONT = BUILT_HERE if BUILT_HERE.is_file() else SCRIPTS / "rocker"
 # The Python CLI with rockerd and the job left out: what `rocker run` would ask for and run, as JSON.
 REFERENCE = """
 import json, sys
