@@ -62,9 +62,14 @@ def commands(tmp: Path, rocker: list[str], python_cli: list[str], socket: str | 
                                              "/bin/true"],
     }
     if socket and pkg:
-        for name, cli in (("rocker", rocker), ("rocker-py", python_cli)):
+        for name, cli in (("rocker", rocker), ("rocker-py", python_cli)):  # each its own dirs: no rocker waits
             cmds[f"{name} run ... /bin/true (whole)"] = [*cli, "--socket", socket, "run", "--pkg", pkg, "--exec-dir",
-                                                         f"{tmp}/exec", "--data-dir", f"{tmp}/data", "--", "/bin/true"]
+                                                         f"{tmp}/{name}/exec", "--data-dir", f"{tmp}/{name}/data",
+                                                         "--", "/bin/true"]  # for the last one's end on the same dir
+        # root's app runs as nobody by default; as root, like bubblewrap's /bin/true here (rockerd's cost differs)
+        cmds["rocker run --uid 0 ... (whole)"] = [*rocker, "--socket", socket, "run", "--pkg", pkg, "--exec-dir",
+                                                  f"{tmp}/exec0", "--data-dir", f"{tmp}/data0", "--uid", "0", "--gid",
+                                                  "0", "--", "/bin/true"]
     bwrap = shutil.which("bwrap")
     if bwrap:
         cmds["bwrap /bin/true (whole)"] = [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc", "--dev",
