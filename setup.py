@@ -3,7 +3,9 @@
 - rocker-guard (rocker-guard.c): PID 1 of every rocker, a static executable;
 - librocker-spawn.so (rocker-spawn.c): how rockerd starts it, loaded with ctypes;
 - librocker-exec.so (rocker_client/_native/rocker-exec.c): how the client starts
-  an app that is a program without forking its caller, loaded with ctypes.
+  an app that is a program without forking its caller, loaded with ctypes;
+- rocker (clients/cli/*.c on clients/c): the `rocker` command, `rocker run` in C, every
+  other command by the Python CLI (the console script rocker-py), installed as a script.
 
 All metadata lives in pyproject.toml. This file only adds:
 - build_py compiles both into the built package (``pip install .``) or,
@@ -38,6 +40,11 @@ EXEC_SRC = os.path.join(HERE, NATIVE_DIR, "rocker-exec.c")
 JOIN_SRC = os.path.join(HERE, NATIVE_DIR, "rocker-join.c")  # the join, shared with clients/c
 SECCOMP_SRC = os.path.join(HERE, NATIVE_DIR, "rocker-seccomp.c")  # its syscall filter, shared too
 EXEC_LIB = "librocker-exec.so"
+CLIENT_DIR = os.path.join(HERE, "clients", "c")
+FRONT_DIR = os.path.join(HERE, "clients", "cli")
+FRONT_SRCS = [*(os.path.join(FRONT_DIR, f) for f in ("main.c", "place.c", "job.c")),
+              os.path.join(CLIENT_DIR, "rocker_client.c"), os.path.join(CLIENT_DIR, "rkjson.c"), JOIN_SRC, SECCOMP_SRC]
+FRONT_BIN = "rocker"
 
 # The one warning set of all rocker's C (clients/c/Makefile and bench/ use it too; tests/test_c_warnings.py)
 WARN = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wmissing-prototypes", "-Wstrict-prototypes"]
@@ -83,6 +90,14 @@ def compile_exec_lib(out: str) -> None:
     _compile("client's exec library", [[*SO_FLAGS, EXEC_SRC, JOIN_SRC, SECCOMP_SRC]], out)
 
 
+def compile_front(out: str) -> None:
+    """The `rocker` command; the Python CLI it hands over to is rocker-py beside it, else this interpreter."""
+    python = sys.executable.replace("\\", "\\\\").replace('"', '\\"')
+    _compile("rocker command (C front)", [["-O2", *WARN, "-s", f"-I{CLIENT_DIR}", f"-I{FRONT_DIR}",
+                                           f"-I{os.path.join(HERE, NATIVE_DIR)}", f'-DROCKER_PYTHON="{python}"',
+                                           *FRONT_SRCS]], out)
+
+
 def _unlink_if_exists(path: str) -> None:
     if os.path.exists(path):
         os.unlink(path)
@@ -113,6 +128,22 @@ class BuildPyWithGuard(build_py):
         return outputs
 
 
+def build_front_command() -> type:
+    """build_scripts for the `rocker` script, a program compiled here (distutils' would read it as text).
+    setuptools has no build_scripts of its own: distutils' is setuptools' copy once setuptools is imported."""
+    from distutils.command.build_scripts import build_scripts
+
+    class BuildFront(build_scripts):
+        def run(self) -> None:
+            self.mkpath(self.build_dir)
+            compile_front(os.path.join(self.build_dir, FRONT_BIN))
+
+        def get_outputs(self) -> list[str]:
+            return [os.path.join(self.build_dir, FRONT_BIN)]
+
+    return BuildFront
+
+
 class PlatformDistribution(Distribution):
     """The package ships native code: the wheel must be platform-specific."""
 
@@ -126,4 +157,6 @@ SHARE_FILES = [("share/man/man1", ["share/man/man1/rocker.1"]), ("share/man/man8
                ("share/bash-completion/completions", ["share/bash-completion/completions/rocker"]),
                ("share/zsh/site-functions", ["share/zsh/site-functions/_rocker"])]
 
-setup(distclass=PlatformDistribution, cmdclass={"build_py": BuildPyWithGuard}, data_files=SHARE_FILES)
+# scripts: what BuildFront makes (the source named only makes setuptools run it, and ship the source)
+setup(distclass=PlatformDistribution, cmdclass={"build_py": BuildPyWithGuard, "build_scripts": build_front_command()},
+      scripts=[os.path.join("clients", "cli", "main.c")], data_files=SHARE_FILES)

@@ -4,11 +4,12 @@
 
 Times, interleaved, medians of n runs: `rocker run --pkg PKG -- /bin/true` whole (as root, with
 its own rockerd on a private socket and an empty package, unless --socket/--pkg name a running
-one); the CLI's own start: `rocker run` up to its connect, to a socket nobody listens on (exit
-125: interpreter, imports and argument parsing); `bwrap --unshare-all --ro-bind / / --proc /proc
---dev /dev /bin/true`; and the interpreter alone (`python -I -S -c pass`, the floor of any Python
-CLI). The rocker timed is the console script beside this interpreter (what `pip install` put on
-PATH), else `python -m rocker_client.cli`; --rocker names another.
+one), by the installed `rocker` (the C front, clients/cli) and by the Python CLI (`rocker-py`, what
+`rocker` was before the front); the Python CLI's own start: `rocker-py run` up to its connect, to a
+socket nobody listens on (exit 125: interpreter, imports and argument parsing); `bwrap --unshare-all
+--ro-bind / / --proc /proc --dev /dev /bin/true`; and the interpreter alone (`python -I -S -c pass`,
+the floor of any Python CLI). The commands timed are those beside this interpreter (what `pip
+install` put on PATH), else `python -m rocker_client.cli` for both; --rocker names another front.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ def _time(cmd: list[str]) -> tuple[float, int, bytes]:
     return time.perf_counter() - t0, p.returncode, p.stderr
 
 
-def rocker_command(given: str | None) -> list[str]:
+def rocker_command(given: str | None, name: str = "rocker") -> list[str]:
     if given:
         return [given]
-    script = Path(sys.executable).parent / "rocker"
+    script = Path(sys.executable).parent / name
     return [str(script)] if script.is_file() else [sys.executable, "-m", "rocker_client.cli"]
 
 
@@ -50,17 +51,25 @@ def empty_package(tmp: Path) -> Path:
     return pkg
 
 
-def commands(tmp: Path, rocker: list[str], socket: str | None, pkg: str | None) -> dict[str, list[str]]:
+def commands(tmp: Path, rocker: list[str], python_cli: list[str], socket: str | None,
+             pkg: str | None) -> dict[str, list[str]]:
     fake = tmp / "fake.squashfs"  # passes the CLI's own look (the magic), then connect fails
     fake.write_bytes(b"hsqs" + bytes(92))
     cmds: dict[str, list[str]] = {
         "python -I -S -c pass": [sys.executable, "-I", "-S", "-c", "pass"],
-        "rocker run (CLI start, to connect)": [*rocker, "--socket", str(tmp / "none.sock"), "run", "--pkg", str(fake),
-                                               "--exec-dir", f"{tmp}/e", "--data-dir", f"{tmp}/d", "--", "/bin/true"],
+        "rocker-py run (Python CLI start)": [*python_cli, "--socket", str(tmp / "none.sock"), "run", "--pkg",
+                                             str(fake), "--exec-dir", f"{tmp}/e", "--data-dir", f"{tmp}/d", "--",
+                                             "/bin/true"],
     }
     if socket and pkg:
-        cmds["rocker run ... /bin/true (whole)"] = [*rocker, "--socket", socket, "run", "--pkg", pkg, "--exec-dir",
-                                                    f"{tmp}/exec", "--data-dir", f"{tmp}/data", "--", "/bin/true"]
+        for name, cli in (("rocker", rocker), ("rocker-py", python_cli)):  # each its own dirs: no rocker waits
+            cmds[f"{name} run ... /bin/true (whole)"] = [*cli, "--socket", socket, "run", "--pkg", pkg, "--exec-dir",
+                                                         f"{tmp}/{name}/exec", "--data-dir", f"{tmp}/{name}/data",
+                                                         "--", "/bin/true"]  # for the last one's end on the same dir
+        # root's app runs as nobody by default; as root, like bubblewrap's /bin/true here (rockerd's cost differs)
+        cmds["rocker run --uid 0 ... (whole)"] = [*rocker, "--socket", socket, "run", "--pkg", pkg, "--exec-dir",
+                                                  f"{tmp}/exec0", "--data-dir", f"{tmp}/data0", "--uid", "0", "--gid",
+                                                  "0", "--", "/bin/true"]
     bwrap = shutil.which("bwrap")
     if bwrap:
         cmds["bwrap /bin/true (whole)"] = [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc", "--dev",
@@ -83,11 +92,11 @@ def measure(cmds: dict[str, list[str]], n: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-n", type=int, default=15)
-    p.add_argument("--rocker", help="the rocker command to time (default: the console script beside python)")
+    p.add_argument("--rocker", help="the rocker command to time (default: the `rocker` beside python, the C front)")
     p.add_argument("--socket", help="a running rockerd's socket (default: start one, as root)")
     p.add_argument("--pkg", help="the package for the whole run (default: an empty one)")
     a = p.parse_args(argv)
-    rocker = rocker_command(a.rocker)
+    rocker, python_cli = rocker_command(a.rocker), rocker_command(None, "rocker-py")
     with tempfile.TemporaryDirectory(prefix="rocker-cli-start-") as name:
         tmp = Path(name)
         tmp.chmod(0o755)  # root's app runs as nobody, which must reach the exec dir
@@ -100,15 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         if socket and pkg is None and shutil.which("mksquashfs"):
             pkg = str(empty_package(tmp))
         try:
-            med = measure(commands(tmp, rocker, socket, pkg), a.n)
+            med = measure(commands(tmp, rocker, python_cli, socket, pkg), a.n)
         finally:
             if daemon is not None:
                 daemon.stop()
     base = med.get("bwrap /bin/true (whole)")
-    print(f"{' '.join(rocker)}; medians of {a.n}, interleaved")
+    print(f"{' '.join(rocker)} and {' '.join(python_cli)}; medians of {a.n}, interleaved")
     for name, ms in med.items():
         ratio = f"  {ms / base:.1f}x bwrap" if base else ""
-        print(f"{name:40s} {ms:7.1f} ms{ratio}")
+        print(f"{name:42s} {ms:7.1f} ms{ratio}")
     return 0
 
 

@@ -166,6 +166,7 @@ class NativeBuild:
             return {}
         g, n = self.tree / s.GUARD_DIR, self.tree / s.NATIVE_DIR
         exec_lib = (s.compile_exec_lib, n / s.EXEC_LIB)
+        front = (s.compile_front, self.tree / "clients/cli" / s.FRONT_BIN)  # tests prefer it to the installed one
         return {"rockerd/guard/rocker-guard.c": (s.compile_guard, g / s.GUARD_BIN),
                 "rockerd/guard/rocker-spawn.c": (s.compile_spawn_lib, g / s.SPAWN_LIB),
                 "rocker_client/_native/rocker-exec.c": exec_lib,
@@ -173,6 +174,8 @@ class NativeBuild:
                 "rocker_client/_native/rocker-join.h": exec_lib,
                 "rocker_client/_native/rocker-seccomp.c": exec_lib,  # the join's syscall filter
                 "rocker_client/_native/rocker-seccomp.h": exec_lib,
+                "clients/cli/main.c": front, "clients/cli/place.c": front, "clients/cli/job.c": front,
+                "clients/cli/front.h": front,
                 # the tests that use clients/c build it themselves (make O=their tmp dir): nothing to do here
                 "clients/c/rocker_client.c": (lambda _out: None, self.tree / "clients/c")}
 

@@ -78,6 +78,8 @@ def test_a_user_installs_the_client_from_a_wheel_and_runs(base: Path, pkg: Path)
             p = as_user(*step)
             assert p.returncode == 0, (step, p.stdout, p.stderr)
         rocker = str(venv / "bin" / "rocker")
+        assert Path(rocker).read_bytes()[:4] == b"\x7fELF" and (venv / "bin" / "rocker-py").is_file(), \
+            "the wheel installs the C front as rocker and the Python CLI beside it (docs/cli.md)"
         version = as_user(rocker, "--version")
         assert version.returncode == 0 and version.stdout.strip() == "rocker 0.1.0", version
         assert (venv / "share" / "man" / "man1" / "rocker.1").is_file(), "man rocker works with the venv on PATH"
