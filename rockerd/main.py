@@ -209,7 +209,7 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
         warm_budget=int(args.warm_mib * (1 << 20)), allow_nested_callers=args.allow_nested_callers,
         network=NetConfig(args.default_network, args.bridge_subnet, args.bridge_name, tuple(args.bridge_dns),
                           os.path.abspath(args.state_dir) + "-net"),
-        cgroups=args.cgroups, limit_policy=limit_policy(args)))
+        cgroups=args.cgroups, cgroup_parent=args.cgroup_parent, limit_policy=limit_policy(args)))
     server = VarlinkServer(
         vendor="rocker", product="rockerd", version=__version__, url="https://github.com/rocker-sandbox/rocker",
         interfaces=[service.interface()], log=logging.getLogger("rockerd.varlink"),

@@ -39,6 +39,7 @@ class ServiceConfig:
     allow_nested_callers: bool = False
     network: NetConfig = field(default_factory=NetConfig)
     cgroups: str = "auto"  # "auto", "v2", "v1", "none" (cgroups/detect.py)
+    cgroup_parent: str = ""  # v2: rockers under this delegated cgroup, not rockerd's own (--cgroup-parent)
     limit_policy: LimitPolicy | None = None
 
 
@@ -52,7 +53,8 @@ class RockerService:
         self.shares = DataShares(self.slots)  # rockers on one data dir share its overlays
         self.state = StateDir(self.config.state_dir)
         self.network = Network(self.config.network)
-        self.cgroups = CgroupManager(detect(want=self.config.cgroups), self.config.limit_policy)
+        self.cgroups = CgroupManager(detect(want=self.config.cgroups, parent=self.config.cgroup_parent),
+                                     self.config.limit_policy)
         self.filters = confine.Filters.build()  # once: every Create sends the same programs
         self._adopt()
 

@@ -58,6 +58,16 @@ cg_dirs() {  # cgroup dirs that will hold nspawn (host side)
     fi
 }
 
+root_controllers() {  # pure cgroup2 host: hand the root's controllers down, so the container's systemd has some
+    # A host systemd has done this already; a host without one (the 6.1 VM: scripts/kvm-run.sh) has not, and then
+    # nspawn cannot enable anything for its payload and the container's systemd sees no controllers to delegate.
+    local R=/sys/fs/cgroup c
+    [ -f $R/cgroup.controllers ] || return 0
+    for c in $(cat $R/cgroup.controllers); do
+        grep -qw "$c" $R/cgroup.subtree_control || echo "+$c" > $R/cgroup.subtree_control 2>/dev/null || true
+    done
+}
+
 leader() {
     [ -f "$S/leader.pid" ] || die "not running (no $S/leader.pid)"
     cat "$S/leader.pid"
@@ -106,6 +116,7 @@ up() {
     [ -f "$S/nspawn.pid" ] && alive "$(cat "$S/nspawn.pid")" && die "already running (TESTBED_NAME=$NAME)"
     rm -rf "$S"; mkdir -p "$S/root" "$S/ovl" "$B/share"
     local t0=$EPOCHREALTIME
+    root_controllers
     local d; for d in $(cg_dirs); do mkdir -p "$d"; done
     # launcher subshell: move into our own cgroup (nspawn --keep-unit puts the container in ./payload)
     (

@@ -18,16 +18,19 @@ V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 @dataclass(frozen=True)
 class Hierarchy:
     """What the host has: `mode` "v2", "v1" or "none"; `mounts` maps a controller to its mount
-    point (v2: "" maps to the one cgroup2 mount); `own` is rockerd's cgroup there (v2 only)."""
+    point (v2: "" maps to the one cgroup2 mount); `own` is rockerd's cgroup there (v2 only);
+    `parent`, if set, the delegated cgroup rockers go under instead of `own` (v2 only: --cgroup-parent)."""
 
     mode: str
     mounts: dict[str, str] = field(default_factory=dict)
     own: str = "/"
     reason: str = ""
+    parent: str = ""
 
     def describe(self) -> str:
         if self.mode == "v2":
-            return f"cgroup v2 at {self.mounts['']} (rockerd in {self.own})"
+            where = f", rockers in {self.parent}" if self.parent else ""
+            return f"cgroup v2 at {self.mounts['']} (rockerd in {self.own}{where})"
         if self.mode == "v1":
             return "cgroup v1: " + ", ".join(f"{c} at {m}" for c, m in self.mounts.items())
         return f"none: {self.reason}"
@@ -54,9 +57,11 @@ def _own_v2(proc_cgroup: str) -> str:
     return "/"
 
 
-def detect(mountinfo: str | None = None, proc_cgroup: str | None = None, want: str = "auto") -> Hierarchy:
+def detect(mountinfo: str | None = None, proc_cgroup: str | None = None, want: str = "auto",
+           parent: str = "") -> Hierarchy:
     """The host's hierarchy; `want` ("auto", "v2", "v1", "none") forces one (for tests and
-    operators), and is refused with the reason when the host lacks it."""
+    operators), and is refused with the reason when the host lacks it. `parent` (v2): the cgroup
+    to put rockers under instead of rockerd's own."""
     if want == "none":
         return Hierarchy("none", reason="turned off by --cgroups none")
     if mountinfo is None:
@@ -79,7 +84,7 @@ def detect(mountinfo: str | None = None, proc_cgroup: str | None = None, want: s
                 continue
             missing = [c for c in V2_CONTROLLERS if c not in have]
             if not missing:
-                return Hierarchy("v2", {"": point}, _own_v2(proc_cgroup))
+                return Hierarchy("v2", {"": point}, _own_v2(proc_cgroup), parent=parent)
             reasons.append(f"cgroup2 at {point} lacks {' '.join(missing)}")
     if want in ("auto", "v1"):
         v1 = {}

@@ -32,6 +32,10 @@ def add_cgroup_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cgroups", choices=["auto", "v2", "v1", "none"], default="auto",
                    help="the cgroup hierarchy to put rockers in (default: auto: v2 if it has the memory, pids "
                         "and cpu controllers, else v1; none: limits off, requests that ask for one refused)")
+    g.add_argument("--cgroup-parent", default="", metavar="CGROUP",
+                   help="v2: make rockers' cgroups under this delegated cgroup (a path in the cgroup2 tree, e.g. "
+                        "/system.slice/rocker-cgroups.service) instead of under rockerd's own cgroup, so "
+                        "that systemd can restart rockerd while rockers live (docs/operations.md)")
     g.add_argument("--default-memory", type=parse_size, metavar="SIZE",
                    help="memory_max of a request without one (default: none)")
     g.add_argument("--default-pids", type=_count, default=DEFAULT_PIDS_MAX, metavar="N",

@@ -1,9 +1,10 @@
 """rockerd's cgroup subtree: one cgroup per rocker, made before its guard starts, removed after it ends.
 
 Layout (docs/operations.md): v1: MOUNT/rocker/NAME in each of the memory, pids, cpu and cpuacct
-hierarchies; v2: CGROUP/rocker/NAME, where CGROUP is rockerd's own cgroup (its delegated unit's
-under systemd, whose own processes then move to CGROUP/daemon: the kernel lets a cgroup either
-hold processes or hand controllers down, never both) or the root cgroup.
+hierarchies; v2: CGROUP/rocker/NAME, where CGROUP is --cgroup-parent (under systemd the delegated
+rocker-cgroups.service, so that rockerd's own unit stays a leaf systemd can restart it into), else
+rockerd's own cgroup, whose processes then move to CGROUP/daemon (the kernel lets a cgroup either
+hold processes or hand controllers down, never both), or the root cgroup.
 
 How the processes get in: rockerd writes the guard's PID to each cgroup.procs between its clone and
 its first instruction (rocker-spawn.c); the app joins through the cgroup.procs fds sent beside the
@@ -111,12 +112,15 @@ class CgroupTree:
                 self.bases[ctrl] = self._mkdir_base(os.path.join(mount, BASE))
         elif self.hier.mode == "v2":
             mount, own = self.hier.mounts[""], self.hier.own
-            if os.path.basename(own) == DAEMON:  # already in our leaf (systemd's DelegateSubgroup=daemon)
-                own = os.path.dirname(own)
-            top = os.path.join(mount, own.lstrip("/")).rstrip("/")
-            if own != "/" and os.path.basename(self.hier.own) != DAEMON:  # processes live only in leaves
-                leaf = self._mkdir_base(os.path.join(top, DAEMON))
-                _write(os.path.join(leaf, "cgroup.procs"), "0", "move rockerd into")
+            if self.hier.parent:  # a delegated cgroup of its own (rocker-cgroups.service): rockerd stays put
+                top = os.path.join(mount, self.hier.parent.lstrip("/")).rstrip("/")
+            else:
+                if os.path.basename(own) == DAEMON:  # already in our leaf (systemd's DelegateSubgroup=daemon)
+                    own = os.path.dirname(own)
+                top = os.path.join(mount, own.lstrip("/")).rstrip("/")
+                if own != "/" and os.path.basename(self.hier.own) != DAEMON:  # processes live only in leaves
+                    leaf = self._mkdir_base(os.path.join(top, DAEMON))
+                    _write(os.path.join(leaf, "cgroup.procs"), "0", "move rockerd into")
             enable = " ".join("+" + c for c in ("memory", "pids", "cpu"))
             _write(os.path.join(top, "cgroup.subtree_control"), enable, "enable controllers in")
             base = self._mkdir_base(os.path.join(top, BASE))
