@@ -164,6 +164,32 @@ def test_the_app_joins_through_the_files_that_skip_the_global_lock(base: Path, p
     assert at_own_root(report["cg"]), report
 
 
+THREADS_AND_CHILDREN = r"""
+import json, os, threading
+started, done = threading.Event(), threading.Event()
+threads = [threading.Thread(target=lambda: (started.set(), done.wait())) for _ in range(3)]
+for t in threads:
+    t.start()
+started.wait()
+views = {"thread " + tid: open(f"/proc/self/task/{tid}/cgroup").read() for tid in os.listdir("/proc/self/task")}
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if open("/proc/self/cgroup").read() == views["thread " + str(os.getppid())] else 1)
+views["child exit"] = str(os.waitpid(pid, 0)[1])
+done.set()
+os.write(int(os.environ["REPORT_FD"]), json.dumps(views).encode())
+"""
+
+
+def test_the_apps_threads_and_children_are_in_the_cgroup(base: Path, pkg: Path) -> None:
+    """v1 moves only the thread that writes "0" to `tasks`: the app's join does it while single-threaded,
+    so every thread and process it makes afterwards starts in the rocker's cgroup."""
+    res, views, status = _run_exec(base, pkg, THREADS_AND_CHILDREN)
+    assert res.ok and os.WEXITSTATUS(status) == 0, res
+    assert views.pop("child exit") == "0", views
+    assert len(views) == 4 and all(at_own_root(v) for v in views.values()), views
+
+
 def test_the_guard_joins_through_the_files_that_skip_the_global_lock() -> None:
     """The fds rockerd hands the guard's spawn (rocker-spawn.c): v1 `tasks` (root's opens: the guard
     writes "0" itself), v2 the cgroup dir (clone3 CLONE_INTO_CGROUP); and a Join's, like the reply's."""
