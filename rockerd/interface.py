@@ -65,9 +65,10 @@ type RockerInfo (
 # The reply carries the RockerResult fields; app_pid is 0 (the client starts
 # the app) and the namespace fds travel beside the reply, with the rocker's
 # cgroup fds (cgroups: their indexes), which the app uses in order before it
-# runs: it writes "0" to a cgroup.procs; on a socket (cgroup v2, non-root
-# caller) it writes "0" and reads rockerd's answer, "0" once it has been moved
-# or an errno; the last, the rocker's cgroup namespace, it joins (setns).
+# runs: it writes "0" to a cgroup file (v1 tasks, v2 cgroup.procs); on a
+# socket (cgroup v2, non-root caller) it writes "0" and reads rockerd's
+# answer, "0" once it has been moved or an errno; the last, the rocker's
+# cgroup namespace, it joins (setns).
 # Unless the request's seccomp is unconfined, the app's syscall filter comes
 # too: a sealed memfd holding a BPF program (struct sock_filter[]) whose index
 # is seccomp. The client installs it in the app after no_new_privs.

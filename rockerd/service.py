@@ -110,7 +110,7 @@ class RockerService:
         rocker = Rocker(name=name, pid=built.pid, pidfd=built.pidfd, request=req, caller_uid=peer.uid,
                         pkg_key=built.pkg_key, work_slot=built.work_slot)
         self.registry.add(rocker)
-        self.cgroups.started(cg, limits, built.pid)
+        self.cgroups.started(cg, limits, built.pid, built.pidfd)
         try:
             self.state.save(rocker.record(proc_starttime(built.pid)))
         except OSError as e:  # the rocker works; only a restarted rockerd could not re-adopt it
@@ -260,7 +260,7 @@ class RockerService:
                                      created=rec.created, started=time.monotonic() - age, work_slot=rec.work_slot))
             self.shares.adopt(rec.name, rec.pid, req, rec.work_slot)
             self.network.adopt(rec.name, req.network or "none")
-            self.cgroups.adopt(rec.name, rec.pid)
+            self.cgroups.adopt(rec.name, rec.pid, pidfd)
             journal.event(journal.ADOPTED, f"adopted {rec.name} (guard pid {rec.pid}) left by an earlier rockerd",
                           guard_name=rec.name, guard_pid=rec.pid, app_id=req.app_id, uid=req.uid,
                           caller_uid=rec.caller_uid)

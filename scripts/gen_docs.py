@@ -135,8 +135,8 @@ Clients look for it at `$ROCKER_SOCKET` if that is set (`rocker` also takes
 - The namespace handles of a new rocker travel as file descriptors
   (`SCM_RIGHTS`) on the `Create` reply; its `namespaces` field gives the
   index of each among them, and its `cgroups` field the indexes of the
-  rocker's `cgroup.procs` files, which the process that becomes the app
-  writes `0` to before it runs (docs/security.md). They are the caller's to
+  rocker's cgroup files (v1 `tasks`, v2 `cgroup.procs`), which the process
+  that becomes the app writes `0` to before it runs (docs/security.md). They are the caller's to
   close. rockerd accepts
   no file descriptors from clients (it closes any it receives).
 - rockerd reads the caller's credentials from the socket (`SO_PEERCRED`) at

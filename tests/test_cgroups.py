@@ -135,6 +135,90 @@ def test_guard_and_app_are_in_the_rockers_cgroup(base: Path, pkg: Path, how: str
     assert not any(os.path.exists(d) for d in rocker_dirs(res.guard_pname))
 
 
+# v1: a process moved by writing "0" to `tasks` skips the kernel's global cgroup_threadgroup_rwsem write
+# side, whose every take waits for an RCU grace period (~10 ms after an idle moment); a pid written to
+# either file, or "0" to cgroup.procs, always takes it. v2: the guard is cloned into its cgroup (clone3).
+CHEAP = "tasks" if HIER.mode == "v1" else "cgroup.procs"
+
+
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_the_app_joins_through_the_files_that_skip_the_global_lock(base: Path, pkg: Path, uid: int,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Create reply's cgroup fds, as the client gets them: v1 `tasks` of each hierarchy, then the
+    rocker's cgroup namespace; and the app that wrote "0" to them is in the cgroup (its children too)."""
+    seen: list[str] = []
+    real = enter._start_inside
+
+    def spy(ns_fds: list[int], app: Any, app_args: Any, cgroup_fds: list[int] | None = None,
+            syscall_filter: Any = None) -> Any:
+        seen.extend(os.readlink(f"/proc/self/fd/{fd}") for fd in cgroup_fds or [])
+        return real(ns_fds, app, app_args, cgroup_fds, syscall_filter)
+
+    monkeypatch.setattr(enter, "_start_inside", spy)
+    res, report, status = _run_exec(base, pkg, "import json, os\nos.write(int(os.environ['REPORT_FD']), "
+                                    "json.dumps({'cg': open('/proc/self/cgroup').read()}).encode())", uid=uid)
+    assert res.ok and os.WEXITSTATUS(status) == 0, res
+    files, ns_link = seen[:-1], seen[-1]
+    assert sorted(files) == [f"{d}/{CHEAP}" for d in rocker_dirs(res.guard_pname)], seen
+    assert ns_link.startswith("cgroup:["), seen
+    assert at_own_root(report["cg"]), report
+
+
+THREADS_AND_CHILDREN = r"""
+import json, os, threading
+started, done = threading.Event(), threading.Event()
+threads = [threading.Thread(target=lambda: (started.set(), done.wait())) for _ in range(3)]
+for t in threads:
+    t.start()
+started.wait()
+views = {"thread " + tid: open(f"/proc/self/task/{tid}/cgroup").read() for tid in os.listdir("/proc/self/task")}
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if open("/proc/self/cgroup").read() == views["thread " + str(os.getppid())] else 1)
+views["child exit"] = str(os.waitpid(pid, 0)[1])
+done.set()
+os.write(int(os.environ["REPORT_FD"]), json.dumps(views).encode())
+"""
+
+
+def test_the_apps_threads_and_children_are_in_the_cgroup(base: Path, pkg: Path) -> None:
+    """v1 moves only the thread that writes "0" to `tasks`: the app's join does it while single-threaded,
+    so every thread and process it makes afterwards starts in the rocker's cgroup."""
+    res, views, status = _run_exec(base, pkg, THREADS_AND_CHILDREN)
+    assert res.ok and os.WEXITSTATUS(status) == 0, res
+    assert views.pop("child exit") == "0", views
+    assert len(views) == 4 and all(at_own_root(v) for v in views.values()), views
+
+
+def test_the_guard_joins_through_the_files_that_skip_the_global_lock() -> None:
+    """The fds rockerd hands the guard's spawn (rocker-spawn.c): v1 `tasks` (root's opens: the guard
+    writes "0" itself), v2 the cgroup dir (clone3 CLONE_INTO_CGROUP); and a Join's, like the reply's."""
+    from rockerd.cgroups import CgroupTree, Limits  # in this process: the daemon's fds are not reachable
+
+    tree = CgroupTree(HIER)  # no setup(): the bases exist (the rockerd fixture made them), and on v2
+    tree.bases = {c: os.path.dirname(rocker_dirs("x")[0]) if HIER.mode == "v2" else f"{m}/rocker"  # it would
+                  for c, m in HIER.mounts.items()}  # move this process into a leaf
+    name = f"rk-joinfds-{os.getpid()}"
+    cg = tree.create(name, Limits(), 1000, 1000)
+    try:
+        links = sorted(os.readlink(f"/proc/self/fd/{fd}") for fd in cg.guard_fds)
+        if HIER.mode == "v1":
+            assert links == [f"{d}/tasks" for d in rocker_dirs(name)], links
+            assert all(os.fstat(fd).st_uid == 1000 for fd in cg.procs_fds)  # the app's uid may open them
+        else:
+            assert links == rocker_dirs(name) and all(os.path.isdir(f"/proc/self/fd/{fd}") for fd in cg.guard_fds)
+        joins = tree.join_fds(name, 1000, 0)
+        try:
+            assert sorted(os.readlink(f"/proc/self/fd/{fd}") for fd in joins) == \
+                [f"{d}/{CHEAP}" for d in rocker_dirs(name)]
+        finally:
+            for fd in joins:
+                os.close(fd)
+    finally:
+        cg.close_fds()
+        assert tree.remove(name)
+
+
 def _run_exec(base: Path, pkg: Path, code: str, sock: str | None = None, uid: int = 1000,
               env: dict[str, str] | None = None, **limits: Any) -> tuple[Any, dict[str, Any], int]:
     """Run `code` with /usr/bin/python3 as the app (REPORT_FD: a pipe for one JSON report, beside

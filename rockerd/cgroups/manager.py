@@ -12,10 +12,12 @@ import os
 import time
 from typing import Any
 
+from rocker_sys import ns
+
 from .. import journal
 from .detect import Hierarchy
 from .limits import FIELDS, LimitPolicy, LimitRefused, Limits
-from .mover import Mover
+from .mover import Mover, NsId, userns_of
 from .oomwatch import OomWatch
 from .tree import CgroupError, CgroupTree, RockerCgroup
 from .usage import read_usage
@@ -71,7 +73,7 @@ class CgroupManager:
         if entry is None:
             return fds
         if not fds and self.tree.hier.mode == "v2":
-            fds = [self.mover.channel(name, self.tree.procs_path(name), entry[0].guard_pid)]
+            fds = [self.mover.channel(name, self.tree.procs_path(name), entry[0].userns)]
         return fds + _cgroup_ns(entry[0].guard_pid)
 
     def reply_fds(self, cg: RockerCgroup | None) -> list[int]:
@@ -80,7 +82,7 @@ class CgroupManager:
             return []
         fds, cg.procs_fds = cg.procs_fds, []
         if cg.moved_by_rockerd:
-            fds = [self.mover.channel(cg.name, self.tree.procs_path(cg.name), cg.guard_pid)]
+            fds = [self.mover.channel(cg.name, self.tree.procs_path(cg.name), cg.userns)]
         return fds + _cgroup_ns(cg.guard_pid)
 
     def discard(self, cg: RockerCgroup | None) -> None:
@@ -89,21 +91,37 @@ class CgroupManager:
             cg.close_fds()
             self._remove(cg.name, 0)
 
-    def started(self, cg: RockerCgroup | None, limits: Limits, guard_pid: int = 0) -> None:
+    def started(self, cg: RockerCgroup | None, limits: Limits, guard_pid: int = 0, pidfd: int = -1) -> None:
         if cg is not None:
             cg.close_guard_fds()
             cg.guard_pid = guard_pid
+            cg.userns = self._userns(guard_pid, pidfd)
             self.live[cg.name] = (cg, limits)
             self._watch_oom(cg.name)
 
-    def adopt(self, name: str, guard_pid: int = 0) -> None:
-        """A rocker an earlier rockerd left: its cgroup is where that one put it."""
+    def adopt(self, name: str, guard_pid: int = 0, pidfd: int = -1) -> None:
+        """A rocker an earlier rockerd left: its cgroup is where that one put it. `pidfd` is the
+        registry's for the guard: an adopted guard is not our child, its PID alone proves nothing."""
         if self.tree.enabled and self.tree.exists(name):
-            cg = RockerCgroup(name, self.tree.dirs_of(name), guard_pid=guard_pid)
+            cg = RockerCgroup(name, self.tree.dirs_of(name), guard_pid=guard_pid,
+                              userns=self._userns(guard_pid, pidfd))
             u = read_usage(self.tree, name)
             cg.oom_seen = u.oom_kills if u else 0
             self.live[name] = (cg, self.tree.limits_of(name))
             self._watch_oom(name)
+
+    def _userns(self, guard_pid: int, pidfd: int) -> NsId | None:
+        """v2: the guard's user namespace, whose processes the mover may move; looked up by PID, then
+        checked through the guard's pidfd (alive: the PID was still its). None if it is gone."""
+        if self.tree.hier.mode != "v2" or guard_pid <= 0:
+            return None
+        try:
+            userns = userns_of(guard_pid)
+            if pidfd >= 0:
+                ns.pidfd_send_signal(pidfd, 0)
+        except OSError:
+            return None
+        return userns
 
     def sweep(self, adopted: set[str]) -> None:
         """Cgroups of rockers that ended while no rockerd ran: remove them."""

@@ -6,13 +6,19 @@ rocker-cgroups.service, so that rockerd's own unit stays a leaf systemd can rest
 rockerd's own cgroup, whose processes then move to CGROUP/daemon (the kernel lets a cgroup either
 hold processes or hand controllers down, never both), or the root cgroup.
 
-How the processes get in: rockerd writes the guard's PID to each cgroup.procs between its clone and
-its first instruction (rocker-spawn.c); the app joins through the cgroup.procs fds sent beside the
-Create reply, writing "0" (itself) before it runs anything (rocker-join.c). The kernel checks such a
-write against the credentials the fd was *opened* with, so rockerd opens them as the app's uid (v1:
-a task may then be moved only if it runs as that uid, so the fd gives a launcher no power over
-anyone else's processes); the file is that uid's for the open to work, nothing else in the cgroup
-is (its limits stay root's). Every process the app forks starts where its parent is.
+How the processes get in: each moves *itself*, before it runs anything, by writing "0" to a file of
+the rocker's cgroup through an fd rockerd opened: the guard's child (rocker-spawn.c) and the app
+(rocker-join.c), with the fds sent beside the Create reply. On v1 the file is `tasks`, not
+cgroup.procs: the kernel moves a task that writes "0" there (only the calling thread, and both are
+single-threaded fresh children) without cgroup_threadgroup_rwsem's write side, whose every take waits
+for an RCU grace period (~10 ms after an idle moment; a pid written to either file, or "0" to
+cgroup.procs, always takes it). v2 has no such file for a move across domains; there the guard is
+cloned into its cgroup (clone3 CLONE_INTO_CGROUP, a read-side lock) where the kernel has it.
+The kernel checks such a write against the credentials the fd was *opened* with, so rockerd opens
+the app's as the app's uid (v1: a task may then be moved only if it runs as that uid, so the fd gives
+a launcher no power over anyone else's processes); the file is that uid's for the open to work,
+nothing else in the cgroup is (its limits stay root's). Every process the app forks starts where its
+parent is.
 """
 
 from __future__ import annotations
@@ -70,16 +76,17 @@ def _read(path: str) -> str:
 
 @dataclass
 class RockerCgroup:
-    """A rocker's cgroup dirs (one per hierarchy) and, while it is being created, the cgroup.procs
-    fds its processes join through (closed once the Create reply carried them)."""
+    """A rocker's cgroup dirs (one per hierarchy) and, while it is being created, the fds its
+    processes join through (v1 `tasks`, v2 cgroup.procs: `join_file`) (closed once the Create reply carried them)."""
 
     name: str
     dirs: list[str]
     procs_fds: list[int] = field(default_factory=list)
     guard_fds: list[int] = field(default_factory=list)  # rockerd's, for the guard only
     oom_seen: int = 0
-    guard_pid: int = 0  # for the journal's OOM events, and the mover's check
-    moved_by_rockerd: bool = False  # the app gets a channel to rockerd, not cgroup.procs fds (mover.py)
+    guard_pid: int = 0  # for the journal's OOM events
+    userns: tuple[int, int] | None = None  # v2: the guard's user namespace (st_dev, st_ino), the mover's check
+    moved_by_rockerd: bool = False  # the app gets a channel to rockerd, not join fds (mover.py)
 
     def close_guard_fds(self) -> None:
         for fd in self.guard_fds:
@@ -141,7 +148,7 @@ class CgroupTree:
         return [os.path.join(b, name) for b in dict.fromkeys(self.bases.values())]
 
     def create(self, name: str, limits: Limits, uid: int, caller_uid: int) -> RockerCgroup:
-        """The rocker's cgroup with its limits, the guard's cgroup.procs fds (root's) and the app's:
+        """The rocker's cgroup with its limits, the guard's join fds (root's) and the app's:
         v1: opened as the app's `uid`; v2: root's, and only for a root caller (the kernel's v2
         check is write access to the common ancestor, whoever is moved: docs/security.md); a
         non-root caller's app asks rockerd to move it (mover.py)."""
@@ -155,7 +162,7 @@ class CgroupTree:
                     raise CgroupError("mkdir", e.errno or errno.EIO, d) from None
                 made.append(d)
             self._apply(name, limits)
-            procs = [os.path.join(d, "cgroup.procs") for d in cg.dirs]
+            procs = [os.path.join(d, self.join_file) for d in cg.dirs]
             as_uid = self.hier.mode == "v1" and uid != 0
             if as_uid:
                 for p in procs:
@@ -164,12 +171,14 @@ class CgroupTree:
                     except OSError as e:
                         raise CgroupError("chown", e.errno or errno.EIO, p) from None
             # the guard's are root's: until it execs, the guard runs as root with the app's euid,
-            # which a v1 fd opened as the app's uid would refuse to move
-            cg.guard_fds = _open_procs(procs, 0)
+            # which a v1 fd opened as the app's uid would refuse to move; v2: the dir it is cloned into
+            cg.guard_fds = _open_procs(procs, 0) if self.hier.mode == "v1" else _open_dirs(cg.dirs)
             if as_uid:
                 cg.procs_fds = _open_procs(procs, uid)
-            elif self.hier.mode == "v1" or caller_uid == 0:
+            elif self.hier.mode == "v1":
                 cg.procs_fds = list(cg.guard_fds)
+            elif caller_uid == 0:
+                cg.procs_fds = _open_procs(procs, 0)
             else:
                 cg.moved_by_rockerd = True  # v2, a non-root launcher: mover.py
         except BaseException:
@@ -181,12 +190,24 @@ class CgroupTree:
         return cg
 
     def join_fds(self, name: str, uid: int, caller_uid: int) -> list[int]:
-        """cgroup.procs fds for one more app process of a live rocker (Join), on create's terms:
-        v1 opened as the app's uid (its files were chowned at create), v2 root's for a root caller only."""
-        procs = [os.path.join(d, "cgroup.procs") for d in self.dirs_of(name)]
+        """Join fds for one more app process of a live rocker (Join), on create's terms: v1 opened
+        as the app's uid (its files were chowned at create), v2 root's for a root caller only."""
+        procs = [os.path.join(d, self.join_file) for d in self.dirs_of(name)]
         if self.hier.mode == "v1":
-            return _open_procs(procs, uid)
+            try:
+                return _open_procs(procs, uid)
+            except SyscallError as e:  # adopted from a rockerd that chowned cgroup.procs instead
+                if e.errno != errno.EACCES:
+                    raise
+                return _open_procs([os.path.join(d, "cgroup.procs") for d in self.dirs_of(name)], uid)
         return _open_procs(procs, 0) if caller_uid == 0 else []
+
+    @property
+    def join_file(self) -> str:
+        """The file a process writes "0" to, to move itself in: v1 `tasks`, which moves the writer
+        (a single thread) without the global cgroup_threadgroup_rwsem write lock (and so without
+        its RCU grace period); cgroup.procs on v2, which has no such file across domains."""
+        return "tasks" if self.hier.mode == "v1" else "cgroup.procs"
 
     def procs_path(self, name: str) -> str:
         """v2: the rocker's one cgroup.procs (the mover's)."""
@@ -281,8 +302,13 @@ class CgroupTree:
         return names
 
 
-def _open_procs(paths: list[str], uid: int) -> list[int]:
-    """Open each cgroup.procs for writing with this thread's euid switched to `uid` (the file's
+def _open_dirs(paths: list[str]) -> list[int]:
+    """v2: the cgroup dir the guard is born in (rocker-spawn.c: clone3 CLONE_INTO_CGROUP)."""
+    return _open_procs(paths, 0, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _open_procs(paths: list[str], uid: int, flags: int = os.O_WRONLY) -> list[int]:
+    """Open each join file for writing with this thread's euid switched to `uid` (the file's
     credentials are the opener's, and the kernel checks those at each write)."""
     fds: list[int] = []
     if uid:
@@ -290,7 +316,7 @@ def _open_procs(paths: list[str], uid: int) -> list[int]:
     try:
         for p in paths:
             try:
-                fds.append(os.open(p, os.O_WRONLY | os.O_CLOEXEC))
+                fds.append(os.open(p, flags | os.O_CLOEXEC))
             except OSError as e:
                 raise SyscallError(e.errno or errno.EIO, "open", p) from None
     except BaseException:

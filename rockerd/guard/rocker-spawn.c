@@ -29,7 +29,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -45,6 +47,11 @@
 #define SYS_close_range 436
 #endif
 
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+#define ROCKER_CLONE_INTO_CGROUP 0x200000000ULL
+
 #define STATUS_FD ROCKER_GUARD_STATUS_FD /* where the guard finds its status socket (the mounts come over it) */
 #define MIN_STACK (16 * 1024)
 
@@ -56,7 +63,8 @@ struct rocker_spawn {
     char *const *argv;      /* the guard's argv (rocker-guard-proto.h); argv[1] is STATUS_FD */
     void *stack;            /* the child's stack, at least MIN_STACK bytes */
     size_t stack_size;
-    const int *cgroup_fds; /* the rocker's cgroup.procs, one per hierarchy: the guard joins before it runs */
+    const int *cgroup_fds; /* v1: the rocker's tasks, one per hierarchy, the guard joins before it runs;
+                            * v2: its cgroup dir, the guard is cloned into (clone3 CLONE_INTO_CGROUP) */
     int n_cgroup_fds;
 };
 
@@ -64,7 +72,8 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd); /* the entry point, 
 
 struct child_arg {
     const struct rocker_spawn *s;
-    int go; /* read end: "G" once the maps are written */
+    int go;   /* read end: "G" once the maps are written */
+    int join; /* write "0" to the cgroup fds (v1 tasks); not when born in its cgroup */
 };
 
 /* "E<errno> <step>" on the status pipe: the same report a failed guard setup gives. */
@@ -86,13 +95,13 @@ static int write_proc(pid_t pid, const char *name, const char *text) {
     return err;
 }
 
-/* Put the stopped child in the rocker's cgroups (it waits for "G", so it has run nothing yet):
- * each of its processes, the app's included, is then born or moved there, never outside. */
-static int join_cgroups(pid_t pid, const int *fds, int n) {
-    char text[16];
-    int len = snprintf(text, sizeof text, "%d", (int)pid);
+/* The child moves itself into the rocker's cgroups before it runs anything else: each of its
+ * processes, the app's included, is then born or moved there, never outside. "0" (the writer) to
+ * a v1 `tasks` moves this one thread without the kernel's global threadgroup lock, whose every
+ * take waits for an RCU grace period (rockerd/cgroups/tree.py); the fds are root's opens. */
+static int join_cgroups(const int *fds, int n) {
     for (int i = 0; i < n; i++)
-        if (write(fds[i], text, (size_t)len) != len)
+        if (syscall(SYS_write, fds[i], "0", 1) != 1)
             return errno ? errno : EIO;
     return 0;
 }
@@ -103,6 +112,11 @@ static int child(void *p) {
     char go = 0;
     if (syscall(SYS_read, a->go, &go, 1) != 1 || go != 'G')
         _exit(127); /* the parent reported why */
+    int cerr = a->join ? join_cgroups(s->cgroup_fds, s->n_cgroup_fds) : 0;
+    if (cerr) {
+        report(s->status_fd, "join the rocker's cgroup", cerr);
+        _exit(127);
+    }
     /* In its cgroup now: a cgroup namespace rooted there, which the app joins too (rocker-join.h). */
     if (s->n_cgroup_fds > 0 && syscall(SYS_unshare, CLONE_NEWCGROUP) < 0) {
         report(s->status_fd, "unshare(CLONE_NEWCGROUP)", errno);
@@ -137,6 +151,63 @@ static int child(void *p) {
     _exit(127);
 }
 
+/* v2: the guard is born in its cgroup, the kernel's cheap way (a read-side lock, no RCU wait). */
+struct clone_args3 {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
+        cgroup;
+};
+
+static int is_dir(int fd) {
+    struct stat st;
+    return syscall(SYS_fstat, fd, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* clone3 with CLONE_VM: the child starts on the new stack with no frame to return to, so it calls
+ * fn(arg) and exits from here, as glibc's clone does; -1 with errno, or the child's PID. Other
+ * machines get ENOSYS: rocker_spawn then clones as before and moves the child itself. */
+static long clone3_run(struct clone_args3 *ca, int (*fn)(void *), void *arg) {
+#if defined(__x86_64__)
+    register void *r8 __asm__("r8") = (void *)fn; /* syscall keeps r8/r9: the child finds them */
+    register void *r9 __asm__("r9") = arg;
+    long ret;
+    __asm__ volatile("syscall\n\t"
+                     "test %%rax, %%rax\n\t"
+                     "jnz 1f\n\t"
+                     "xor %%ebp, %%ebp\n\t"
+                     "mov %%r9, %%rdi\n\t"
+                     "call *%%r8\n\t"
+                     "mov %%eax, %%edi\n\t"
+                     "mov $60, %%eax\n\t" /* SYS_exit */
+                     "syscall\n\t"
+                     "hlt\n"
+                     "1:\n\t"
+                     : "=a"(ret)
+                     : "0"((long)SYS_clone3), "D"(ca), "S"(sizeof *ca), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    if (ret < 0) {
+        errno = (int)-ret;
+        return -1;
+    }
+    return ret;
+#else
+    (void)ca, (void)fn, (void)arg;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* The fallback (no clone3 CLONE_INTO_CGROUP here): the stopped child moved by its PID, as root. */
+static int move_child(int dir_fd, pid_t pid) {
+    int fd = (int)syscall(SYS_openat, dir_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    char text[16];
+    int len = snprintf(text, sizeof text, "%d", (int)pid);
+    int err = syscall(SYS_write, fd, text, (size_t)len) == len ? 0 : errno ? errno : EIO;
+    close(fd);
+    return err;
+}
+
 /* Returns the guard's PID (and its pidfd in *pidfd), or -errno. Failures
  * after the clone arrive on the status pipe, as the guard's own do. The child
  * arg lives at the top of the caller's stack buffer, as the spec does in the
@@ -150,7 +221,8 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
     char *top = (char *)s->stack + s->stack_size - 64; /* 16-byte aligned room for the arg */
     top -= (unsigned long)top % 16;
     struct child_arg *a = (struct child_arg *)top;
-    *a = (struct child_arg){.s = s, .go = go[0]};
+    int into = s->n_cgroup_fds == 1 && is_dir(s->cgroup_fds[0]), moved = 0;
+    *a = (struct child_arg){.s = s, .go = go[0], .join = !into};
     /* No signal handler of the daemon's may run in the child (it shares our
      * memory); the guard sets its own mask after exec. */
     sigset_t all, old;
@@ -163,7 +235,19 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
     if (switched && (syscall(SYS_setresgid, -1, s->gid, -1) < 0 || syscall(SYS_setresuid, -1, s->uid, -1) < 0))
         err = errno;
     int fd = -1;
-    if (!err) {
+    if (!err && into) {
+        /* The kernel checks write access to cgroup.procs above with this thread's fsuid: root's
+         * (the euid, the app's, stays the new user namespace's owner). */
+        syscall(SYS_setfsuid, 0);
+        struct clone_args3 ca = {.flags = CLONE_VM | CLONE_PIDFD | s->ns_flags | ROCKER_CLONE_INTO_CGROUP,
+                                 .pidfd = (uintptr_t)&fd, .exit_signal = SIGCHLD, .stack = (uintptr_t)s->stack,
+                                 .stack_size = (uintptr_t)(top - (char *)s->stack), .cgroup = (uint64_t)s->cgroup_fds[0]};
+        pid = (pid_t)clone3_run(&ca, child, a);
+        moved = pid > 0;
+        if (pid < 0 && errno != ENOSYS && errno != E2BIG && errno != EINVAL)
+            err = errno; /* else an older kernel (or a filter that hides clone3): clone, then move it */
+    }
+    if (!err && !moved) {
         pid = clone(child, top, CLONE_VM | CLONE_PIDFD | (int)s->ns_flags | SIGCHLD, a, &fd);
         if (pid < 0)
             err = errno;
@@ -179,7 +263,7 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
         snprintf(uid_map, sizeof uid_map, "0 %d 1", s->uid);
         snprintf(gid_map, sizeof gid_map, "0 %d 1", s->gid);
         const char *step = "join the rocker's cgroup";
-        int merr = join_cgroups(pid, s->cgroup_fds, s->n_cgroup_fds);
+        int merr = into && !moved ? move_child(s->cgroup_fds[0], pid) : 0;
         if (!merr) {
             step = "write uid/gid maps";
             merr = write_proc(pid, "setgroups", "deny");
