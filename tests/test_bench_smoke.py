@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+SLOW = float(os.environ.get("ROCKER_TEST_TIME_SCALE", "1"))  # >1 in an emulated VM (scripts/test-vm.sh)
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the benchmark runs a real rockerd: root only"),
@@ -42,7 +43,8 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
            "--concurrency", "1,2", "--live", "10", "--live-samples", "3", "--settle", "0.5", "--no-anchors",
            "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if k != "ROCKER_SOCKET"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=110, check=False)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=110 * SLOW,
+                          check=False)
     assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     assert "| figure |" in proc.stdout  # the table
     return json.loads(out.read_text())

@@ -21,6 +21,7 @@ from rockerd import policy
 from rockerd.create import pkgdigest
 
 ROCKER = [sys.executable, "-m", "rocker_client.cli"]
+SLOW = float(os.environ.get("ROCKER_TEST_TIME_SCALE", "1"))  # >1 in an emulated VM (scripts/test-vm.sh)
 
 
 def digest(path: Path) -> str:
@@ -52,7 +53,8 @@ def _verify(path: Path, want: str) -> None:
 
 
 def test_a_known_package_costs_an_fstat(tmp_path: Path, counted: list[int]) -> None:
-    """64 MiB hashed once; then each check is a cache hit (median under 50 us here, vs tens of ms)."""
+    """64 MiB hashed once; then each check is a cache hit (median under 50 us here, vs tens of ms; the
+    emulated VM's syscalls are slower: the bound scales with ROCKER_TEST_TIME_SCALE, the ratio does not)."""
     f = tmp_path / "big.squashfs"
     f.write_bytes(os.urandom(64 << 20))
     want = digest(f)
@@ -68,7 +70,7 @@ def test_a_known_package_costs_an_fstat(tmp_path: Path, counted: list[int]) -> N
     assert len(counted) == 1
     hit = statistics.median(hits)
     print(f"sha256 of 64 MiB: {miss * 1e3:.1f} ms; cache hit (open+verify+close): median {hit * 1e6:.1f} us")
-    assert hit < 50e-6 and hit * 100 < miss
+    assert hit < 50e-6 * SLOW and hit * 100 < miss
 
 
 def test_a_changed_package_is_hashed_again(tmp_path: Path, counted: list[int]) -> None:
