@@ -280,6 +280,19 @@ def test_the_guard_starts_on_no_python_thread_and_brings_lo_up(world: dict) -> N
         slots.give_back(world["req"].app_data_dir, built.work_slot)
 
 
+def test_a_clone_the_kernel_refuses_fails_the_build_at_start_guard(world: dict,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C thread's failure comes back through its eventfd as the build's error, with the errno:
+    CLONE_THREAD without CLONE_SIGHAND is a clone the kernel refuses (EINVAL)."""
+    packages, slots = create.PackageCache(warm_budget=0), create.WorkSlots()
+    monkeypatch.setattr(ns, "ROCKER_NS", ns.ROCKER_NS | 0x00010000)  # CLONE_THREAD
+    with pytest.raises(BuildError) as info:
+        build(world, packages, slots)
+    assert (info.value.step, info.value.errno) == ("start guard", errno.EINVAL), info.value
+    assert "clone" in info.value.reason
+    assert_nothing_left(world, packages, slots)
+
+
 class SlowOnItsThread(Step[handoff.BuildContext]):
     """A last dir step that takes a while, as a slow lookup would (on the dir steps' thread)."""
 
