@@ -119,9 +119,11 @@ static int join_cgroups(pid_t pid, const int *fds, int n) {
     return 0;
 }
 
-/* lo up, from inside its network namespace: SIOCSIFFLAGS on a socket made there. */
+/* lo up, from inside its network namespace: SIOCSIFFLAGS on a socket made there. An AF_UNIX one
+ * (unix_ioctl hands interface ioctls to dev_ioctl, in the socket's netns): rockerd.service's
+ * RestrictAddressFamilies=AF_UNIX AF_NETLINK filter, which the child inherits, refuses AF_INET. */
 static int lo_up(void) {
-    int fd = (int)syscall(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int fd = (int)syscall(SYS_socket, AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return errno;
     struct ifreq ifr;
