@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
+import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from rocker_sys import ns
 from rockerd import create, kernel
 from rockerd.create import dirsteps, handoff, pkgopen, spawn
 from rockerd.create.steps import BuildError, Step, run_steps
@@ -235,6 +240,57 @@ def test_a_build_that_succeeds_holds_only_what_it_returns(world: dict) -> None:
         spawn.reap(spawn.Spawned(built.pid, built.pidfd))
         packages.release(built.pkg_key)
         slots.give_back(world["req"].app_data_dir, built.work_slot)
+
+
+def lo_flags(netns_fd: int) -> int:
+    """lo's interface flags in that netns, asked from a thread that steps in (setns is per thread)."""
+    got: list[int] = []
+
+    def ask() -> None:
+        ns.setns(netns_fd, ns.CLONE_NEWNET, "net")  # this thread ends in there: nothing else runs on it
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            ifr = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
+        got.append(struct.unpack_from("H", ifr, 16)[0])
+
+    t = threading.Thread(target=ask)
+    t.start()
+    t.join()
+    return got[0]
+
+
+SIOCGIFFLAGS, IFF_UP = 0x8913, 0x1
+
+
+def test_the_guard_starts_on_no_python_thread_and_brings_lo_up(world: dict) -> None:
+    """The clone runs on a thread of the C library's own (spawn.Starting), not on a Python worker
+    thread, whose turns on the GIL with the dir steps' thread held the build up; the guard's child
+    brought lo up from inside its network namespace, with no thread of ours stepping in."""
+    packages, slots = create.PackageCache(warm_budget=0), create.WorkSlots()
+    before = {t.ident for t in threading.enumerate()}
+    built = build(world, packages, slots)
+    try:
+        started = [t.name for t in threading.enumerate() if t.ident not in before]
+        assert not [n for n in started if n.startswith("rockerd-spawn")], f"Python threads started: {started}"
+        assert lo_flags(built.ns_fds["net"]) & IFF_UP, "lo is down in the rocker"
+    finally:
+        for fd in built.ns_fds.values():
+            os.close(fd)
+        spawn.reap(spawn.Spawned(built.pid, built.pidfd))
+        packages.release(built.pkg_key)
+        slots.give_back(world["req"].app_data_dir, built.work_slot)
+
+
+def test_a_clone_the_kernel_refuses_fails_the_build_at_start_guard(world: dict,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C thread's failure comes back through its eventfd as the build's error, with the errno:
+    CLONE_THREAD without CLONE_SIGHAND is a clone the kernel refuses (EINVAL)."""
+    packages, slots = create.PackageCache(warm_budget=0), create.WorkSlots()
+    monkeypatch.setattr(ns, "ROCKER_NS", ns.ROCKER_NS | 0x00010000)  # CLONE_THREAD
+    with pytest.raises(BuildError) as info:
+        build(world, packages, slots)
+    assert (info.value.step, info.value.errno) == ("start guard", errno.EINVAL), info.value
+    assert "clone" in info.value.reason
+    assert_nothing_left(world, packages, slots)
 
 
 class SlowOnItsThread(Step[handoff.BuildContext]):

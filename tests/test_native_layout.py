@@ -24,6 +24,7 @@ from rocker_client._native import _SockFprog as SockFprog
 from rocker_sys.fs import _OpenHow
 from rocker_sys.loop import _LoopConfig, _LoopInfo64
 from rockerd.confine.libseccomp import _ArgCmp as ArgCmp
+from rockerd.create.spawn import _Job as SpawnJob
 from rockerd.create.spawn import _Spec as SpawnSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +42,7 @@ class Mirror:
 
 MIRRORS = [
     Mirror(SpawnSpec, "struct rocker_spawn", f'#include "{ROOT}/rockerd/guard/rocker-spawn.c"'),
+    Mirror(SpawnJob, "struct rocker_spawn_job", f'#include "{ROOT}/rockerd/guard/rocker-spawn.c"', {"spec": "s"}),
     Mirror(ExecSpec, "struct rocker_exec", f'#include "{ROOT}/rocker_client/_native/rocker-exec.c"',
            link=(f"{ROOT}/rocker_client/_native/rocker-join.c", f"{ROOT}/rocker_client/_native/rocker-seccomp.c")),
     Mirror(SockFprog, "struct sock_fprog", "#include <linux/filter.h>"),

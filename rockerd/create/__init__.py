@@ -3,12 +3,12 @@
 The build is one list of steps, STEPS, run in order by steps.run_steps; a failure anywhere
 undoes what was done, in reverse, and names the failed step. Three run beside the loop:
 
-    spawn thread:  rocker_spawn: CLONE_VM child under the app's uid; we write its uid/gid
-                   maps; it execs the C guard (--setup: / rprivate, /proc, hostname)
+    C thread:      rocker_spawn: CLONE_VM child under the app's uid; we write its uid/gid
+                   maps; it brings lo up and execs the C guard (--setup: / rprivate, /proc, hostname)
     open thread:   the package, opened as the caller (pkgopen.py: never on the loop)
     loop thread:   host steps (dirs, loop+squashfs, overlays: detached mounts)
     then:          the mounts to the guard over its status socket (it attaches them), while
-                   we open its ns fds and bring lo up; wait (asynchronously) for ready
+                   we open its ns fds; wait (asynchronously) for ready
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from .datashare import DataShares
 from .dirsteps import HostDirs
 from .handoff import (
     NS_NAMES,
-    BringLoUp,
     BuildContext,
+    DropHostNet,
     GuardReady,
     GuardStarted,
     NetworkMounts,
@@ -72,7 +72,7 @@ STEPS: tuple[Step[BuildContext], ...] = (
     NetworkMounts(),          # resolv.conf of a bridged rocker
     SendMounts(),             # the mounts to the guard, which attaches them; ours closed
     OpenNamespaces(),         # the guard's ns fds, for the reply
-    BringLoUp(),              # without a network plan: lo up; host mode: the host's net fd dropped
+    DropHostNet(),            # host mode: the host's net fd dropped (lo: the guard's child brought it up)
     GuardReady(),             # the guard's "R" (or its "E<errno> <step>" report)
     NetworkReady(),           # waits for a bridged rocker's veth, address, route (StartGuard's job)
 )

@@ -1,11 +1,11 @@
 """The build's steps that run beside the event loop, and the hand-off to the guard.
 
-StartGuard and OpenPackage only start work (the guard's clone on a worker
-thread, the package's open as the caller on another): the host steps run on
-the loop meanwhile, and GuardStarted and PackageOpened later wait for what
-they give. Then the mounts travel to the guard over its status socket (it
-attaches them) while we open its namespace fds and bring lo up, and we wait
-(asynchronously) for its ready byte. Each step's undo copes with a half-done
+StartGuard and OpenPackage only start work (the guard's clone on a thread of
+the C library's, which brings lo up too; the package's open as the caller on
+a worker thread): the host steps run meanwhile, and GuardStarted and
+PackageOpened later wait for what they give. Then the mounts travel to the
+guard over its status socket (it attaches them) while we open its namespace
+fds, and we wait (asynchronously) for its ready byte. Each step's undo copes with a half-done
 execute; the guard is reaped before the host steps are undone.
 """
 
@@ -22,11 +22,9 @@ from typing import TYPE_CHECKING
 from rocker_sys import ns
 from rocker_sys.libc import SyscallError
 
-from ..request import RockerRequestModel
 from . import pkgopen
 from .host import HostContext
-from .net import loopback_up
-from .spawn import SEND_STEP, Spawned, parse_report, reap, send_mounts, start_guard, wait_ready
+from .spawn import SEND_STEP, Spawned, Starting, parse_report, reap, send_mounts, wait_ready
 from .steps import BuildError, Step, as_build_error
 
 if TYPE_CHECKING:
@@ -36,7 +34,7 @@ if TYPE_CHECKING:
 # capabilities when it joins the namespaces that user namespace owns
 NS_NAMES = ("user", "mnt", "pid", "net", "uts", "ipc")
 
-SPAWN_THREADS = 2
+SPAWN_THREADS = 2  # bridged rockers' network jobs
 _spawner: ThreadPoolExecutor | None = None
 
 NetJob = Future[None]  # a bridged rocker's veth, address and route, on a spawn thread (Network.setup)
@@ -51,7 +49,7 @@ class BuildContext(HostContext):
     guard_fd: int = -1  # the guard binary, opened at daemon start
     first_entry_timeout: float = 10.0
     ready_timeout: float = 5.0
-    starting: GuardStart | None = None  # the clone on its worker thread
+    starting: GuardStart | None = None  # the clone on its C thread
     opening: Future[int] | None = None  # the package's open, until PackageOpened takes it
     spawned: Spawned | None = None
     status: socket.socket | None = None  # our end of the guard's status socket
@@ -69,18 +67,23 @@ def _spawn_pool() -> ThreadPoolExecutor:
 
 
 class StartGuard(Step[BuildContext]):
-    """The clone into six new namespaces is kernel work (the C call releases the GIL), so it runs
-    on a worker thread while the loop builds the mounts. (Whole builds on worker threads were
-    measured to lose at concurrency 2: the GIL handoffs between their many syscalls cost more
-    than the overlap gained. One C call does not.)"""
+    """The clone into six new namespaces is kernel work: it runs on a thread of the C library's own
+    (spawn.Starting), which needs no Python lock, while the mounts are built; the loop hears of
+    its end from an eventfd. (A Python worker thread lost ~0.5 ms per build taking that lock
+    from the threads that build the mounts. Whole builds on worker threads were measured to lose
+    at concurrency 2: the GIL handoffs between their many syscalls cost more than the overlap.)"""
 
     def describe(self) -> str:
         return "start guard"
 
     def execute(self, ctx: BuildContext) -> None:
-        ctx.starting = asyncio.get_running_loop().run_in_executor(
-            _spawn_pool(), _start_guard, ctx.name, ctx.req, ctx.guard_fd, ctx.first_entry_timeout, ctx.net,
-            ctx.cgroup_fds)
+        net = ctx.net
+        starting = Starting(ctx.name, ctx.req.uid, ctx.req.gid, ctx.guard_fd, ctx.first_entry_timeout,
+                            net[1].ns_flags if net else ns.ROCKER_NS, ctx.cgroup_fds)
+        loop = asyncio.get_running_loop()
+        ctx.starting = fut = loop.create_future()
+        _in_flight.add(starting)  # until its thread is done, whatever becomes of the build
+        loop.add_reader(starting.done_fd, _guard_started, loop, starting, fut, net, ctx.req.uid)
 
     async def undo(self, ctx: BuildContext) -> None:
         """Reap a guard that will not be used before the caller hears of the failure: until it is
@@ -99,23 +102,36 @@ class StartGuard(Step[BuildContext]):
         _reap_late(starting)
 
 
-def _start_guard(name: str, req: RockerRequestModel, guard_fd: int, first_entry_timeout: float,
-                 net: tuple[Network, Plan] | None, cgroup_fds: list[int]) -> Started:
-    """start_guard, then its network: lo up here; a bridged rocker's veth, address and route as a
-    job of its own (NetworkReady waits for it), so the mounts go to the guard meanwhile.
-    Reaps the guard if it fails."""
-    spawned, status = start_guard(name, req.uid, req.gid, guard_fd, first_entry_timeout,
-                                  net[1].ns_flags if net else ns.ROCKER_NS, cgroup_fds)
-    if net is None or net[1].mode == "host":
+_in_flight: set[Starting] = set()  # starts whose C thread may still read what they hold
+
+
+def _guard_started(loop: asyncio.AbstractEventLoop, starting: Starting, fut: GuardStart,
+                   net: tuple[Network, Plan] | None, uid: int) -> None:
+    """The C thread is done (its eventfd is readable): the guard, and a bridged rocker's network job."""
+    loop.remove_reader(starting.done_fd)
+    _in_flight.discard(starting)
+    try:
+        started = _with_network(*starting.result(), net, uid)
+    except BaseException as e:
+        if not fut.done():
+            fut.set_exception(e)
+        return
+    if fut.done():  # nobody waits any more (cannot happen: the build awaits it shielded)
+        reap(started[0])
+        started[1].close()
+        return
+    fut.set_result(started)
+
+
+def _with_network(spawned: Spawned, status: socket.socket, net: tuple[Network, Plan] | None, uid: int) -> Started:
+    """lo is up already (the guard's child brought it up from inside); a bridged rocker's veth,
+    address and route are a job of their own on a spawn thread (NetworkReady waits for it), so the
+    mounts go to the guard meanwhile. Reaps the guard if it fails."""
+    if net is None or net[1].mode != "bridge":
         return spawned, status, None
     try:
         fd = os.open(f"/proc/{spawned.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # our unreaped child
-        if net[1].mode == "bridge":
-            return spawned, status, _spawn_pool().submit(_setup_net, net, fd, req.uid)
-        try:
-            net[0].setup(net[1], fd, req.uid)
-        finally:
-            os.close(fd)
+        return spawned, status, _spawn_pool().submit(_setup_net, net, fd, uid)
     except BaseException as e:
         report = _early_report(status)  # a child that failed (say, at its exec) has said why: that first
         reap(spawned)
@@ -125,7 +141,6 @@ def _start_guard(name: str, req: RockerRequestModel, guard_fd: int, first_entry_
         if isinstance(e, Exception):
             raise as_build_error("set up the network", e) from e
         raise
-    return spawned, status, None
 
 
 def _setup_net(net: tuple[Network, Plan], netns_fd: int, uid: int) -> None:
@@ -256,14 +271,15 @@ class OpenNamespaces(Step[BuildContext]):
         ctx.ns_fds = {}
 
 
-class BringLoUp(Step[BuildContext]):
+class DropHostNet(Step[BuildContext]):
+    """Host mode: the rocker is in the host's netns, whose fd the client has of its own (lo is the
+    host's, or was brought up by the guard's child, rocker-spawn.c)."""
+
     def describe(self) -> str:
-        return "bring lo up"
+        return "drop the host's net fd"
 
     def execute(self, ctx: BuildContext) -> None:
-        if ctx.net is None:
-            loopback_up(ctx.ns_fds["net"], ctx.req.uid)
-        elif ctx.net[1].mode == "host":  # the host's: the client keeps its own
+        if ctx.net is not None and ctx.net[1].mode == "host":
             os.close(ctx.ns_fds.pop("net"))
 
 

@@ -6,10 +6,12 @@ and every other namespace of the rocker belongs to it. Mounts that need host
 privileges were built before, and travel into the guard as fds.
 
 The start is librocker-spawn's rocker_spawn() (C, loaded once with ctypes): a
-CLONE_VM child whose id maps we write, which then execs the guard, which sets
-the rocker up from inside (`rocker-guard --setup`). The event loop is blocked
-only for the clone and the maps; the exec and the guard's setup run while the
-daemon goes on. Until the child has exec'd it runs on a stack of ours and
+CLONE_VM child whose id maps we write, which brings lo up, then execs the
+guard, which sets the rocker up from inside (`rocker-guard --setup`). A build
+runs it on a thread of the library's own (`Starting`, rocker_spawn_start()),
+which needs no Python lock, and learns of its end from an eventfd the loop
+watches: the clone, the maps, the exec and the guard's setup all run while
+the daemon goes on. Until the child has exec'd it runs on a stack of ours and
 reads the spec we gave it: `Spawned.keep` holds them until the guard's ready
 byte, or until the child is reaped.
 
@@ -60,20 +62,33 @@ class _Spec(ctypes.Structure):
     ]
 
 
+class _Job(ctypes.Structure):
+    """struct rocker_spawn_job (rocker-spawn.c): rocker_spawn_start's, filled in by its thread."""
+
+    _fields_ = [
+        ("spec", ctypes.POINTER(_Spec)),
+        ("done_fd", ctypes.c_int),
+        ("pid", ctypes.c_int),
+        ("pidfd", ctypes.c_int),
+    ]
+
+
 STACK_SIZE = 64 * 1024
 
 
 @cache
-def _rocker_spawn() -> ctypes._CFuncPtr:
-    fn = ctypes.CDLL(spawn_library(), use_errno=True).rocker_spawn
-    fn.argtypes = [ctypes.POINTER(_Spec), ctypes.POINTER(ctypes.c_int)]
-    fn.restype = ctypes.c_int
-    return fn
+def _library() -> ctypes.CDLL:
+    lib = ctypes.CDLL(spawn_library(), use_errno=True)
+    lib.rocker_spawn.argtypes = [ctypes.POINTER(_Spec), ctypes.POINTER(ctypes.c_int)]
+    lib.rocker_spawn.restype = ctypes.c_int
+    lib.rocker_spawn_start.argtypes = [ctypes.POINTER(_Job)]
+    lib.rocker_spawn_start.restype = ctypes.c_int
+    return lib
 
 
 def load() -> None:
     """Load the library now (at daemon start), so a missing one fails there and not per rocker."""
-    _rocker_spawn()
+    _library()
 
 
 @dataclass
@@ -83,28 +98,70 @@ class Spawned:
     keep: object = None  # the child's stack and spec: alive until it has exec'd or is reaped
 
 
-def start_guard(name: str, uid: int, gid: int, guard_fd: int,
-                first_entry_timeout: float, ns_flags: int = ns.ROCKER_NS,
-                cgroup_fds: list[int] | tuple[int, ...] = ()) -> tuple[Spawned, socket.socket]:
-    """Start the guard; returns it and our end of its status socket. Raises BuildError.
-
-    Safe on a worker thread: the call holds no lock, and the C part releases the GIL."""
+def _spec(name: str, uid: int, gid: int, guard_fd: int, first_entry_timeout: float, ns_flags: int,
+          cgroup_fds: list[int] | tuple[int, ...], theirs: socket.socket) -> tuple[_Spec, tuple[object, ...]]:
+    """The spec and what it points to (all of it must outlive the child's exec)."""
     argv_items = proto.guard_argv(name, first_entry_timeout)
     argv = (ctypes.c_char_p * (len(argv_items) + 1))(*argv_items, None)
     stack = ctypes.create_string_buffer(STACK_SIZE)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     cgroups = (ctypes.c_int * max(1, len(cgroup_fds)))(*cgroup_fds)  # the guard joins these before it runs
     spec = _Spec(ns_flags, uid, gid, guard_fd, theirs.fileno(), argv, ctypes.addressof(stack), STACK_SIZE,
                  cgroups, len(cgroup_fds))
-    pidfd = ctypes.c_int(-1)
-    try:
-        pid = _rocker_spawn()(ctypes.byref(spec), ctypes.byref(pidfd))
-    finally:
-        theirs.close()  # the child has its own
+    return spec, (stack, spec, argv, cgroups)
+
+
+def _started(pid: int, pidfd: int, keep: object, ours: socket.socket) -> tuple[Spawned, socket.socket]:
     if pid < 0:
         ours.close()
         raise BuildError("start guard", -pid, f"clone: {os.strerror(-pid)}")
-    return Spawned(pid, pidfd.value, (stack, spec, argv, cgroups)), ours
+    return Spawned(pid, pidfd, keep), ours
+
+
+def start_guard(name: str, uid: int, gid: int, guard_fd: int,
+                first_entry_timeout: float, ns_flags: int = ns.ROCKER_NS,
+                cgroup_fds: list[int] | tuple[int, ...] = ()) -> tuple[Spawned, socket.socket]:
+    """Start the guard on this thread; returns it and our end of its status socket. Raises BuildError.
+
+    Safe on a worker thread: the call holds no lock, and the C part releases the GIL."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        spec, keep = _spec(name, uid, gid, guard_fd, first_entry_timeout, ns_flags, cgroup_fds, theirs)
+        pidfd = ctypes.c_int(-1)
+        pid = _library().rocker_spawn(ctypes.byref(spec), ctypes.byref(pidfd))
+    finally:
+        theirs.close()  # the child has its own
+    return _started(pid, pidfd.value, keep, ours)
+
+
+class Starting:
+    """A guard's start on a thread of the C library's own (rocker_spawn_start): `done_fd` (an
+    eventfd) turns readable once it is over, then `result()` gives what start_guard gives.
+    Until then this object holds everything the thread and the child read: keep it."""
+
+    def __init__(self, name: str, uid: int, gid: int, guard_fd: int, first_entry_timeout: float,
+                 ns_flags: int = ns.ROCKER_NS, cgroup_fds: list[int] | tuple[int, ...] = ()) -> None:
+        self._ours, self._theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            self._spec, self._keep = _spec(name, uid, gid, guard_fd, first_entry_timeout, ns_flags, cgroup_fds,
+                                           self._theirs)
+            self.done_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        except BaseException:
+            self._theirs.close()
+            self._ours.close()
+            raise
+        self._job = _Job(ctypes.pointer(self._spec), self.done_fd, -errno.EINPROGRESS, -1)
+        err = _library().rocker_spawn_start(ctypes.byref(self._job))
+        if err < 0:
+            os.close(self.done_fd)
+            self._theirs.close()
+            self._ours.close()
+            raise BuildError("start guard", -err, f"thread for the clone: {os.strerror(-err)}")
+
+    def result(self) -> tuple[Spawned, socket.socket]:
+        """Once done_fd is readable (only then: the thread may still use what this holds). Raises BuildError."""
+        os.close(self.done_fd)
+        self._theirs.close()  # the child has its own
+        return _started(self._job.pid, self._job.pidfd, self._keep, self._ours)
 
 
 def send_mounts(status: socket.socket, mounts: list[tuple[str, int]]) -> None:

@@ -9,7 +9,7 @@
  * --setup it first builds the rocker from inside: makes / rprivate, mounts
  * the rocker's own /proc, sets the hostname to <name>, then receives the
  * mounts on the status fd, a unix socket (see setup()) and attaches them
- * (rockerd brings lo up meanwhile, from outside). Without it (the tests'
+ * (lo is up already: rocker-spawn.c's child did it). Without it (the tests'
  * harness) that is assumed done. It writes 'R' to the status fd when ready, or
  * "E<errno> <step>" if a setup step failed, and then lives as long as
  * anything else lives in the namespace: the namespace (and every process in

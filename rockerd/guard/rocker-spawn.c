@@ -20,17 +20,29 @@
  * pipe. Nothing here depends on process-wide state (the euid switch is the
  * calling thread's only).
  *
- * rockerd loads this with ctypes; the one entry point is rocker_spawn().
+ * rockerd loads this with ctypes. rocker_spawn() starts the guard on the
+ * calling thread; rocker_spawn_start() does the same on a thread of its own
+ * and signals an eventfd when it is over, so the daemon's event loop goes on
+ * meanwhile and no Python thread (none of the interpreter's lock) takes part:
+ * a Python worker thread had to take that lock to begin, after the C call and
+ * to hand the result back, each time behind the threads building the mounts.
+ * The child also brings the rocker's lo up, from inside (it holds
+ * CAP_NET_ADMIN over the network namespace its user namespace owns), where
+ * rockerd would have had to setns a thread of its own in and out.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
-#include <string.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -68,7 +80,16 @@ struct rocker_spawn {
     int n_cgroup_fds;
 };
 
-int rocker_spawn(const struct rocker_spawn *s, int *pidfd); /* the entry point, loaded with ctypes */
+/* rocker_spawn_start's job: the caller keeps it (and the spec) alive until done_fd is readable. */
+struct rocker_spawn_job {
+    const struct rocker_spawn *s;
+    int done_fd; /* an eventfd: written once pid and pidfd are set */
+    int pid;     /* rocker_spawn's result: the guard's PID, or -errno */
+    int pidfd;
+};
+
+int rocker_spawn(const struct rocker_spawn *s, int *pidfd); /* the entry points, loaded with ctypes */
+int rocker_spawn_start(struct rocker_spawn_job *job);
 
 struct child_arg {
     const struct rocker_spawn *s;
@@ -106,6 +127,28 @@ static int join_cgroups(const int *fds, int n) {
     return 0;
 }
 
+/* lo up, from inside its network namespace: SIOCSIFFLAGS on a socket made there. An AF_UNIX one
+ * (unix_ioctl hands interface ioctls to dev_ioctl, in the socket's netns): rockerd.service's
+ * RestrictAddressFamilies=AF_UNIX AF_NETLINK filter, which the child inherits, refuses AF_INET. */
+static int lo_up(void) {
+    int fd = (int)syscall(SYS_socket, AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    memcpy(ifr.ifr_name, "lo", 3);
+    int err = 0;
+    if (syscall(SYS_ioctl, fd, SIOCGIFFLAGS, &ifr) < 0)
+        err = errno;
+    else if (!(ifr.ifr_flags & IFF_UP)) {
+        ifr.ifr_flags |= IFF_UP;
+        if (syscall(SYS_ioctl, fd, SIOCSIFFLAGS, &ifr) < 0)
+            err = errno;
+    }
+    syscall(SYS_close, fd);
+    return err;
+}
+
 static int child(void *p) {
     const struct child_arg *a = p;
     const struct rocker_spawn *s = a->s;
@@ -125,6 +168,11 @@ static int child(void *p) {
     /* Root of the namespace (the app's ids outside), so exec keeps the caps in it. */
     if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0) {
         report(s->status_fd, "switch to the app's ids", errno);
+        _exit(127);
+    }
+    int lo_err = s->ns_flags & CLONE_NEWNET ? lo_up() : 0; /* its own netns: only lo, down until now */
+    if (lo_err) {
+        report(s->status_fd, "bring lo up", lo_err);
         _exit(127);
     }
     /* Lift both fds above STATUS_FD first: either may sit on 0-3. */
@@ -281,4 +329,35 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
         return -err;
     *pidfd = fd;
     return pid;
+}
+
+static void *spawn_thread(void *p) {
+    struct rocker_spawn_job *j = p;
+    int pidfd = -1;
+    int pid = rocker_spawn(j->s, &pidfd);
+    j->pidfd = pidfd;
+    j->pid = pid;
+    uint64_t one = 1;
+    if (write(j->done_fd, &one, sizeof one) < 0) {} /* an eventfd takes it: cannot fail */
+    return NULL;
+}
+
+/* rocker_spawn(job->s) on a detached thread of its own; job->done_fd is written when it is
+ * over, job->pid and job->pidfd then hold what it returned. Returns 0, or -errno (no thread). */
+int rocker_spawn_start(struct rocker_spawn_job *job) {
+    pthread_attr_t attr;
+    int err = pthread_attr_init(&attr);
+    if (err)
+        return -err;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    /* It runs no signal handler of the daemon's: it starts with every signal blocked. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t t;
+    err = pthread_create(&t, &attr, spawn_thread, job);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    return -err;
 }
