@@ -107,8 +107,7 @@ int main(int argc, char **argv) {
         goto python;
     long uid, gid;
     char *exec_dir, *data_dir;
-    if (app_ids(&a, &uid, &gid) < 0 || uid > INT_MAX || gid > INT_MAX ||
-        app_dirs(&a, uid, &exec_dir, &data_dir) < 0)
+    if (app_ids(&a, &uid, &gid) < 0 || uid > INT_MAX || gid > INT_MAX || app_dirs(&a, uid, &exec_dir, &data_dir) < 0)
         goto python;
     RockerRequest req = ROCKER_request_new();
     req.app_id = a.app_id < 0 ? 0 : (int)a.app_id;

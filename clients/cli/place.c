@@ -18,8 +18,21 @@ extern char **environ;
 
 /* ---- the command line (parser.py's argparse, for `rocker [--socket PATH] run OPTIONS [--] CMD...`) ---- */
 
-enum opt { O_SOCKET, O_PKG, O_EXEC_DIR, O_DATA_DIR, O_OVERLAY, O_UID, O_GID, O_APP_ID, O_SECCOMP, O_WORKDIR,
-           O_ENV, O_ENV_FILE, O_CLEAR_ENV };
+enum opt {
+    O_SOCKET,
+    O_PKG,
+    O_EXEC_DIR,
+    O_DATA_DIR,
+    O_OVERLAY,
+    O_UID,
+    O_GID,
+    O_APP_ID,
+    O_SECCOMP,
+    O_WORKDIR,
+    O_ENV,
+    O_ENV_FILE,
+    O_CLEAR_ENV
+};
 
 /* The options taken here; any other (--network, --publish, --memory, --pids, --cpus, --pkg-sha256, --help,
  * an abbreviation argparse would accept) sends the command line to the Python CLI. */
@@ -27,10 +40,21 @@ static const struct {
     const char *name;
     enum opt opt;
 } OPTIONS[] = {
-    {"--socket", O_SOCKET},   {"--pkg", O_PKG},         {"--exec-dir", O_EXEC_DIR}, {"--data-dir", O_DATA_DIR},
-    {"--overlay", O_OVERLAY}, {"--uid", O_UID},         {"--gid", O_GID},           {"--app-id", O_APP_ID},
-    {"--seccomp", O_SECCOMP}, {"--workdir", O_WORKDIR}, {"-w", O_WORKDIR},          {"--env", O_ENV},
-    {"-e", O_ENV},            {"--env-file", O_ENV_FILE}, {"--clear-env", O_CLEAR_ENV},
+    {"--socket", O_SOCKET},
+    {"--pkg", O_PKG},
+    {"--exec-dir", O_EXEC_DIR},
+    {"--data-dir", O_DATA_DIR},
+    {"--overlay", O_OVERLAY},
+    {"--uid", O_UID},
+    {"--gid", O_GID},
+    {"--app-id", O_APP_ID},
+    {"--seccomp", O_SECCOMP},
+    {"--workdir", O_WORKDIR},
+    {"-w", O_WORKDIR},
+    {"--env", O_ENV},
+    {"-e", O_ENV},
+    {"--env-file", O_ENV_FILE},
+    {"--clear-env", O_CLEAR_ENV},
 };
 static const char *const SECCOMP[] = {"default", "nested", "complain", "unconfined"};
 

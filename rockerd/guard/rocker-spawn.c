@@ -201,8 +201,7 @@ static int child(void *p) {
 
 /* v2: the guard is born in its cgroup, the kernel's cheap way (a read-side lock, no RCU wait). */
 struct clone_args3 {
-    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
-        cgroup;
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
 };
 
 static int is_dir(int fd) {
@@ -288,8 +287,11 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
          * (the euid, the app's, stays the new user namespace's owner). */
         syscall(SYS_setfsuid, 0);
         struct clone_args3 ca = {.flags = CLONE_VM | CLONE_PIDFD | s->ns_flags | ROCKER_CLONE_INTO_CGROUP,
-                                 .pidfd = (uintptr_t)&fd, .exit_signal = SIGCHLD, .stack = (uintptr_t)s->stack,
-                                 .stack_size = (uintptr_t)(top - (char *)s->stack), .cgroup = (uint64_t)s->cgroup_fds[0]};
+                                 .pidfd = (uintptr_t)&fd,
+                                 .exit_signal = SIGCHLD,
+                                 .stack = (uintptr_t)s->stack,
+                                 .stack_size = (uintptr_t)(top - (char *)s->stack),
+                                 .cgroup = (uint64_t)s->cgroup_fds[0]};
         pid = (pid_t)clone3_run(&ca, child, a);
         moved = pid > 0;
         if (pid < 0 && errno != ENOSYS && errno != E2BIG && errno != EINVAL)
