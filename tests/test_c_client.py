@@ -8,6 +8,7 @@ answers one call with canned bytes (and fds), or forwards it to the real rockerd
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from rocker_client import Exec, RockerErr, enter_rocker, request_new, wire
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "clients" / "c"
 EXPORTED = {"ROCKER_enter_rocker", "ROCKER_enter_rocker_opts", "ROCKER_get_guardname", "ROCKER_join_rocker",
+            "ROCKER_last_cause",
             "ROCKER_request_new"}
 CREATE = "io.rocker.Rocker.Create"
 NS = ("user", "mnt", "pid", "net", "uts", "ipc")
@@ -272,6 +274,23 @@ def test_daemon_down(cbuild: CBuild, base: Path, pkg: Path) -> None:
     with socket.socket(socket.AF_UNIX) as s:  # bound, never listening: refused
         s.bind(str(base / "deaf.sock"))
         assert enter(cbuild, *args, env={"ROCKER_SOCKET": str(base / "deaf.sock")})["err_no"] == "3"
+
+
+def test_last_cause(cbuild: CBuild, rockerd: Daemon, base: Path, pkg: Path) -> None:
+    """ROCKER_last_cause: a refusal's field and reason as rockerd sent them, an unreachable socket's errno,
+    nothing after a call that succeeded (it is the calling thread's last call's)."""
+    out = enter(cbuild, *req_args(base, pkg), "ov1=/proc")
+    assert out["err_no"] == "2", out
+    assert (out["cause"], out["cause.kind"], out["cause.field"], out["cause.reason"]) == \
+        ("1", "InvalidRequest", "app_overlay_dirs[1]", "must not be /proc or inside it (kernel pseudo-filesystem)"), out
+    for sock, err in (base / "nothing.sock", errno.ENOENT), (base / "deaf.sock", errno.ECONNREFUSED):
+        with socket.socket(socket.AF_UNIX) as s:
+            if err == errno.ECONNREFUSED:
+                s.bind(str(sock))  # bound, never listening
+            out = enter(cbuild, *req_args(base, pkg), env={"ROCKER_SOCKET": str(sock)})
+        assert (out["err_no"], out["cause.kind"], out["cause.errnum"]) == ("3", "connect", str(err)), out
+    out = enter(cbuild, *req_args(base, pkg))
+    assert out["err_no"] == "0" and out["cause"] == "0" and out["cause.kind"] == "", out
 
 
 def test_invalid_requests(cbuild: CBuild, rockerd: Daemon, base: Path, pkg: Path) -> None:

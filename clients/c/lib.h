@@ -95,6 +95,31 @@ RockerResult ROCKER_enter_rocker_opts(RockerRequest *req, const RockerOptions *o
 //@ pid[in]: PID of the target process
 RockerResult ROCKER_get_guardname(int pid) __attribute__((visibility("default")));
 
+//! Why a call failed, as data (RockerResult has no room for it): ROCKER_last_cause fills one in.
+//-
+//@ kind: the short name of rockerd's varlink error (InvalidRequest, PermissionDenied, BuildFailed,
+//@       LimitReached, NoSuchRocker, ...), or where this library failed: connect, send, receive,
+//@       enter (joining the rocker), gone (its guard exited meanwhile), app (starting the app),
+//@       param (a bad argument, nothing sent), sys (a local resource)
+//@ reason: why, in words (rockerd's own reason for its errors); truncated to fit
+//@ field: the request field a refusal is about, e.g. "app_overlay_dirs[1]"; "" if none
+//@ step: the step that failed (a BuildFailed's build step, "setns user", ...); "" if none
+//@ errnum: the error number when there is one (connect's ECONNREFUSED, a step's errno), else 0
+typedef struct {
+    char kind[32];
+    char reason[512];
+    char field[128];
+    char step[64];
+    int errnum;
+} RockerCause;
+
+//! The cause of the calling thread's last failed ROCKER_enter_rocker(_opts) or ROCKER_join_rocker
+//! call, copied to *out (like dlerror, per thread; each call replaces it, a call that succeeds clears it).
+//! Returns 0, or -1 (*out zeroed) if that thread's last call succeeded or it made none.
+//-
+//@ out[out]: where to copy the cause
+int ROCKER_last_cause(RockerCause *out) __attribute__((visibility("default")));
+
 //! Return a new RockerRequest instance (all fields zero / NULL).
 RockerRequest ROCKER_request_new(void) __attribute__((visibility("default")));
 

@@ -64,27 +64,70 @@ struct reply {
     int n_cgroup;
     char pname[16];
     int have_pname;
-    char field[128], reason[256];
+    char field[128], step[128], parameter[128], reason[512];
+    int have_field, have_errnum;
+    long long errnum;
 };
+
+/* The calling thread's last failure (ROCKER_last_cause): debug() keeps its line as the reason, the
+ * failing step adds kind, field, step and errno; a call starts with it cleared. initial-exec: no
+ * __tls_get_addr, so the library still needs libc alone (its ~740 bytes come from glibc's static TLS surplus, also after a dlopen). */
+static __thread RockerCause last_cause __attribute__((tls_model("initial-exec"))); /* needs no ld.so symbol */
+
+/* src into dst[cap], truncated, NUL-terminated. */
+static void copy_str(char *dst, size_t cap, const char *src) {
+    size_t n = 0;
+    for (; n + 1 < cap && src[n]; n++)
+        dst[n] = src[n];
+    dst[n] = 0;
+}
+
+static void clear_cause(void) {
+    memset(&last_cause, 0, sizeof last_cause);
+}
+
+/* kind (not replaced once set, so that the first, most precise one stays), step, errno. */
+static void note_cause(const char *kind, const char *step, int errnum) {
+    if (!last_cause.kind[0])
+        copy_str(last_cause.kind, sizeof last_cause.kind, kind);
+    if (step)
+        copy_str(last_cause.step, sizeof last_cause.step, step);
+    if (errnum)
+        last_cause.errnum = errnum;
+}
 
 /* ROCKER_CLIENT_DEBUG=1 in the environment: say why a call failed on stderr (there is no
  * room for a reason in the seed's RockerResult). Only ever called in the caller's process. */
 __attribute__((format(printf, 1, 2))) static void debug(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_cause.reason, sizeof last_cause.reason, fmt, ap); /* also the cause's reason */
+    va_end(ap);
     const char *on = getenv("ROCKER_CLIENT_DEBUG");
     if (!on || !*on || strcmp(on, "0") == 0)
         return;
-    va_list ap;
-    va_start(ap, fmt);
-    char line[1024];
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "librocker_client: %s\n", line);
+    fprintf(stderr, "librocker_client: %s\n", last_cause.reason);
+}
+
+/* The cause's kind for a failure of this library's own (rockerd's errors set theirs first). */
+static const char *own_kind(ROCKER_ERR err) {
+    switch (err) {
+    case ROCKER_ERR_param_invalid: return "param";
+    case ROCKER_ERR_server_unaddr_invalid: return "connect";
+    case ROCKER_ERR_send_req_failed: return "send";
+    case ROCKER_ERR_recv_resp_failed: return "receive";
+    case ROCKER_ERR_enter_rocker_failed: return "enter";
+    case ROCKER_ERR_app_exec_failed: return "app";
+    default: return "sys";
+    }
 }
 
 static RockerResult result(ROCKER_ERR err) {
     RockerResult r;
     memset(&r, 0, sizeof r);
     r.err_no = err;
+    if (err != ROCKER_ERR_success && err != ROCKER_ERR_get_guardname_failed) /* not a call to rockerd */
+        note_cause(own_kind(err), NULL, 0);
     return r;
 }
 
@@ -166,6 +209,7 @@ static int connect_daemon(const char *path, ROCKER_ERR *err) {
     addr.sun_family = AF_UNIX;
     if (strlen(path) >= sizeof addr.sun_path) {
         debug("socket path too long: %s", path);
+        note_cause("connect", NULL, ENAMETOOLONG);
         *err = ROCKER_ERR_server_unaddr_invalid;
         return -1;
     }
@@ -173,6 +217,7 @@ static int connect_daemon(const char *path, ROCKER_ERR *err) {
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         debug("socket: %s", strerror(errno));
+        note_cause("sys", "socket", errno);
         *err = ROCKER_ERR_sys;
         return -1;
     }
@@ -184,6 +229,7 @@ static int connect_daemon(const char *path, ROCKER_ERR *err) {
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) == 0 && e == 0)
             return fd;
         debug("cannot connect to %s: %s", path, strerror(e));
+        note_cause("connect", NULL, e);
         close(fd);
         *err = ROCKER_ERR_server_unaddr_invalid;
         return -1;
@@ -240,6 +286,7 @@ static int recv_frame(int fd, char **frame, struct fds *fds, long long deadline)
             if (errno == EAGAIN && wait_fd(fd, POLLIN, deadline) == 0)
                 continue;
             debug("receiving the reply failed: %s", strerror(errno));
+            note_cause("receive", NULL, errno);
             goto fail;
         }
         int overflow = 0;
@@ -339,8 +386,15 @@ static int parse_parameters(struct rkj_in *in, struct reply *r) {
             rc = read_int(in, &r->guard_pid, &r->have_pid);
         else if (strcmp(key, "guard_pname") == 0)
             rc = read_str(in, r->pname, sizeof r->pname, &r->have_pname);
-        else if (strcmp(key, "field") == 0 || strcmp(key, "step") == 0 || strcmp(key, "parameter") == 0)
+        else if (strcmp(key, "field") == 0) {
+            r->have_field = 1;
             rc = read_str(in, r->field, sizeof r->field, NULL);
+        } else if (strcmp(key, "step") == 0)
+            rc = read_str(in, r->step, sizeof r->step, NULL);
+        else if (strcmp(key, "parameter") == 0)
+            rc = read_str(in, r->parameter, sizeof r->parameter, NULL);
+        else if (strcmp(key, "errno") == 0)
+            rc = read_int(in, &r->errnum, &r->have_errnum);
         else if (strcmp(key, "reason") == 0)
             rc = read_str(in, r->reason, sizeof r->reason, NULL);
         else if (strcmp(key, "cgroups") == 0)
@@ -405,6 +459,21 @@ static ROCKER_ERR remote_err(const char *name) {
     return ROCKER_ERR_unknown;
 }
 
+/* The cause of an error reply, as rocker_client.enter.wire_failure reads it. */
+static void remote_cause(const struct reply *r) {
+    const char *where = r->field[0] ? r->field : r->step[0] ? r->step : r->parameter;
+    debug("%s: %s%s%s", r->error, where, where[0] ? ": " : "", r->reason);
+    const char *dot = strrchr(r->error, '.');
+    const char *kind = dot ? dot + 1 : r->error;
+    if (!strcmp(kind, "NoSuchRocker"))
+        snprintf(last_cause.reason, sizeof last_cause.reason, "no live rocker is called '%s'", r->pname);
+    else
+        copy_str(last_cause.reason, sizeof last_cause.reason,
+                 r->reason[0] ? r->reason : r->parameter[0] ? r->parameter : r->error);
+    copy_str(last_cause.field, sizeof last_cause.field, r->field[0] || !r->have_field ? r->field : "request");
+    note_cause(kind, r->step, r->have_errnum && r->errnum > 0 && r->errnum <= INT32_MAX ? (int)r->errnum : 0);
+}
+
 /* ---- entering ---- */
 
 /* The forked intermediate: plain syscalls only, no locks, no malloc (the caller may have threads).
@@ -452,6 +521,7 @@ static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct cgroups *cg, c
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0) {
         debug("pipe2: %s", strerror(errno));
+        note_cause("sys", "pipe2", errno);
         close_fds(all);
         return ROCKER_ERR_sys;
     }
@@ -466,6 +536,7 @@ static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct cgroups *cg, c
     if (pid < 0) {
         close(p[0]);
         debug("fork: %s", strerror(fork_errno));
+        note_cause("sys", "fork", fork_errno);
         return ROCKER_ERR_sys;
     }
     /* Reap first, then read without waiting for EOF: in a threaded caller, apps started
@@ -482,6 +553,7 @@ static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct cgroups *cg, c
     close(p[0]);
     if (n <= 0) {
         debug("the process entering the rocker died");
+        note_cause("enter", NULL, 0);
         return ROCKER_ERR_enter_rocker_failed;
     }
     rep[n] = 0;
@@ -496,7 +568,11 @@ static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct cgroups *cg, c
     /* ESRCH/ENOMEM/ENOENT: the guard died, the rocker is gone; not the app's fault */
     int gone = err == ESRCH || err == ENOMEM || err == ENOENT;
     debug("%s: %s%s", step, strerror(err), gone ? " (the rocker is gone: its guard exited)" : "");
-    return !gone && !strcmp(step, "clone app") ? ROCKER_ERR_app_exec_failed : ROCKER_ERR_enter_rocker_failed;
+    ROCKER_ERR failed = !gone && !strcmp(step, "clone app") ? ROCKER_ERR_app_exec_failed : ROCKER_ERR_enter_rocker_failed;
+    snprintf(last_cause.reason, sizeof last_cause.reason, "%s%s", strerror(err),
+             gone ? " (the rocker is gone: its guard exited)" : "");
+    note_cause(gone ? "gone" : own_kind(failed), step, err);
+    return failed;
 }
 
 /* ---- the API ---- */
@@ -537,7 +613,9 @@ static RockerResult call_and_enter(struct rkj_buf *msg, const char *what, int (*
     int sent = send_all(sock, msg->data, msg->len, deadline);
     rkj_free(msg);
     if (sent < 0) {
-        debug("sending the call failed: %s", strerror(errno));
+        int e = errno;
+        debug("sending the call failed: %s", strerror(e));
+        note_cause("send", NULL, e);
         close(sock);
         return result(ROCKER_ERR_send_req_failed);
     }
@@ -556,7 +634,7 @@ static RockerResult call_and_enter(struct rkj_buf *msg, const char *what, int (*
         return result(ROCKER_ERR_recv_resp_failed);
     }
     if (r.is_error) {
-        debug("%s: %s%s%s", r.error, r.field, r.field[0] ? ": " : "", r.reason);
+        remote_cause(&r);
         close_fds(&fds);
         return result(remote_err(r.error));
     }
@@ -607,6 +685,7 @@ __attribute__((visibility("default"))) RockerResult ROCKER_enter_rocker(RockerRe
 __attribute__((visibility("default"))) RockerResult
 ROCKER_enter_rocker_opts(RockerRequest *req, const RockerOptions *opts, int (*app)(void *), void *app_args) {
     RockerOptions known;
+    clear_cause();
     if (!req || !app || known_options(opts, &known) < 0) {
         debug("%s", !req ? "req is NULL" : !app ? "app is NULL" : "opts: a size or a field this library does not know");
         return result(ROCKER_ERR_param_invalid);
@@ -618,6 +697,7 @@ ROCKER_enter_rocker_opts(RockerRequest *req, const RockerOptions *opts, int (*ap
 
 __attribute__((visibility("default"))) RockerResult ROCKER_join_rocker(const char *guard_pname, int (*app)(void *),
                                                                        void *app_args) {
+    clear_cause();
     if (!guard_pname || !app) {
         debug("%s is NULL", guard_pname ? "app" : "guard_pname");
         return result(ROCKER_ERR_param_invalid);
@@ -625,6 +705,16 @@ __attribute__((visibility("default"))) RockerResult ROCKER_join_rocker(const cha
     struct rkj_buf msg = {0};
     encode_join(&msg, guard_pname);
     return call_and_enter(&msg, "Join", app, app_args);
+}
+
+__attribute__((visibility("default"))) int ROCKER_last_cause(RockerCause *out) {
+    if (!out)
+        return -1;
+    *out = last_cause;
+    if (last_cause.kind[0])
+        return 0;
+    memset(out, 0, sizeof *out);
+    return -1;
 }
 
 __attribute__((visibility("default"))) RockerResult ROCKER_get_guardname(int pid) {

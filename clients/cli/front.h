@@ -4,7 +4,8 @@
  * CI runners call `rocker run` in loops (issue 21: at most 3x bubblewrap's whole run). The Python
  * CLI (rocker_client/cli, installed as `rocker-py`) stays the reference: this front decides as it
  * does for the command lines it fully understands, and hands every other one to it unchanged by
- * exec, as well as any failure before CMD starts (the Python CLI asks rockerd again and words it).
+ * exec, as well as any failure before CMD starts (with its cause in $ROCKER_FRONT_FAILURE: the Python CLI
+ * words it without asking rockerd again, one request per command).
  * docs/cli.md says which options the front takes.
  * SPDX-License-Identifier: MIT */
 #ifndef ROCKER_FRONT_H

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "front.h"
 #include "lib.h"
+#include "rkjson.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -15,6 +16,7 @@
 #define ROCKER_PYTHON "python3"
 #endif
 #define PYTHON_CLI "rocker-py" /* the Python CLI's console script, installed beside this program */
+#define FAILURE_VAR "ROCKER_FRONT_FAILURE" /* the front's failed Create, for rocker-py to word (run.py) */
 
 /* The Python CLI, with our command line unchanged: the reference for all that is not done here. */
 __attribute__((noreturn)) static void python_cli(int argc, char **argv) {
@@ -37,6 +39,31 @@ __attribute__((noreturn)) static void python_cli(int argc, char **argv) {
     fprintf(stderr, "rocker: cannot start the Python CLI (%s beside this program, or %s -m rocker_client.cli): %s\n",
             PYTHON_CLI, ROCKER_PYTHON, strerror(errno));
     exit(125);
+}
+
+/* ROCKER_FRONT_FAILURE: why Create failed, for rocker-py to word without asking rockerd again
+ * (rocker_client/cli/run.py reads it; one request per command). 0, or -1 if it cannot be set. */
+static int hand_over_failure(ROCKER_ERR err_no) {
+    RockerCause c;
+    if (ROCKER_last_cause(&c) < 0) /* cannot be after a failed call; say something rather than ask again */
+        memcpy(c.kind, "sys", 4), c.reason[0] = c.field[0] = c.step[0] = 0, c.errnum = 0;
+    struct rkj_buf b = {0};
+    rkj_puts(&b, "{\"err_no\":");
+    rkj_put_int(&b, err_no);
+    rkj_puts(&b, ",\"kind\":");
+    rkj_put_string(&b, c.kind);
+    rkj_puts(&b, ",\"reason\":");
+    rkj_put_string(&b, c.reason);
+    rkj_puts(&b, ",\"field\":");
+    rkj_put_string(&b, c.field);
+    rkj_puts(&b, ",\"step\":");
+    rkj_put_string(&b, c.step);
+    rkj_puts(&b, ",\"errno\":");
+    rkj_put_int(&b, c.errnum);
+    rkj_put(&b, "}", 2); /* and the NUL */
+    int r = b.failed ? -1 : setenv(FAILURE_VAR, b.data, 1);
+    rkj_free(&b);
+    return r;
 }
 
 /* A JSON string, for the decisions' dump (tests compare it with the Python CLI's). */
@@ -103,6 +130,7 @@ int main(int argc, char **argv) {
     struct run_args a;
     const char *dumping = getenv("ROCKER_FRONT_DUMP");
     int dry = dumping && !strcmp(dumping, "1");
+    unsetenv(FAILURE_VAR); /* only ever set by us, for the one handover below: never an inherited one */
     if (parse_run(argc, argv, &a) < 0 || package_looks_fine(a.pkg) < 0)
         goto python;
     long uid, gid;
@@ -136,7 +164,8 @@ int main(int argc, char **argv) {
     job_launch(&job, &launch);
     RockerResult res = ROCKER_enter_rocker_opts(&req, &opts, run_command, &launch);
     if (res.err_no != ROCKER_ERR_success || job_started(&job, res.app_pid) < 0) {
-        /* Nothing started: the Python CLI asks again and says what went wrong in its words. */
+        /* Nothing started: the Python CLI says what went wrong in its words, from the cause we hand it
+         * (it does not ask rockerd again: one request per command). */
         job_close(&job);
         if (res.err_no == ROCKER_ERR_success) { /* pidfd_open failed: CMD runs, unwatched; wait for it */
             perror("rocker: pidfd_open");
@@ -146,6 +175,11 @@ int main(int argc, char **argv) {
             setenv("ROCKER_SOCKET", kept, 1);
         else
             unsetenv("ROCKER_SOCKET");
+        if (hand_over_failure(res.err_no) < 0) {
+            fprintf(stderr, "rocker: rockerd's request failed (error %d) and the front cannot hand that over: %s\n",
+                    (int)res.err_no, strerror(errno));
+            return 125;
+        }
         goto python;
     }
     int code = job_wait(&job);

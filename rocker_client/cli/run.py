@@ -96,7 +96,36 @@ def _prepare_own_dirs(dirs: list[tuple[str, str]]) -> None:
                           f"--{what}-dir") from None
 
 
+FRONT_FAILURE = "ROCKER_FRONT_FAILURE"  # the C front's failed Create (clients/cli/main.c), to word here
+
+
+def front_failure() -> RockerResult | None:
+    """The result of the Create the C front made for this command, if it handed its failure over: it is
+    worded here without asking rockerd again (one request per command: a second Create would log twice,
+    repeat any side effect, and lose a signal held meanwhile). Taken out of the environment first thing;
+    a malformed one is a Failure, never a reason to ask again."""
+    text = os.environ.pop(FRONT_FAILURE, None)
+    if text is None:
+        return None
+    import json  # here only: a failure's path (start time, issue 21)
+
+    try:
+        d = json.loads(text)
+        keys = {"err_no": int, "kind": str, "reason": str, "field": str, "step": str, "errno": int}
+        if type(d) is not dict or set(d) != set(keys) or any(type(d[k]) is not t for k, t in keys.items()):
+            raise ValueError(f"not an object of {', '.join(keys)}")
+        err = RockerErr(d["err_no"])
+        if err == RockerErr.success or not d["kind"] or d["errno"] < 0:
+            raise ValueError("not a failure")
+    except ValueError as e:
+        raise Failure(f"${FRONT_FAILURE} is malformed ({e}): it is set by the `rocker` front for rocker-py "
+                      f"only: unset it") from None
+    cause = Cause(d["kind"], d["reason"], field=d["field"], step=d["step"], errno=d["errno"])
+    return RockerResult.failed(err, cause)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    handed_over = front_failure()
     cmd = command_of(args, "rocker run", "rocker run --pkg PKG -- sh")
     pkg = args.pkg
     check_package(pkg)
@@ -124,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         req.app_pkg_sha256 = args.pkg_sha256.strip().lower()
 
     path = socket_path(args)
-    return run_job(lambda launch: enter_rocker(req, run_command, launch, socket=path),
+    return run_job(lambda launch: handed_over or enter_rocker(req, run_command, launch, socket=path),
                    command_env(args, exec_dir, "rocker run"), cmd, args.workdir,
                    lambda res: _run_failure(res.err_no, res.cause or Cause("?", "?"), path, req.to_params()))
 

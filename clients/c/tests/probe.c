@@ -297,9 +297,13 @@ int main(int argc, char **argv) {
     int (*the_app)(void *) = opt(argc, argv, "null_app") ? NULL : app;
     RockerResult res = joining ? ROCKER_join_rocker(opt(argc, argv, "null_name") ? NULL : argv[2], the_app, opt_exec)
                                : ROCKER_enter_rocker(opt(argc, argv, "null_req") ? NULL : &req, the_app, opt_exec);
+    RockerCause cause;
+    int have_cause = ROCKER_last_cause(&cause) == 0;
     close(p[1]);
     close(rel[0]);
     print_result("", res);
+    printf("cause=%d\ncause.kind=%s\ncause.field=%s\ncause.step=%s\ncause.errnum=%d\ncause.reason=%s\n", have_cause,
+           cause.kind, cause.field, cause.step, cause.errnum, cause.reason);
     size_t len = 0;
     ssize_t n;
     while (len < sizeof report - 1 && (n = read(p[0], report + len, sizeof report - 1 - len)) > 0)
