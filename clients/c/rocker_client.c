@@ -71,7 +71,8 @@ struct reply {
 
 /* The calling thread's last failure (ROCKER_last_cause): debug() keeps its line as the reason, the
  * failing step adds kind, field, step and errno; a call starts with it cleared. initial-exec: no
- * __tls_get_addr, so the library still needs libc alone (its ~740 bytes come from glibc's static TLS surplus, also after a dlopen). */
+ * __tls_get_addr, so the library still needs libc alone (its ~740 bytes come from glibc's static TLS surplus, also
+ * after a dlopen). */
 static __thread RockerCause last_cause __attribute__((tls_model("initial-exec"))); /* needs no ld.so symbol */
 
 /* src into dst[cap], truncated, NUL-terminated. */
@@ -469,7 +470,9 @@ static void remote_cause(const struct reply *r) {
         snprintf(last_cause.reason, sizeof last_cause.reason, "no live rocker is called '%s'", r->pname);
     else
         copy_str(last_cause.reason, sizeof last_cause.reason,
-                 r->reason[0] ? r->reason : r->parameter[0] ? r->parameter : r->error);
+                 r->reason[0]      ? r->reason
+                 : r->parameter[0] ? r->parameter
+                                   : r->error);
     copy_str(last_cause.field, sizeof last_cause.field, r->field[0] || !r->have_field ? r->field : "request");
     note_cause(kind, r->step, r->have_errnum && r->errnum > 0 && r->errnum <= INT32_MAX ? (int)r->errnum : 0);
 }
@@ -568,7 +571,8 @@ static ROCKER_ERR start_inside(const int ns_fd[NNS], const struct cgroups *cg, c
     /* ESRCH/ENOMEM/ENOENT: the guard died, the rocker is gone; not the app's fault */
     int gone = err == ESRCH || err == ENOMEM || err == ENOENT;
     debug("%s: %s%s", step, strerror(err), gone ? " (the rocker is gone: its guard exited)" : "");
-    ROCKER_ERR failed = !gone && !strcmp(step, "clone app") ? ROCKER_ERR_app_exec_failed : ROCKER_ERR_enter_rocker_failed;
+    ROCKER_ERR failed =
+        !gone && !strcmp(step, "clone app") ? ROCKER_ERR_app_exec_failed : ROCKER_ERR_enter_rocker_failed;
     snprintf(last_cause.reason, sizeof last_cause.reason, "%s%s", strerror(err),
              gone ? " (the rocker is gone: its guard exited)" : "");
     note_cause(gone ? "gone" : own_kind(failed), step, err);

@@ -15,7 +15,7 @@
 #ifndef ROCKER_PYTHON /* the interpreter setup.py built this with, if rocker-py is not beside us */
 #define ROCKER_PYTHON "python3"
 #endif
-#define PYTHON_CLI "rocker-py" /* the Python CLI's console script, installed beside this program */
+#define PYTHON_CLI "rocker-py"             /* the Python CLI's console script, installed beside this program */
 #define FAILURE_VAR "ROCKER_FRONT_FAILURE" /* the front's failed Create, for rocker-py to word (run.py) */
 
 /* The Python CLI, with our command line unchanged: the reference for all that is not done here. */
