@@ -162,7 +162,10 @@ def ensure_dir(path: str, *, create: bool, spec: DirSpec = DirSpec(0o755), paren
     """
     beneath = dir_fd != AT_FDCWD
     try:  # the usual case, an existing dir: one openat2 checks every component just the same
-        return open_nofollow(path, O_PATH_DIR, dir_fd, beneath=beneath), []
+        fd = open_nofollow(path, O_PATH_DIR, dir_fd, beneath=beneath)
+        if not _making:  # checked after the open (a maker registers before its mkdir)
+            return fd, []
+        os.close(fd)  # a build of this process is making a dir: the walk waits for its maker
     except SyscallError:
         pass  # walk it, to create what is missing or to name the component that fails
     created: list[str] = []
@@ -174,6 +177,8 @@ def ensure_dir(path: str, *, create: bool, spec: DirSpec = DirSpec(0o755), paren
             here = lead + "/".join(parts[: i + 1])
             try:
                 nfd = open_nofollow(name, O_PATH_DIR, dir_fd=fd, beneath=True)
+                if _making:  # found while another build makes it: not ours to fill before its check
+                    _wait_for_maker(fd, name)
             except SyscallError as e:
                 if e.errno != errno.ENOENT or not create:
                     raise SyscallError(e.errno or errno.EIO, "openat2", here) from None

@@ -160,6 +160,35 @@ def test_concurrent_builds_of_one_layout_do_not_refuse_each_others_new_dir(tmp_p
     assert not fs._making, "a maker's entry is left"
 
 
+def test_concurrent_ensure_dirs_of_one_path_do_not_refuse_each_others_new_dir(tmp_path: Path) -> None:
+    """The same race through fs.ensure_dir, as EnsureExecAndDataDirs makes an exec or data dir: a build
+    whose one-call open of the whole path finds the dir another build has just made must wait for that
+    maker too, or it fills the dir before the maker's check. Seen in the suite as 50 rockers on a new
+    data dir: one build refused, its undo took the exec dir it had made from under the others."""
+    threads, rounds = 6, 200
+    pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    failed: list[OSError] = []
+
+    def build(path: str, i: int) -> None:
+        try:
+            fd, _ = fs.ensure_dir(path, create=True, spec=fs.DirSpec(0o700), dir_fd=pfd)
+            try:
+                os.mkdir(f"child{i}", dir_fd=fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            failed.append(e)
+
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            for r in range(rounds):
+                list(pool.map(build, [f"p{r}/data"] * threads, range(threads)))
+    finally:
+        os.close(pfd)
+    assert not failed, f"{len(failed)} of {threads * rounds} ensure_dirs refused, e.g. {failed[0]}"
+    assert all(len(os.listdir(tmp_path / f"p{r}/data")) == threads for r in range(rounds))
+
+
 def test_owner_can_rm_rf_a_data_dir_root_asked_for(base: Path, pkg: Path, rockerd: Daemon) -> None:
     """A root launcher asks for a rocker of uid 1000 with a data dir uid 1000 owns: the dirs rockerd
     makes inside it are uid 1000's too, so it can remove the data dir itself."""
