@@ -171,6 +171,26 @@ def test_different_overlays_or_uid_refused_naming_the_holder(daemon: Daemon, bas
     assert "refused request" in daemon.log_text()
 
 
+def test_a_rocker_that_is_ending_does_not_refuse_the_next_one(daemon: Daemon, base: Path, pkg: Path) -> None:
+    """`rocker run A; rocker run B` on one data dir with other overlays: B's request may come while A's rocker
+    is still ending (its app has exited; its guard and rockerd's handling of the end follow). B waits for
+    that end (datashare.ENDING_GRACE) instead of being refused; the C front, which returns the moment its
+    app exits, met this in the quickstart."""
+    (base / "a").mkdir()
+    (base / "b").mkdir()
+    first = enter_rocker(make_req(base, pkg, overlays=(str(base / "a"),)), lambda _: time.sleep(0.2) or 0)
+    assert first.ok, first.detail
+    import threading
+    reaper = threading.Thread(target=os.waitpid, args=(first.app_pid, 0))  # as a launcher does (rocker run)
+    reaper.start()
+    try:
+        second = enter_rocker(make_req(base, pkg, overlays=(str(base / "b"),)), lambda _: 0)
+    finally:
+        reaper.join()
+    assert second.ok, second.detail
+    os.waitpid(second.app_pid, 0)
+
+
 def _overlay_fds(pid: int) -> int:
     """How many of `pid`'s fds are on an overlayfs (each reopened O_PATH through /proc, then fstatfs)."""
     n = 0

@@ -71,6 +71,12 @@ class Share:
         return next(iter(self.holders), None) or next(iter(self.members), "?")
 
 
+# How long a build whose overlays differ from the data dir's holder waits for that holder to end before
+# it is refused: `rocker run A; rocker run B` on one data dir must not meet A's rocker still ending (its
+# app has exited, its guard and rockerd's handling of its end follow within milliseconds).
+ENDING_GRACE = 0.5
+
+
 class DataDirInUse(policy.Denied):
     """The data dir is in use with other overlays or ids, or is being removed."""
 
@@ -109,6 +115,7 @@ class DataShares:
         if not kernel.current().tree_clone:
             stage.stager().up()  # its thread and namespace now, not on a create's path (and its fd with the daemon's)
         self.lock = threading.RLock()  # builds run their dir steps on threads (dirsteps.py)
+        self._ended = threading.Condition(self.lock)  # a share ended: a build refused meanwhile looks again
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -126,6 +133,9 @@ class DataShares:
         if share is not None:
             if share.removing:
                 raise DataDirInUse(f"data dir {req.app_data_dir} is being removed (rocker rm-data)")
+            if share.layers != layers and self._ended.wait_for(lambda: self._by_key.get(key) is not share,
+                                                               ENDING_GRACE):
+                return self.claim(name, req, data_fd)  # it ended meanwhile: start (or join) afresh
             if share.layers != layers:
                 raise DataDirInUse(
                     f"data dir {req.app_data_dir} is in use by rocker {share.holder_name()} with "
@@ -243,6 +253,7 @@ class DataShares:
 
     def _end(self, share: Share) -> None:
         del self._by_key[share.key]
+        self._ended.notify_all()
         try:
             if share.kept is not None:
                 share.kept.drop()
