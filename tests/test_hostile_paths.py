@@ -14,8 +14,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon import Daemon
@@ -130,18 +132,18 @@ def test_new_dir_swapped_before_it_is_opened_is_refused(tmp_path: Path, monkeypa
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (UID, UID, 0o755), oct(st.st_mode)
 
 
-def test_concurrent_builds_of_one_layout_do_not_refuse_each_others_new_dir(tmp_path: Path) -> None:
-    """Builds of the same layout at once (a threaded launcher: eight rockers on one exec dir): one
-    makes a dir, another finds it and fills it before the maker's "still the empty dir I made"
-    check. That must not read as a swap: the finder waits for the maker (fs.make_dir). Before,
-    most rounds of this failed with "replaced while being made"."""
-    threads, rounds = 6, 200
+THREADS, ROUNDS = 6, 200
+
+
+def _race_makers(tmp_path: Path, make: Callable[[int, str], tuple[int, Any]], rel: str) -> list[OSError]:
+    """THREADS builds at once, ROUNDS times, each getting dir `rel` (with {r} the round) from `make(parent
+    fd, rel)` and at once making a child of its own in it, as a build fills the dir it got. What failed."""
     pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     failed: list[OSError] = []
 
-    def build(name: str, i: int) -> None:
+    def build(path: str, i: int) -> None:
         try:
-            fd, _ = fs.make_dir(pfd, name, fs.DirSpec(0o755), str(tmp_path / name))
+            fd, _ = make(pfd, path)
             try:
                 os.mkdir(f"child{i}", dir_fd=fd)
             finally:
@@ -150,13 +152,22 @@ def test_concurrent_builds_of_one_layout_do_not_refuse_each_others_new_dir(tmp_p
             failed.append(e)
 
     try:
-        with ThreadPoolExecutor(threads) as pool:
-            for r in range(rounds):
-                list(pool.map(build, [f"d{r}"] * threads, range(threads)))
+        with ThreadPoolExecutor(THREADS) as pool:
+            for r in range(ROUNDS):
+                list(pool.map(build, [rel.format(r=r)] * THREADS, range(THREADS)))
     finally:
         os.close(pfd)
-    assert not failed, f"{len(failed)} of {threads * rounds} makes refused, e.g. {failed[0]}"
-    assert all(len(os.listdir(tmp_path / f"d{r}")) == threads for r in range(rounds))
+    assert all(len(os.listdir(tmp_path / rel.format(r=r))) == THREADS for r in range(ROUNDS) if not failed)
+    return failed
+
+
+def test_concurrent_builds_of_one_layout_do_not_refuse_each_others_new_dir(tmp_path: Path) -> None:
+    """Builds of the same layout at once (a threaded launcher: eight rockers on one exec dir): one
+    makes a dir, another finds it and fills it before the maker's "still the empty dir I made"
+    check. That must not read as a swap: the finder waits for the maker (fs.make_dir). Before,
+    most rounds of this failed with "replaced while being made"."""
+    failed = _race_makers(tmp_path, lambda pfd, name: fs.make_dir(pfd, name, fs.DirSpec(0o755), name), "d{r}")
+    assert not failed, f"{len(failed)} of {THREADS * ROUNDS} makes refused, e.g. {failed[0]}"
     assert not fs._making, "a maker's entry is left"
 
 
@@ -165,28 +176,9 @@ def test_concurrent_ensure_dirs_of_one_path_do_not_refuse_each_others_new_dir(tm
     whose one-call open of the whole path finds the dir another build has just made must wait for that
     maker too, or it fills the dir before the maker's check. Seen in the suite as 50 rockers on a new
     data dir: one build refused, its undo took the exec dir it had made from under the others."""
-    threads, rounds = 6, 200
-    pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    failed: list[OSError] = []
-
-    def build(path: str, i: int) -> None:
-        try:
-            fd, _ = fs.ensure_dir(path, create=True, spec=fs.DirSpec(0o700), dir_fd=pfd)
-            try:
-                os.mkdir(f"child{i}", dir_fd=fd)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            failed.append(e)
-
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            for r in range(rounds):
-                list(pool.map(build, [f"p{r}/data"] * threads, range(threads)))
-    finally:
-        os.close(pfd)
-    assert not failed, f"{len(failed)} of {threads * rounds} ensure_dirs refused, e.g. {failed[0]}"
-    assert all(len(os.listdir(tmp_path / f"p{r}/data")) == threads for r in range(rounds))
+    failed = _race_makers(tmp_path, lambda pfd, path: fs.ensure_dir(path, create=True, spec=fs.DirSpec(0o700),
+                                                                    dir_fd=pfd), "p{r}/data")
+    assert not failed, f"{len(failed)} of {THREADS * ROUNDS} ensure_dirs refused, e.g. {failed[0]}"
 
 
 def test_owner_can_rm_rf_a_data_dir_root_asked_for(base: Path, pkg: Path, rockerd: Daemon) -> None:
