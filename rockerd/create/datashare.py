@@ -65,6 +65,7 @@ class Share:
     kept: stage.Kept | None = None  # its overlays, which each rocker on it gets clones of
     slot: int | None = None
     first: cf.Future[bool] | None = None  # while the first rocker builds the overlays
+    ended: cf.Future[None] = field(default_factory=cf.Future)  # done once its last rocker has left
     removing: bool = False  # rm-data is removing the dir
 
     def holder_name(self) -> str:
@@ -79,6 +80,18 @@ ENDING_GRACE = 0.5
 
 class DataDirInUse(policy.Denied):
     """The data dir is in use with other overlays or ids, or is being removed."""
+
+
+class HolderDiffers(Exception):
+    """The data dir is held with other overlays or ids: the build waits (off its thread) up to
+    ENDING_GRACE for the holder to end, then is refused with `refusal`."""
+
+    passthrough = True
+
+    def __init__(self, ended: cf.Future[None], refusal: DataDirInUse) -> None:
+        super().__init__(str(refusal))
+        self.ended = ended
+        self.refusal = refusal
 
 
 class SharePending(Exception):
@@ -115,7 +128,6 @@ class DataShares:
         if not kernel.current().tree_clone:
             stage.stager().up()  # its thread and namespace now, not on a create's path (and its fd with the daemon's)
         self.lock = threading.RLock()  # builds run their dir steps on threads (dirsteps.py)
-        self._ended = threading.Condition(self.lock)  # a share ended: a build refused meanwhile looks again
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -133,14 +145,11 @@ class DataShares:
         if share is not None:
             if share.removing:
                 raise DataDirInUse(f"data dir {req.app_data_dir} is being removed (rocker rm-data)")
-            if share.layers != layers and self._ended.wait_for(lambda: self._by_key.get(key) is not share,
-                                                               ENDING_GRACE):
-                return self.claim(name, req, data_fd)  # it ended meanwhile: start (or join) afresh
             if share.layers != layers:
-                raise DataDirInUse(
+                raise HolderDiffers(share.ended, DataDirInUse(
                     f"data dir {req.app_data_dir} is in use by rocker {share.holder_name()} with "
                     f"{_describe(share.layers)}; this request has {_describe(layers)}: rockers share a data dir "
-                    f"only with the same overlay dirs and ids (use another data dir, or wait for it to end)")
+                    f"only with the same overlay dirs and ids (use another data dir, or wait for it to end)"))
             if share.first is not None:
                 raise SharePending(share.first)
             if len(share.kept or ()) != len(layers[0]):
@@ -253,7 +262,7 @@ class DataShares:
 
     def _end(self, share: Share) -> None:
         del self._by_key[share.key]
-        self._ended.notify_all()
+        share.ended.set_result(None)
         try:
             if share.kept is not None:
                 share.kept.drop()

@@ -20,7 +20,7 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from .datashare import SharePending
+from .datashare import ENDING_GRACE, HolderDiffers, SharePending
 from .host import HostContext
 from .steps import BuildError, Step, run_plain_steps, undo_plain_steps
 
@@ -48,6 +48,7 @@ async def run_host_steps(steps: list[Step[HostContext]], ctx: HostContext, deadl
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="rockerd-dirs")
+    waited_for_holder = False
     while True:
         work = _fresh(ctx)
         job = _pool.submit(run_plain_steps, steps, work)
@@ -63,6 +64,11 @@ async def run_host_steps(steps: list[Step[HostContext]], ctx: HostContext, deadl
         failed = job.exception()
         if failed is not None:
             work.close_fds()  # run_steps undid the steps
+            if isinstance(failed, HolderDiffers):  # held with other overlays: refused unless it ends soon
+                if waited_for_holder or not await done_within(failed.ended, ENDING_GRACE):
+                    raise failed.refusal
+                waited_for_holder = True
+                continue
             if not isinstance(failed, SharePending):
                 raise failed
             if not await done_within(failed.first, SHARE_WAIT):
