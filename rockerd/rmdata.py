@@ -37,6 +37,7 @@ from rocker_sys import fs
 from . import policy
 from .create import layout
 from .create.datashare import DataShares
+from .create.dirsteps import done_within
 
 OPEN_DEADLINE = 5.0  # seconds the caller's path may take to open
 REMOVE_DEADLINE = 120.0  # seconds a removal may take before the caller hears it is still going
@@ -82,6 +83,9 @@ async def remove_data_dir(path: object, peer: policy.Peer, shares: DataShares) -
         if not policy.is_root(peer) and st.st_uid != peer.uid:
             raise RemoveRefused("PermissionDenied", f"data dir {path} is owned by uid {st.st_uid}, not {peer.uid}")
         key = (st.st_dev, st.st_ino)
+        clearing = shares.ending(key)  # its last rocker ended just now: its work slot is still being cleared
+        if clearing is not None:
+            await done_within(clearing, OPEN_DEADLINE)
         shares.begin_removal(key, path)  # refuses while a rocker uses it; no rocker may claim it meanwhile
     except BaseException:
         os.close(fd)

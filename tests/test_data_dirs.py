@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 from daemon import Daemon, start_daemon
-from rockers import make_req, run_app
+from rockers import live_app, make_req, run_app
 
-from rocker_client import RockerResult, enter_rocker
+from rocker_client import RockerResult, enter_rocker, wire
 from rockerd import kernel
 from rockerd.create import stage
 
@@ -382,3 +382,89 @@ def test_rm_data_refused_while_in_use_and_for_others(owner_world: tuple[Path, Da
                           capture_output=True, text=True, env={**os.environ, "ROCKER_SOCKET": d.socket})
     assert root.returncode == 125 and "does not look like a data dir: it holds other" in root.stderr, root.stderr
     assert (base / "shared/other/f").exists()
+
+
+def _listed(d: Daemon) -> tuple[set[str], float]:
+    t0 = time.monotonic()
+    reply, fds = wire.call(d.socket, "io.rocker.Rocker.List", {}, timeout=30)
+    for fd in fds:
+        os.close(fd)
+    return {r["guard_pname"] for r in reply.get("rockers", [])}, time.monotonic() - t0
+
+
+def test_a_work_slot_its_owner_filled_does_not_stall_rockerd_at_the_end(daemon: Daemon, base: Path,
+                                                                        pkg: Path) -> None:
+    """The last rocker's end clears its work slot, a tree the data dir's owner can fill at will: that runs on
+    a thread of its own (datashare.Ending), never the loop, so rockerd answers everyone meanwhile (issue 13:
+    nothing a caller sends blocks the loop). Before, a slot of 10,000 dirs held every call for seconds."""
+    with live_app(make_req(base, pkg), lambda: {}) as run:
+        assert run.res.ok, run.res.detail
+        name = run.res.guard_pname
+        junk = base / "data" / "work" / "0" / "junk"
+        junk.mkdir()
+        fd = os.open(junk, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i in range(10_000):
+                os.mkdir(str(i), dir_fd=fd)
+        finally:
+            os.close(fd)
+    took = []
+    deadline = time.monotonic() + 30 * SLOW
+    while True:  # until rockerd has handled the end
+        names, t = _listed(daemon)
+        took.append(t)
+        if name not in names:
+            break
+        assert time.monotonic() < deadline, f"{name} still listed"
+        time.sleep(0.02)
+    assert junk.parent.exists(), "the slot was cleared before the end was handled: the loop did it"
+    while junk.parent.exists():  # the slot's removal goes on; rockerd answers meanwhile
+        took.append(_listed(daemon)[1])
+        assert time.monotonic() < deadline, "the work slot was never removed"
+        time.sleep(0.02)
+    assert max(took) < 0.5 * SLOW, f"List took {max(took):.2f} s while the work slot was cleared"
+
+
+def test_the_next_rocker_on_a_data_dir_waits_for_the_last_ones_overlays_to_go() -> None:
+    """A share's end drops its kept overlays on the ends' thread; until they are gone a build on the same data
+    dir waits (SharePending), so one upper dir never has two overlayfs (the kernel: "upperdir is in-use ...
+    undefined behavior"). A drop held up for real is a fault we cannot cause: a Kept that blocks stands in."""
+    import threading
+
+    from rockerd.create import datashare
+    from rockerd.create.workslots import WorkSlots
+
+    class SlowKept(stage.Kept):
+        def __init__(self) -> None:
+            self.release = threading.Event()
+            self.dropped = False
+
+        def __len__(self) -> int:
+            return 1
+
+        def drop(self) -> None:
+            self.release.wait(10)
+            self.dropped = True
+
+    fd = os.open("/tmp", os.O_PATH | os.O_DIRECTORY)
+    try:
+        shares = datashare.DataShares(WorkSlots())
+        req = type("Req", (), {"app_overlay_dirs": ["/usr"], "uid": 0, "gid": 0, "app_data_dir": "/tmp"})()
+        share, joined = shares.claim("a", req, fd)
+        assert not joined
+        kept = share.kept = SlowKept()
+        shares.built("a", 1)
+        shares.leave("a")  # the last one out: its overlays are being dropped, slowly
+        with pytest.raises(datashare.SharePending) as waiting:
+            shares.claim("b", req, fd)
+        assert not waiting.value.first.done()
+        kept.release.set()
+        assert waiting.value.first.result(timeout=10) is True and kept.dropped
+        pending = shares.ending(share.key)
+        if pending is not None:
+            pending.result(timeout=10)
+        again, joined = shares.claim("b", req, fd)  # now it starts a share of its own
+        assert not joined and again is not share
+        shares.leave("b")
+    finally:
+        os.close(fd)

@@ -8,7 +8,10 @@ every later one with the same overlay dirs and uid:gid gets clones of the
 same mounts, so its writes and the others' land on one filesystem. A request
 for a data dir in use with other overlay dirs or ids is refused, naming a
 rocker that holds it. The last rocker's end takes the overlays and the work
-slot with it.
+slot with it, on a thread of its own (ENDS), never the loop: the work slot is
+a tree the caller can fill, and an overlayfs's unmount syncs its upper fs.
+Until those overlays are gone a new rocker on the data dir waits (as for a
+share being built), so one upper dir never has two overlayfs.
 
 The share keeps the first rocker's overlay mounts (stage.py's `Kept`) and
 gives each rocker open_tree(OPEN_TREE_CLONE) clones of them, the first one
@@ -31,6 +34,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -117,12 +121,31 @@ def _locked(fn: Callable[..., T]) -> Callable[..., T]:
     return run
 
 
+@dataclass
+class Ending:
+    """A share whose last rocker has left, while its thread takes its overlays and work slot away."""
+
+    dropped: cf.Future[bool] = field(default_factory=cf.Future)  # its overlays are gone: the dir may be claimed
+    finished: cf.Future[None] = field(default_factory=cf.Future)  # its work slot too: rm-data may start
+
+
+_ends: ThreadPoolExecutor | None = None
+
+
+def _ends_pool() -> ThreadPoolExecutor:
+    global _ends
+    if _ends is None:
+        _ends = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rockerd-ends")
+    return _ends
+
+
 class DataShares:
     """Every data dir in use: who uses it, with which overlays, and where they are kept."""
 
     def __init__(self, slots: WorkSlots) -> None:
         self.slots = slots
         self._by_key: dict[DataKey, Share] = {}
+        self._ending: dict[DataKey, Ending] = {}
         self._by_name: dict[str, Share] = {}
         self._ids = itertools.count()
         if not kernel.current().tree_clone:
@@ -142,6 +165,9 @@ class DataShares:
         key = (st.st_dev, st.st_ino)
         share = self._by_key.get(key)
         layers = layers_of(req)
+        ending = self._ending.get(key)
+        if share is None and ending is not None:
+            raise SharePending(ending.dropped)  # the last rocker's overlays are still going
         if share is not None:
             if share.removing:
                 raise DataDirInUse(f"data dir {req.app_data_dir} is being removed (rocker rm-data)")
@@ -166,12 +192,21 @@ class DataShares:
         return share, False
 
     @_locked
+    def ending(self, key: DataKey) -> cf.Future[None] | None:
+        """Done once the data dir's last share has cleared its work slot (None: nothing pending)."""
+        ending = self._ending.get(key)
+        return ending.finished if ending is not None else None
+
+    @_locked
     def begin_removal(self, key: DataKey, path: str) -> None:
         """rm-data: refuse while a rocker uses the dir; hold it so that none claims it meanwhile."""
         share = self._by_key.get(key)
         if share is not None:
             what = "being removed" if share.removing else f"in use by rocker {share.holder_name()}"
             raise DataDirInUse(f"data dir {path} is {what}: remove it once that ends (`rocker ps`)")
+        if key in self._ending:
+            raise DataDirInUse(f"data dir {path}: its last rocker's overlays and work dir are still being cleared: "
+                               f"try again in a moment")
         self._by_key[key] = Share(key, path, ((), -1, -1), -1, removing=True)
 
     @_locked
@@ -263,16 +298,31 @@ class DataShares:
     def _end(self, share: Share) -> None:
         del self._by_key[share.key]
         share.ended.set_result(None)
+        ending = self._ending[share.key] = Ending()
+        _ends_pool().submit(self._clear, share, ending)
+
+    def _clear(self, share: Share, ending: Ending) -> None:
+        """On the ends' thread: the overlays first (the next rocker on the dir waits only for them),
+        then the work slot (a new share takes another slot meanwhile)."""
         try:
-            if share.kept is not None:
-                share.kept.drop()
+            try:
+                if share.kept is not None:
+                    share.kept.drop()
+            finally:
+                ending.dropped.set_result(True)
             if share.slot is not None:
                 remove_work_slot(share.data_fd, share.slot)
                 self.slots.give_back(share.data_dir, share.slot)
         except (OSError, cf.TimeoutError) as e:
             log.warning("data dir %s: ending its share: %s", share.data_dir, e)
+        except Exception:
+            log.exception("data dir %s: ending its share", share.data_dir)
         finally:
             os.close(share.data_fd)
+            with self.lock:
+                if self._ending.get(share.key) is ending:
+                    del self._ending[share.key]
+            ending.finished.set_result(None)
 
 
 def remove_work_slot(data_fd: int, slot: int) -> None:
