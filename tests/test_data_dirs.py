@@ -425,10 +425,11 @@ def test_a_work_slot_its_owner_filled_does_not_stall_rockerd_at_the_end(daemon: 
     assert max(took) < 0.5 * SLOW, f"List took {max(took):.2f} s while the work slot was cleared"
 
 
-def test_the_next_rocker_on_a_data_dir_waits_for_the_last_ones_overlays_to_go() -> None:
+def test_the_next_rocker_on_a_data_dir_waits_for_the_last_ones_overlays_to_go(monkeypatch: pytest.MonkeyPatch) -> None:
     """A share's end drops its kept overlays on the ends' thread; until they are gone a build on the same data
     dir waits (SharePending), so one upper dir never has two overlayfs (the kernel: "upperdir is in-use ...
     undefined behavior"). A drop held up for real is a fault we cannot cause: a Kept that blocks stands in."""
+    import dataclasses
     import threading
 
     from rockerd.create import datashare
@@ -446,6 +447,8 @@ def test_the_next_rocker_on_a_data_dir_waits_for_the_last_ones_overlays_to_go() 
             self.release.wait(10)
             self.dropped = True
 
+    real = kernel.current()  # no stager thread in this test process (before 6.15 DataShares starts one)
+    monkeypatch.setattr(kernel, "current", lambda: dataclasses.replace(real, fast=real.fast | {kernel.TREE_CLONE.name}))
     fd = os.open("/tmp", os.O_PATH | os.O_DIRECTORY)
     try:
         shares = datashare.DataShares(WorkSlots())
@@ -468,3 +471,6 @@ def test_the_next_rocker_on_a_data_dir_waits_for_the_last_ones_overlays_to_go() 
         shares.leave("b")
     finally:
         os.close(fd)
+        if datashare._ends is not None:  # its thread would make this test process a threaded caller
+            datashare._ends.shutdown(wait=True)
+            datashare._ends = None
