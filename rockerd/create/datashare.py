@@ -303,7 +303,8 @@ class DataShares:
 
     def _clear(self, share: Share, ending: Ending) -> None:
         """On the ends' thread: the overlays first (the next rocker on the dir waits only for them),
-        then the work slot (a new share takes another slot meanwhile)."""
+        then the work slot (a new share takes another slot meanwhile; work/ itself only while none claims
+        the dir: its build would make work/N in it)."""
         try:
             try:
                 if share.kept is not None:
@@ -311,7 +312,10 @@ class DataShares:
             finally:
                 ending.dropped.set_result(True)
             if share.slot is not None:
-                remove_work_slot(share.data_fd, share.slot)
+                fs.remove_tree(f"{layout.WORK}/{share.slot}", share.data_fd)
+                with self.lock:  # work/ goes only while no build holds the dir: one may be making work/N in it
+                    if share.key not in self._by_key:
+                        _remove_if_empty(share.data_fd, layout.WORK)
                 self.slots.give_back(share.data_dir, share.slot)
         except (OSError, cf.TimeoutError) as e:
             log.warning("data dir %s: ending its share: %s", share.data_dir, e)
@@ -325,10 +329,8 @@ class DataShares:
             ending.finished.set_result(None)
 
 
-def remove_work_slot(data_fd: int, slot: int) -> None:
-    """work/<slot> and, once empty, work/: overlayfs's scratch, of no use once its mounts are gone."""
-    fs.remove_tree(f"{layout.WORK}/{slot}", data_fd)
+def _remove_if_empty(dir_fd: int, name: str) -> None:
     try:
-        os.rmdir(layout.WORK, dir_fd=data_fd)
+        os.rmdir(name, dir_fd=dir_fd)
     except OSError:
         pass  # another slot is still in use, or it is gone
