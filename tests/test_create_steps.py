@@ -24,7 +24,7 @@ import pytest
 
 from rocker_sys import ns
 from rockerd import create, kernel
-from rockerd.create import dirsteps, handoff, pkgopen, spawn
+from rockerd.create import dirsteps, handoff, pkgopen, spawn, stage
 from rockerd.create.steps import BuildError, Step, run_steps
 from rockerd.guard import guard_binary
 from rockerd.network import netns as net
@@ -129,7 +129,9 @@ def world(base: Path, pkg: Path) -> Iterator[dict]:
                          "app_exec_dir": str(base / "run/exec"), "app_data_dir": str(base / "run/data"),
                          "app_overlay_dirs": [str(host / "a/x"), str(host / "a/y"), str(host / "b")]})
     had_netns = net._own_netns.cache_info().currsize
-    kernel.current(), spawn.load(), net.load()  # what rockerd opens once at start, before the fd count
+    # what rockerd opens once at start, before the fd count (the stager's namespace fd: where the kernel has no
+    # tree clones, DataShares starts it with the daemon)
+    kernel.current(), spawn.load(), net.load(), stage.sharing()
     guard_fd = os.open(guard_binary(), os.O_PATH | os.O_CLOEXEC)
     fds = set(os.listdir("/proc/self/fd"))
     yield {"req": req, "guard_fd": guard_fd, "fds": fds, "run": base / "run",
@@ -155,19 +157,28 @@ def assert_nothing_left(w: dict, packages: create.PackageCache, slots: create.Wo
     assert len(packages) == 0, "a package mount is still held"
     assert not slots._busy, "a work slot is still taken"
     assert children() == w["children"], "a guard of the build is not reaped"
-    assert fds_settle_to(w["fds"]), "an fd of the build is still open"
+    left = unsettled_fds(w["fds"])
+    assert not left, f"an fd of the build is still open: {left}"
     assert not (w["run"] / "exec").exists() and not (w["run"] / "data").exists(), "a dir made for the build is left"
 
 
-def fds_settle_to(expected: set[str], within: float = 2.0) -> bool:
-    """Whether this process's fds come back to `expected` within a deadline: an abandoned package open
-    (pkgopen.abandon) closes its fd when its thread returns, which may be just after the build ended."""
+def unsettled_fds(expected: set[str], within: float = 2.0) -> dict[str, str]:
+    """What differs from `expected` in this process's fds once a deadline passed (fd -> what it is; empty as soon
+    as they match): an abandoned package open (pkgopen.abandon) closes its fd when its thread returns, which may
+    be just after the build ended."""
     deadline = time.monotonic() + within
-    while set(os.listdir("/proc/self/fd")) != expected:
+    while (now := set(os.listdir("/proc/self/fd"))) != expected:
         if time.monotonic() > deadline:
-            return False
+            return {fd: _fd_target(fd) for fd in sorted(now - expected)} | {fd: "closed" for fd in expected - now}
         time.sleep(0.01)
-    return True
+    return {}
+
+
+def _fd_target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as e:
+        return f"? ({e.strerror})"
 
 
 def children() -> dict[int, str]:
