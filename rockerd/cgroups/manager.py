@@ -19,6 +19,7 @@ from .detect import Hierarchy
 from .limits import FIELDS, LimitPolicy, LimitRefused, Limits
 from .mover import Mover, NsId, userns_of
 from .oomwatch import OomWatch
+from .spares import SparePool
 from .tree import CgroupError, CgroupTree, RockerCgroup
 from .usage import read_usage
 
@@ -43,6 +44,13 @@ class CgroupManager:
                  f"limits are off ({self.tree.hier.reason})")
         self.oom = OomWatch(self.tree.hier.mode, self._oom_woken)
         self.mover = Mover()
+        self.spares: SparePool | None = None  # v1 only: cgroup2 cannot rename (spares.py)
+        self._refilling = False
+        if self.tree.hier.mode == "v1":
+            self.spares = SparePool(list(dict.fromkeys(self.tree.bases.values())), self.policy.defaults, self.tree.make)
+            self.spares.sweep()
+            while self.spares.refill():
+                pass
 
     def status(self) -> dict[str, object]:
         """For the Kernel reply (`rocker status`): one more path rockerd takes on this host."""
@@ -62,7 +70,8 @@ class CgroupManager:
                     raise LimitRefused(f, f"limits are off on this host: {self.tree.hier.reason}")
             return None, Limits()
         limits = self.policy.resolve(asked, caller_uid)
-        return self.tree.create(name, limits, req.uid, caller_uid), limits
+        spare = self.spares.take(name) if self.spares else None
+        return self.tree.create(name, limits, req.uid, caller_uid, spare), limits
 
     def join_fds(self, name: str, uid: int, caller_uid: int) -> list[int]:
         """The fds a process joining the live rocker `name` (rocker exec) puts itself in its cgroup with."""
@@ -80,6 +89,7 @@ class CgroupManager:
         """The fds the Create reply carries for the app to join the new rocker's cgroup (the reply's now)."""
         if cg is None:
             return []
+        self._refill()
         fds, cg.procs_fds = cg.procs_fds, []
         if cg.moved_by_rockerd:
             fds = [self.mover.channel(cg.name, self.tree.procs_path(cg.name), cg.userns)]
@@ -90,6 +100,26 @@ class CgroupManager:
         if cg is not None:
             cg.close_fds()
             self._remove(cg.name, 0)
+            self._refill()
+
+    def _refill(self) -> None:
+        """Make the spares a Create took, one per turn of the event loop, after this Create's reply
+        is sent (the server sends it before the loop turns: the making is off the critical path)."""
+        if self.spares is None or self._refilling:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+
+        def one() -> None:
+            if self.spares is not None and self.spares.refill():
+                loop.call_soon(one)
+            else:
+                self._refilling = False
+
+        self._refilling = True
+        loop.call_soon(one)
 
     def started(self, cg: RockerCgroup | None, limits: Limits, guard_pid: int = 0, pidfd: int = -1) -> None:
         if cg is not None:
@@ -177,6 +207,8 @@ class CgroupManager:
     def flush(self, timeout: float = 1.0) -> None:
         """At rockerd's exit: remove the cgroups of rockers that have ended (no process left), waiting
         up to `timeout` for those on their way out; live rockers keep theirs (a later rockerd adopts them)."""
+        if self.spares is not None:
+            self.spares.clear()
         deadline = time.monotonic() + timeout
         while True:
             for name in [*self.live, *self.pending]:
