@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rocker_sys import ns
@@ -26,6 +27,7 @@ from .usage import read_usage
 log = logging.getLogger("rockerd.cgroups")
 REMOVE_RETRIES = (0.01, 0.05, 0.2, 1.0, 3.0)  # seconds: processes of an ended rocker may take a moment to exit
 OOM_RECHECKS = (0.05, 0.25, 1.0)  # seconds: v1 wakes us before the kill, the count rises after it
+REFILL_DELAY = 0.02  # seconds after a Create's reply: its app's start (~2 ms) has the CPUs to itself
 
 
 class CgroupManager:
@@ -103,23 +105,18 @@ class CgroupManager:
             self._refill()
 
     def _refill(self) -> None:
-        """Make the spares a Create took, one per turn of the event loop, after this Create's reply
-        is sent (the server sends it before the loop turns: the making is off the critical path)."""
+        """Make the spares a Create took, one per turn of the event loop, REFILL_DELAY after this
+        Create's reply (off its critical path, and off the CPU while its app starts)."""
         if self.spares is None or self._refilling:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
             return
 
         def one() -> None:
             if self.spares is not None and self.spares.refill():
-                loop.call_soon(one)
+                _soon(0, one)
             else:
                 self._refilling = False
 
-        self._refilling = True
-        loop.call_soon(one)
+        self._refilling = _soon(REFILL_DELAY, one)
 
     def started(self, cg: RockerCgroup | None, limits: Limits, guard_pid: int = 0, pidfd: int = -1) -> None:
         if cg is not None:
@@ -127,7 +124,9 @@ class CgroupManager:
             cg.guard_pid = guard_pid
             cg.userns = self._userns(guard_pid, pidfd)
             self.live[cg.name] = (cg, limits)
-            self._watch_oom(cg.name)
+            # after the reply is sent: nothing of the app runs before the launcher has it, and an OOM
+            # kill the watch would miss still shows (check_oom at List, Inspect and the end)
+            _soon(0, lambda: cg.name in self.live and self._watch_oom(cg.name))
 
     def adopt(self, name: str, guard_pid: int = 0, pidfd: int = -1) -> None:
         """A rocker an earlier rockerd left: its cgroup is where that one put it. `pidfd` is the
@@ -233,6 +232,17 @@ class CgroupManager:
         except RuntimeError:
             return
         loop.call_later(REMOVE_RETRIES[attempt], self._remove, name, attempt + 1)
+
+
+def _soon(delay: float, fn: Callable[[], object]) -> bool:
+    """Run `fn` on the event loop after `delay` s (0: at its next turn, which comes after the reply
+    this call is part of has been sent); False if no loop runs (a caller outside rockerd's loop)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    loop.call_later(delay, fn)
+    return True
 
 
 def _cgroup_ns(guard_pid: int) -> list[int]:
