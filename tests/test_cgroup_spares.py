@@ -109,3 +109,4 @@ def test_a_failed_build_leaves_no_cgroup_and_the_pool_refills(base: Path, tmp_pa
         assert all(len(s) == SIZE for s in wait_full(d.proc.pid).values())
     finally:
         d.stop()
+

@@ -78,7 +78,9 @@ class SparePool:
         return len(self.spares) < self.size
 
     def clear(self) -> None:
-        """At rockerd's exit: its spares go."""
+        """At rockerd's exit: its spares go, and none is made after (a refill already scheduled may
+        still run while the event loop shuts down)."""
+        self.broken = "rockerd is stopping"
         for spare in self.spares:
             _rmdirs([os.path.join(b, spare) for b in self.bases])
         self.spares = []
