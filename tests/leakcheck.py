@@ -218,8 +218,8 @@ def _cgroup_roots(mountinfo: str) -> Iterator[str]:
 
 
 def rocker_cgroups(mountinfo: str, depth: int = 6) -> Iterator[Resource]:
-    """Rockers' cgroups (…/rocker/rk-*, docs/operations.md) in every cgroup hierarchy: rockerd removes
-    each when its rocker ends."""
+    """Rockers' cgroups (…/rocker/rk-*, docs/operations.md) in every cgroup hierarchy, and rockerd's spare
+    ones (sp-*): rockerd removes each when its rocker ends, its spares when it stops."""
     for root in dict.fromkeys(_cgroup_roots(mountinfo)):
         stack = [(root, 0)]
         while stack:
@@ -231,6 +231,9 @@ def rocker_cgroups(mountinfo: str, depth: int = 6) -> Iterator[Resource]:
             for e in entries:
                 if e.name.startswith("rk-") and os.path.basename(path) == "rocker":
                     yield Resource("cgroup", (e.path,), f"cgroup {e.path}")
+                elif e.name.startswith("sp-") and os.path.basename(path) == "rocker":  # by owner: refills rename
+                    owner = e.name.rpartition("-")[0]
+                    yield Resource("cgroup", (os.path.join(path, owner),), f"spare cgroups {path}/{owner}-*")
                 elif level < depth:
                     stack.append((e.path, level + 1))
 

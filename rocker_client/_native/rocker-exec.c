@@ -16,6 +16,10 @@
  * an intermediate that joins all six and clones the app with CLONE_PARENT, as
  * a forked intermediate would, still without a copy of the caller's memory.
  * Either way the app is the caller's child, so waitpid works.
+ * On cgroup v2 a root caller clones the app into the rocker's cgroup (clone3 CLONE_INTO_CGROUP, on
+ * the dir of the reply's cgroup.procs fd): born there, it skips the move whose lock waits for an
+ * RCU grace period (docs/operations.md). An intermediate runs as the app's uid by then, which the
+ * kernel does not let clone into a cgroup whose cgroup.procs is root's: it joins as before.
  * It shares the caller's memory until its exec, so it runs only raw syscalls:
  * glibc's set*id would signal the caller's other threads, and no handler of
  * the caller's may run in it (all signals stay blocked until just before the
@@ -27,15 +31,23 @@
  * with the C client.
  */
 #define _GNU_SOURCE
+#include "rocker-clone3.h"
 #include "rocker-join.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#define CGROUP2_MAGIC 0x63677270 /* linux/magic.h CGROUP2_SUPER_MAGIC */
 
 #define MIN_STACK (16 * 1024)
 
@@ -64,6 +76,9 @@ struct child_arg {
     sigset_t caller_mask; /* the app starts with the caller's mask, as a forked app would */
     char *app_stack;      /* top of the app's stack, when an intermediate clones it */
     int app_pid;          /* set by the intermediate: the app it cloned (shared memory) */
+    const int *cgroup_fds; /* what the root caller's app joins: e's, less the cgroup it was cloned into */
+    int n_cgroup_fds;
+    int left[ROCKER_MAX_CGROUPS];
 };
 
 static void reset_handlers(void) {
@@ -109,12 +124,12 @@ static const char *join(const struct rocker_exec *e, int with_pid) {
     return rocker_join_ns(e->ns_fds, with_pid, e->filter, e->cgroup_fds, e->n_cgroup_fds);
 }
 
-/* Root caller: the app itself, already in the PID namespace. */
+/* Root caller: the app itself, already in the PID namespace (and on v2 in the rocker's cgroup). */
 static int child(void *p) {
     const struct child_arg *a = p;
     reset_handlers();
     wake_guard();
-    const char *stage = join(a->e, 0);
+    const char *stage = rocker_join_ns(a->e->ns_fds, 0, a->e->filter, a->cgroup_fds, a->n_cgroup_fds);
     if (stage)
         fail(a->e, stage);
     exec_app(a);
@@ -162,6 +177,72 @@ unsigned long long rocker_app_cap_mask(void) {
     return ROCKER_APP_CAP_MASK;
 }
 
+/* The cgroup2 dir whose cgroup.procs `fd` is, opened for clone3 CLONE_INTO_CGROUP; -1 if `fd` is
+ * something else (v1 `tasks`, rockerd's mover socket, the cgroup namespace) or the dir cannot be
+ * found from here. Found by the fd's path and checked to be the same file: no other cgroup's. */
+static int procs_dir(int fd) {
+    struct statfs sf;
+    struct stat st, there;
+    char link[32], path[PATH_MAX];
+    if (fstatfs(fd, &sf) < 0 || sf.f_type != CGROUP2_MAGIC || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        return -1;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    if (n <= 0)
+        return -1;
+    path[n] = 0;
+    char *slash = strrchr(path, '/');
+    if (!slash || strcmp(slash, "/cgroup.procs") != 0)
+        return -1;
+    *slash = 0;
+    int dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir >= 0 && (fstatat(dir, "cgroup.procs", &there, 0) < 0 || there.st_ino != st.st_ino ||
+                     there.st_dev != st.st_dev)) {
+        close(dir);
+        dir = -1;
+    }
+    return dir;
+}
+
+/* A root caller's app: the dir to clone it into (or -1), and in a->cgroup_fds what it joins still. */
+static int cgroup_to_clone_into(const struct rocker_exec *e, struct child_arg *a) {
+    int dir = -1;
+    a->cgroup_fds = a->left;
+    a->n_cgroup_fds = 0;
+    for (int i = 0; i < e->n_cgroup_fds && i < ROCKER_MAX_CGROUPS; i++) {
+        if (dir < 0 && (dir = procs_dir(e->cgroup_fds[i])) >= 0)
+            continue;
+        a->left[a->n_cgroup_fds++] = e->cgroup_fds[i];
+    }
+    if (dir < 0) {
+        a->cgroup_fds = e->cgroup_fds;
+        a->n_cgroup_fds = e->n_cgroup_fds;
+    }
+    return dir;
+}
+
+/* Root caller: clone the app, into the rocker's cgroup where the kernel can (v2). */
+static pid_t clone_app(const struct rocker_exec *e, struct child_arg *a, char *top) {
+    int dir = cgroup_to_clone_into(e, a);
+    if (dir >= 0) {
+        struct clone_args3 ca = {.flags = CLONE_VM | CLONE_VFORK | ROCKER_CLONE_INTO_CGROUP,
+                                 .exit_signal = SIGCHLD,
+                                 .stack = (uintptr_t)e->stack,
+                                 .stack_size = (uintptr_t)(top - (char *)e->stack),
+                                 .cgroup = (uint64_t)dir};
+        long pid = rocker_clone3_run(&ca, child, a);
+        int err = errno;
+        close(dir);
+        if (pid >= 0 || !rocker_clone3_unsupported(err)) {
+            errno = err;
+            return (pid_t)pid;
+        }
+        a->cgroup_fds = e->cgroup_fds; /* an older kernel: the app writes itself in, as below */
+        a->n_cgroup_fds = e->n_cgroup_fds;
+    }
+    return clone(child, top, CLONE_VM | CLONE_VFORK | SIGCHLD, a);
+}
+
 int rocker_exec(const struct rocker_exec *e, int *app_pid) {
     if (!e->stack || e->stack_size < 2 * MIN_STACK)
         return -EINVAL;
@@ -184,7 +265,7 @@ int rocker_exec(const struct rocker_exec *e, int *app_pid) {
     } else if (syscall(SYS_setns, e->ns_fds[ROCKER_NS_PID], CLONE_NEWPID) < 0) {
         err = errno;
     } else {
-        pid_t pid = clone(child, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+        pid_t pid = clone_app(e, &a, top);
         if (pid < 0)
             err = errno;
         else

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rocker_sys import ns
@@ -19,12 +20,14 @@ from .detect import Hierarchy
 from .limits import FIELDS, LimitPolicy, LimitRefused, Limits
 from .mover import Mover, NsId, userns_of
 from .oomwatch import OomWatch
+from .spares import SparePool
 from .tree import CgroupError, CgroupTree, RockerCgroup
 from .usage import read_usage
 
 log = logging.getLogger("rockerd.cgroups")
 REMOVE_RETRIES = (0.01, 0.05, 0.2, 1.0, 3.0)  # seconds: processes of an ended rocker may take a moment to exit
 OOM_RECHECKS = (0.05, 0.25, 1.0)  # seconds: v1 wakes us before the kill, the count rises after it
+REFILL_DELAY = 0.02  # seconds after a Create's reply: its app's start (~2 ms) has the CPUs to itself
 
 
 class CgroupManager:
@@ -43,6 +46,13 @@ class CgroupManager:
                  f"limits are off ({self.tree.hier.reason})")
         self.oom = OomWatch(self.tree.hier.mode, self._oom_woken)
         self.mover = Mover()
+        self.spares: SparePool | None = None  # v1 only: cgroup2 cannot rename (spares.py)
+        self._refilling = False
+        if self.tree.hier.mode == "v1":
+            self.spares = SparePool(list(dict.fromkeys(self.tree.bases.values())), self.policy.defaults, self.tree.make)
+            self.spares.sweep()
+            while self.spares.refill():
+                pass
 
     def status(self) -> dict[str, object]:
         """For the Kernel reply (`rocker status`): one more path rockerd takes on this host."""
@@ -62,7 +72,8 @@ class CgroupManager:
                     raise LimitRefused(f, f"limits are off on this host: {self.tree.hier.reason}")
             return None, Limits()
         limits = self.policy.resolve(asked, caller_uid)
-        return self.tree.create(name, limits, req.uid, caller_uid), limits
+        spare = self.spares.take(name) if self.spares else None
+        return self.tree.create(name, limits, req.uid, caller_uid, spare), limits
 
     def join_fds(self, name: str, uid: int, caller_uid: int) -> list[int]:
         """The fds a process joining the live rocker `name` (rocker exec) puts itself in its cgroup with."""
@@ -80,6 +91,7 @@ class CgroupManager:
         """The fds the Create reply carries for the app to join the new rocker's cgroup (the reply's now)."""
         if cg is None:
             return []
+        self._refill()
         fds, cg.procs_fds = cg.procs_fds, []
         if cg.moved_by_rockerd:
             fds = [self.mover.channel(cg.name, self.tree.procs_path(cg.name), cg.userns)]
@@ -90,6 +102,21 @@ class CgroupManager:
         if cg is not None:
             cg.close_fds()
             self._remove(cg.name, 0)
+            self._refill()
+
+    def _refill(self) -> None:
+        """Make the spares a Create took, one per turn of the event loop, REFILL_DELAY after this
+        Create's reply (off its critical path, and off the CPU while its app starts)."""
+        if self.spares is None or self._refilling:
+            return
+
+        def one() -> None:
+            if self.spares is not None and self.spares.refill():
+                _soon(0, one)
+            else:
+                self._refilling = False
+
+        self._refilling = _soon(REFILL_DELAY, one)
 
     def started(self, cg: RockerCgroup | None, limits: Limits, guard_pid: int = 0, pidfd: int = -1) -> None:
         if cg is not None:
@@ -97,7 +124,9 @@ class CgroupManager:
             cg.guard_pid = guard_pid
             cg.userns = self._userns(guard_pid, pidfd)
             self.live[cg.name] = (cg, limits)
-            self._watch_oom(cg.name)
+            # after the reply is sent: nothing of the app runs before the launcher has it, and an OOM
+            # kill the watch would miss still shows (check_oom at List, Inspect and the end)
+            _soon(0, lambda: cg.name in self.live and self._watch_oom(cg.name))
 
     def adopt(self, name: str, guard_pid: int = 0, pidfd: int = -1) -> None:
         """A rocker an earlier rockerd left: its cgroup is where that one put it. `pidfd` is the
@@ -177,6 +206,8 @@ class CgroupManager:
     def flush(self, timeout: float = 1.0) -> None:
         """At rockerd's exit: remove the cgroups of rockers that have ended (no process left), waiting
         up to `timeout` for those on their way out; live rockers keep theirs (a later rockerd adopts them)."""
+        if self.spares is not None:
+            self.spares.clear()
         deadline = time.monotonic() + timeout
         while True:
             for name in [*self.live, *self.pending]:
@@ -201,6 +232,17 @@ class CgroupManager:
         except RuntimeError:
             return
         loop.call_later(REMOVE_RETRIES[attempt], self._remove, name, attempt + 1)
+
+
+def _soon(delay: float, fn: Callable[[], object]) -> bool:
+    """Run `fn` on the event loop after `delay` s (0: at its next turn, which comes after the reply
+    this call is part of has been sent); False if no loop runs (a caller outside rockerd's loop)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    loop.call_later(delay, fn)
+    return True
 
 
 def _cgroup_ns(guard_pid: int) -> list[int]:

@@ -66,6 +66,10 @@ def _write(path: str, text: str, step: str) -> None:
         os.close(fd)
 
 
+def _or_max(value: int | None) -> str:
+    return "max" if value is None else str(value)
+
+
 def _read(path: str) -> str:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -147,21 +151,36 @@ class CgroupTree:
     def dirs_of(self, name: str) -> list[str]:
         return [os.path.join(b, name) for b in dict.fromkeys(self.bases.values())]
 
-    def create(self, name: str, limits: Limits, uid: int, caller_uid: int) -> RockerCgroup:
-        """The rocker's cgroup with its limits, the guard's join fds (root's) and the app's:
-        v1: opened as the app's `uid`; v2: root's, and only for a root caller (the kernel's v2
-        check is write access to the common ancestor, whoever is moved: docs/security.md); a
-        non-root caller's app asks rockerd to move it (mover.py)."""
-        cg = RockerCgroup(name, self.dirs_of(name))
+    def make(self, name: str, limits: Limits) -> None:
+        """The cgroup `name` in every base with `limits` written; nothing of it left if that fails."""
         made: list[str] = []
         try:
-            for d in cg.dirs:
+            for d in self.dirs_of(name):
                 try:
                     os.mkdir(d, 0o755)
                 except OSError as e:
                     raise CgroupError("mkdir", e.errno or errno.EIO, d) from None
                 made.append(d)
             self._apply(name, limits)
+        except BaseException:
+            for d in reversed(made):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+            raise
+
+    def create(self, name: str, limits: Limits, uid: int, caller_uid: int,
+               spare: Limits | None = None) -> RockerCgroup:
+        """The rocker's cgroup with its limits, the guard's join fds (root's) and the app's:
+        v1: opened as the app's `uid`; v2: root's, and only for a root caller (the kernel's v2
+        check is write access to the common ancestor, whoever is moved: docs/security.md); a
+        non-root caller's app asks rockerd to move it (mover.py). `spare`: the dirs exist already
+        (a spare renamed into place, spares.py) with these limits; only the differences are written."""
+        cg = RockerCgroup(name, self.dirs_of(name))
+        if spare is None:
+            self.make(name, limits)
+        try:
+            if spare is not None:
+                self._apply(name, limits, spare)
             procs = [os.path.join(d, self.join_file) for d in cg.dirs]
             as_uid = self.hier.mode == "v1" and uid != 0
             if as_uid:
@@ -183,7 +202,7 @@ class CgroupTree:
                 cg.moved_by_rockerd = True  # v2, a non-root launcher: mover.py
         except BaseException:
             cg.close_fds()
-            for d in reversed(made):
+            for d in reversed(cg.dirs):
                 with contextlib.suppress(OSError):
                     os.rmdir(d)
             raise
@@ -220,28 +239,35 @@ class CgroupTree:
     def _path(self, name: str, ctrl: str, file: str) -> str:
         return os.path.join(self.bases[ctrl if self.hier.mode == "v1" else ""], name, file)
 
-    def _apply(self, name: str, lim: Limits) -> None:
-        v1 = self.hier.mode == "v1"
-        if lim.memory_max is not None:
+    def _apply(self, name: str, lim: Limits, have: Limits | None = None) -> None:
+        """Write the limits of `lim` that differ from `have` (what the dirs hold: nothing, or a spare's)."""
+        v1, have = self.hier.mode == "v1", have or Limits()
+        if lim.memory_max != have.memory_max:
             if v1:
-                _write(self._path(name, "memory", "memory.limit_in_bytes"), str(lim.memory_max), "set memory limit")
-                sw = self._path(name, "memory", "memory.memsw.limit_in_bytes")
-                if os.path.exists(sw):
-                    _write(sw, str(lim.memory_max), "set memory+swap limit")
+                mem, sw = (self._path(name, "memory", f) for f in ("memory.limit_in_bytes",
+                                                                   "memory.memsw.limit_in_bytes"))
+                value = str(-1 if lim.memory_max is None else lim.memory_max)
+                order = [(mem, "set memory limit"), (sw, "set memory+swap limit")]
+                if have.memory_max is not None and (lim.memory_max is None or lim.memory_max > have.memory_max):
+                    order.reverse()  # raised: memsw first (the kernel keeps memory <= memory+swap)
+                for path, step in order:
+                    if path != sw or os.path.exists(sw):
+                        _write(path, value, step)
             else:
-                _write(self._path(name, "", "memory.max"), str(lim.memory_max), "set memory limit")
+                _write(self._path(name, "", "memory.max"), _or_max(lim.memory_max), "set memory limit")
                 sw = self._path(name, "", "memory.swap.max")
                 if os.path.exists(sw):
-                    _write(sw, "0", "set swap limit")
-        if lim.pids_max is not None:
-            _write(self._path(name, "pids", "pids.max"), str(lim.pids_max), "set pids limit")
-        if lim.cpu_max is not None:
-            quota = max(1000, round(lim.cpu_max * CPU_PERIOD_US))
+                    _write(sw, "max" if lim.memory_max is None else "0", "set swap limit")
+        if lim.pids_max != have.pids_max:
+            _write(self._path(name, "pids", "pids.max"), _or_max(lim.pids_max), "set pids limit")
+        if lim.cpu_max != have.cpu_max:
+            quota = -1 if lim.cpu_max is None else max(1000, round(lim.cpu_max * CPU_PERIOD_US))
             if v1:
                 _write(self._path(name, "cpu", "cpu.cfs_period_us"), str(CPU_PERIOD_US), "set cpu period")
                 _write(self._path(name, "cpu", "cpu.cfs_quota_us"), str(quota), "set cpu quota")
             else:
-                _write(self._path(name, "", "cpu.max"), f"{quota} {CPU_PERIOD_US}", "set cpu limit")
+                _write(self._path(name, "", "cpu.max"), f"{'max' if quota < 0 else quota} {CPU_PERIOD_US}",
+                       "set cpu limit")
 
     def limits_of(self, name: str) -> Limits:
         """Read back a rocker's limits (for one adopted from an earlier rockerd)."""

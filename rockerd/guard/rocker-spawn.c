@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include "rocker-guard-proto.h"
+#include "../../rocker_client/_native/rocker-clone3.h" /* the guard is born in its cgroup (v2) */
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
@@ -58,11 +59,6 @@
 #ifndef SYS_close_range
 #define SYS_close_range 436
 #endif
-
-#ifndef SYS_clone3
-#define SYS_clone3 435
-#endif
-#define ROCKER_CLONE_INTO_CGROUP 0x200000000ULL
 
 #define STATUS_FD ROCKER_GUARD_STATUS_FD /* where the guard finds its status socket (the mounts come over it) */
 #define MIN_STACK (16 * 1024)
@@ -199,48 +195,9 @@ static int child(void *p) {
     _exit(127);
 }
 
-/* v2: the guard is born in its cgroup, the kernel's cheap way (a read-side lock, no RCU wait). */
-struct clone_args3 {
-    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
-};
-
 static int is_dir(int fd) {
     struct stat st;
     return syscall(SYS_fstat, fd, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-/* clone3 with CLONE_VM: the child starts on the new stack with no frame to return to, so it calls
- * fn(arg) and exits from here, as glibc's clone does; -1 with errno, or the child's PID. Other
- * machines get ENOSYS: rocker_spawn then clones as before and moves the child itself. */
-static long clone3_run(struct clone_args3 *ca, int (*fn)(void *), void *arg) {
-#if defined(__x86_64__)
-    register void *r8 __asm__("r8") = (void *)fn; /* syscall keeps r8/r9: the child finds them */
-    register void *r9 __asm__("r9") = arg;
-    long ret;
-    __asm__ volatile("syscall\n\t"
-                     "test %%rax, %%rax\n\t"
-                     "jnz 1f\n\t"
-                     "xor %%ebp, %%ebp\n\t"
-                     "mov %%r9, %%rdi\n\t"
-                     "call *%%r8\n\t"
-                     "mov %%eax, %%edi\n\t"
-                     "mov $60, %%eax\n\t" /* SYS_exit */
-                     "syscall\n\t"
-                     "hlt\n"
-                     "1:\n\t"
-                     : "=a"(ret)
-                     : "0"((long)SYS_clone3), "D"(ca), "S"(sizeof *ca), "r"(r8), "r"(r9)
-                     : "rcx", "r11", "memory");
-    if (ret < 0) {
-        errno = (int)-ret;
-        return -1;
-    }
-    return ret;
-#else
-    (void)ca, (void)fn, (void)arg;
-    errno = ENOSYS;
-    return -1;
-#endif
 }
 
 /* The fallback (no clone3 CLONE_INTO_CGROUP here): the stopped child moved by its PID, as root. */
@@ -292,9 +249,9 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
                                  .stack = (uintptr_t)s->stack,
                                  .stack_size = (uintptr_t)(top - (char *)s->stack),
                                  .cgroup = (uint64_t)s->cgroup_fds[0]};
-        pid = (pid_t)clone3_run(&ca, child, a);
+        pid = (pid_t)rocker_clone3_run(&ca, child, a);
         moved = pid > 0;
-        if (pid < 0 && errno != ENOSYS && errno != E2BIG && errno != EINVAL)
+        if (pid < 0 && !rocker_clone3_unsupported(errno))
             err = errno; /* else an older kernel (or a filter that hides clone3): clone, then move it */
     }
     if (!err && !moved) {
