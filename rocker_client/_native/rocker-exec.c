@@ -73,9 +73,9 @@ int rocker_exec(const struct rocker_exec *e, int *app_pid);
 
 struct child_arg {
     const struct rocker_exec *e;
-    sigset_t caller_mask; /* the app starts with the caller's mask, as a forked app would */
-    char *app_stack;      /* top of the app's stack, when an intermediate clones it */
-    int app_pid;          /* set by the intermediate: the app it cloned (shared memory) */
+    sigset_t caller_mask;  /* the app starts with the caller's mask, as a forked app would */
+    char *app_stack;       /* top of the app's stack, when an intermediate clones it */
+    int app_pid;           /* set by the intermediate: the app it cloned (shared memory) */
     const int *cgroup_fds; /* what the root caller's app joins: e's, less the cgroup it was cloned into */
     int n_cgroup_fds;
     int left[ROCKER_MAX_CGROUPS];
@@ -196,8 +196,8 @@ static int procs_dir(int fd) {
         return -1;
     *slash = 0;
     int dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir >= 0 && (fstatat(dir, "cgroup.procs", &there, 0) < 0 || there.st_ino != st.st_ino ||
-                     there.st_dev != st.st_dev)) {
+    if (dir >= 0 &&
+        (fstatat(dir, "cgroup.procs", &there, 0) < 0 || there.st_ino != st.st_ino || there.st_dev != st.st_dev)) {
         close(dir);
         dir = -1;
     }
