@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run tests inside a VM on Debian 12's own kernel (6.1), where rockerd takes its fallback paths
 # (see docs/index.md, "Kernels"). Needs .venv built on the host first (./scripts/setup.sh): the VM
-# has no network. Arguments go to pytest (default: the tests that cover every fallback).
+# has no network. Arguments go to pytest (default: the tests that cover every fallback, and overlayfs
+# before 6.5, whose refusals carry no messages).
 #   ./scripts/test-vm.sh                      # the 6.1 subset (CI runs this)
 #   ./scripts/test-vm.sh --per-file tests/test_*.py   # the whole suite on 6.1, one pytest per file,
 #                                             # a "RESULT file rc=N time=Ns summary" line for each
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 per_file=0
 case "${1:-}" in --per-file) per_file=1; shift ;; --grouped) per_file=2; shift ;; esac
 [ $# -gt 0 ] || set -- tests/test_kernel_paths.py tests/test_rocker_e2e.py tests/test_overlay_sharing.py \
-    tests/test_packages.py tests/test_faults.py
+    tests/test_packages.py tests/test_faults.py tests/test_kernel_messages.py
 kernel=()
 [ -z "${ROCKER_VM_KERNEL:-}" ] || kernel=(--kernel "$ROCKER_VM_KERNEL")
 # Emulated (no KVM): several times slower than the host. Warm the page cache with one import first
