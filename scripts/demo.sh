@@ -43,7 +43,8 @@ done
 export ROCKER_SOCKET="$WORK/rockerd.sock"
 
 step "3. Run the app in a rocker (package at $WORK/exec, data in $WORK/data, /usr and /etc overlaid)"
-rocker run --pkg "$WORK/demo.squashfs" --exec-dir "$WORK/exec" --data-dir "$WORK/data" \
+# --uid 0 --gid 0: root in the rocker (a root launcher's app is nobody unless asked), to write to /usr
+rocker run --pkg "$WORK/demo.squashfs" --exec-dir "$WORK/exec" --data-dir "$WORK/data" --uid 0 --gid 0 \
     --overlay /usr --overlay /etc -- "$WORK/exec/bin/demo" | tee "$WORK/app.out"
 NAME=$(sed -n 's/.*hostname \(rk-[a-z0-9]*\),.*/\1/p' "$WORK/app.out")
 
