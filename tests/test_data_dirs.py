@@ -471,6 +471,6 @@ def test_the_next_rocker_on_a_data_dir_waits_for_the_last_ones_overlays_to_go(mo
         shares.leave("b")
     finally:
         os.close(fd)
-        if datashare._ends is not None:  # its thread would make this test process a threaded caller
-            datashare._ends.shutdown(wait=True)
-            datashare._ends = None
+        for pool in datashare._ends.values():  # their threads would make this test process a threaded caller
+            pool.shutdown(wait=True)
+        datashare._ends.clear()

@@ -129,14 +129,16 @@ class Ending:
     finished: cf.Future[None] = field(default_factory=cf.Future)  # its work slot too: rm-data may start
 
 
-_ends: ThreadPoolExecutor | None = None
+# Two pools, so that a work slot its owner filled (minutes of rm -r) never holds up another data dir's
+# overlay drop, which that dir's next rocker waits for: drops are short, slots may be long.
+_ends: dict[str, ThreadPoolExecutor] = {}
 
 
-def _ends_pool() -> ThreadPoolExecutor:
-    global _ends
-    if _ends is None:
-        _ends = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rockerd-ends")
-    return _ends
+def _off_loop(kind: str, fn: Callable[..., None], *args: object) -> None:
+    pool = _ends.get(kind)
+    if pool is None:
+        pool = _ends[kind] = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"rockerd-ends-{kind}")
+    pool.submit(fn, *args)
 
 
 class DataShares:
@@ -299,28 +301,35 @@ class DataShares:
         del self._by_key[share.key]
         share.ended.set_result(None)
         ending = self._ending[share.key] = Ending()
-        _ends_pool().submit(self._clear, share, ending)
+        _off_loop("drop", self._clear, share, ending)
 
     def _clear(self, share: Share, ending: Ending) -> None:
-        """On the ends' thread: the overlays first (the next rocker on the dir waits only for them),
-        then the work slot (a new share takes another slot meanwhile; work/ itself only while none claims
-        the dir: its build would make work/N in it)."""
+        """On a drop thread: the overlays (the next rocker on the dir waits only for them); the work slot
+        then on a slot thread (a new share takes another slot meanwhile)."""
         try:
-            try:
-                if share.kept is not None:
-                    share.kept.drop()
-            finally:
-                ending.dropped.set_result(True)
+            if share.kept is not None:
+                share.kept.drop()
+        except (OSError, cf.TimeoutError) as e:
+            log.warning("data dir %s: dropping its overlays: %s", share.data_dir, e)
+        except Exception:
+            log.exception("data dir %s: dropping its overlays", share.data_dir)
+        finally:
+            ending.dropped.set_result(True)
+            _off_loop("slot", self._free_slot, share, ending)
+
+    def _free_slot(self, share: Share, ending: Ending) -> None:
+        """work/<slot>, then work/ itself only while none claims the dir (its build would make work/N in it)."""
+        try:
             if share.slot is not None:
                 fs.remove_tree(f"{layout.WORK}/{share.slot}", share.data_fd)
-                with self.lock:  # work/ goes only while no build holds the dir: one may be making work/N in it
+                with self.lock:
                     if share.key not in self._by_key:
                         _remove_if_empty(share.data_fd, layout.WORK)
                 self.slots.give_back(share.data_dir, share.slot)
-        except (OSError, cf.TimeoutError) as e:
-            log.warning("data dir %s: ending its share: %s", share.data_dir, e)
+        except OSError as e:
+            log.warning("data dir %s: removing its work slot: %s", share.data_dir, e)
         except Exception:
-            log.exception("data dir %s: ending its share", share.data_dir)
+            log.exception("data dir %s: removing its work slot", share.data_dir)
         finally:
             os.close(share.data_fd)
             with self.lock:
