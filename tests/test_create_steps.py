@@ -246,11 +246,16 @@ def test_a_build_that_succeeds_holds_only_what_it_returns(world: dict) -> None:
         assert set(os.listdir("/proc/self/fd")) == world["fds"] | set(map(str, held))
         assert os.waitid(os.P_PIDFD, built.pidfd, os.WEXITED | os.WNOHANG) is None, "the guard is not running"
     finally:
-        for fd in built.ns_fds.values():
-            os.close(fd)
-        spawn.reap(spawn.Spawned(built.pid, built.pidfd))
-        packages.release(built.pkg_key)
-        slots.give_back(world["req"].app_data_dir, built.work_slot)
+        _release(built, world, packages, slots)
+
+
+def _release(built: create.Built, world: dict, packages: create.PackageCache, slots: create.WorkSlots) -> None:
+    """What a built rocker holds: its ns fds, its guard (reaped), its package mount and its work slot."""
+    for fd in built.ns_fds.values():
+        os.close(fd)
+    spawn.reap(spawn.Spawned(built.pid, built.pidfd))
+    packages.release(built.pkg_key)
+    slots.give_back(world["req"].app_data_dir, built.work_slot)
 
 
 def lo_flags(netns_fd: int) -> int:
@@ -284,11 +289,7 @@ def test_the_guard_starts_on_no_python_thread_and_brings_lo_up(world: dict) -> N
         assert not [n for n in started if n.startswith("rockerd-spawn")], f"Python threads started: {started}"
         assert lo_flags(built.ns_fds["net"]) & IFF_UP, "lo is down in the rocker"
     finally:
-        for fd in built.ns_fds.values():
-            os.close(fd)
-        spawn.reap(spawn.Spawned(built.pid, built.pidfd))
-        packages.release(built.pkg_key)
-        slots.give_back(world["req"].app_data_dir, built.work_slot)
+        _release(built, world, packages, slots)
 
 
 def test_a_clone_the_kernel_refuses_fails_the_build_at_start_guard(world: dict,
