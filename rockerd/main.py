@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warm-mib", type=float, default=ServiceConfig.warm_budget / (1 << 20), metavar="MIB",
                    help="when a package is mounted, read up to this much of its executables ahead on another "
                         "thread, so its first rocker's app starts warm; 0 turns it off")
+    p.add_argument("--spare-guards", type=_count, default=ServiceConfig.spare_guards, metavar="N",
+                   help="after a Create, start the guard of the next one like it ahead, off the reply's path; "
+                        "keep at most N such spare guards, one per app uid, gid, network and caller "
+                        "(default %(default)s; 0 turns them off)")
     p.add_argument("--default-network", default="none", choices=MODES,
                    help="the network of a rocker whose request names none (default %(default)s)")
     p.add_argument("--bridge-subnet", type=_subnet, default=DEFAULT_SUBNET, metavar="CIDR",
@@ -126,6 +130,12 @@ def _subnet(text: str) -> IPv4Network:
     if net.prefixlen > 29:
         raise argparse.ArgumentTypeError(f"{net} is too small: at most /29")
     return net
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) > 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: a count from 0 to 64")
+    return int(text)
 
 
 def _group(text: str) -> int:
@@ -209,7 +219,8 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
         warm_budget=int(args.warm_mib * (1 << 20)), allow_nested_callers=args.allow_nested_callers,
         network=NetConfig(args.default_network, args.bridge_subnet, args.bridge_name, tuple(args.bridge_dns),
                           os.path.abspath(args.state_dir) + "-net"),
-        cgroups=args.cgroups, cgroup_parent=args.cgroup_parent, limit_policy=limit_policy(args)))
+        cgroups=args.cgroups, cgroup_parent=args.cgroup_parent, limit_policy=limit_policy(args),
+        spare_guards=args.spare_guards))
     server = VarlinkServer(
         vendor="rocker", product="rockerd", version=__version__, url="https://github.com/rocker-sandbox/rocker",
         interfaces=[service.interface()], log=logging.getLogger("rockerd.varlink"),
@@ -236,6 +247,7 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
         await serving
     finally:
         life.close()
+        await service.spares.close()  # before the network and cgroups: they hold an address and a cgroup each
         service.network.close()
         service.cgroups.flush()  # rockers that ended just now: their cgroups go with us, not at the next start
     log.info("rockerd stopped; %d live rockers keep running", len(service.registry))

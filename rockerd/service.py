@@ -17,6 +17,8 @@ from rocker_sys import ns
 from . import confine, entry, interface, journal, kernel, policy, rmdata
 from .cgroups import CgroupError, CgroupManager, LimitPolicy, LimitRefused, Limits, RockerCgroup, detect
 from .create import BuildError, DataShares, PackageCache, WorkSlots, build_rocker
+from .create.spareguards import DEFAULT_SIZE as SPARES
+from .create.spareguards import Spare, SpareGuards, reap_spare
 from .create.warm import DEFAULT_BUDGET
 from .network import NetConfig, Network
 from .registry import Registry, Rocker
@@ -41,6 +43,7 @@ class ServiceConfig:
     cgroups: str = "auto"  # "auto", "v2", "v1", "none" (cgroups/detect.py)
     cgroup_parent: str = ""  # v2: rockers under this delegated cgroup, not rockerd's own (--cgroup-parent)
     limit_policy: LimitPolicy | None = None
+    spare_guards: int = SPARES  # guards started ahead for the next Create (create/spareguards.py); 0: none
 
 
 class RockerService:
@@ -55,6 +58,7 @@ class RockerService:
         self.network = Network(self.config.network)
         self.cgroups = CgroupManager(detect(want=self.config.cgroups, parent=self.config.cgroup_parent),
                                      self.config.limit_policy)
+        self.spares = SpareGuards(self.config.spare_guards, self.registry, self.cgroups, self.network)
         self.filters = confine.Filters.build()  # once: every Create sends the same programs
         self._adopt()
 
@@ -79,17 +83,24 @@ class RockerService:
             self._refuse(peer.uid, str(e))
             raise VarlinkError(ERR + "PermissionDenied", {"reason": str(e)}) from None
         self._check_limits(peer.uid, req.uid)
-        name = self.registry.reserve_name()
-        cg, built = None, None
+        key = self.spares.key(req, peer.uid)
+        spare = self.spares.take(key)  # a guard started for this key after an earlier Create (spareguards.py)
+        name = spare.name if spare is not None else self.registry.reserve_name()
+        cg, built, handed = spare.cgroup if spare is not None else None, None, False
         try:
-            cg, limits = self._cgroup_for(name, req, peer.uid)
-            plan = self.network.plan(name, req, peer.uid)
+            if spare is None:
+                cg, limits = self._cgroup_for(name, req, peer.uid)
+                plan = self.network.plan(name, req, peer.uid)
+            else:
+                limits, plan = self._cgroup_for(name, req, peer.uid, spare)[1], spare.plan
             req = req.model_copy(update={"network": plan.mode})  # List and the record show the mode it got
+            handed = True
             built = await build_rocker(req, name, caller=peer, packages=self.packages, slots=self.slots,
                                        guard_fd=self.guard_fd,
                                        first_entry_timeout=self.config.first_entry_timeout,
                                        ready_timeout=self.config.ready_timeout, net=(self.network, plan),
-                                       cgroup_fds=cg.guard_fds if cg else None, shares=self.shares)
+                                       cgroup_fds=cg.guard_fds if cg else None, shares=self.shares,
+                                       spare=spare.start if spare is not None else None)
         except policy.Denied as e:
             self.network.release(name)
             self._refuse(peer.uid, str(e))
@@ -107,6 +118,8 @@ class RockerService:
             self.registry.release_name(name)
             if built is None:
                 self.cgroups.discard(cg)
+                if spare is not None and not handed:  # its guard never reached the build, whose undo reaps
+                    reap_spare(spare)
         rocker = Rocker(name=name, pid=built.pid, pidfd=built.pidfd, request=req, caller_uid=peer.uid,
                         pkg_key=built.pkg_key, work_slot=built.work_slot)
         self.registry.add(rocker)
@@ -116,14 +129,18 @@ class RockerService:
         except OSError as e:  # the rocker works; only a restarted rockerd could not re-adopt it
             log.warning("could not record %s in %s: %s", name, self.state.path, e)
         ms = (time.perf_counter() - t0) * 1000
+        self.spares.want(key, req, self.guard_fd, self.config.first_entry_timeout)  # after the reply
         journal.event(journal.CREATED, f"created {name} (guard pid {built.pid}) app_id={req.app_id} "
                       f"uid={req.uid} gid={req.gid} for caller uid {peer.uid} in {ms:.1f} ms",
                       guard_name=name, guard_pid=built.pid, app_id=req.app_id, uid=req.uid, gid=req.gid,
                       caller_uid=peer.uid)
         return entry.entry_reply(rocker, built.ns_fds, self.cgroups.reply_fds(cg), self.filters)
 
-    def _cgroup_for(self, name: str, req: RockerRequestModel, caller_uid: int) -> tuple[RockerCgroup | None, Limits]:
+    def _cgroup_for(self, name: str, req: RockerRequestModel, caller_uid: int,
+                    spare: Spare | None = None) -> tuple[RockerCgroup | None, Limits]:
         try:
+            if spare is not None:  # its cgroup exists, with the default limits: this request's go over them
+                return spare.cgroup, self.cgroups.retarget(spare.cgroup, spare.limits, req, caller_uid)
             return self.cgroups.prepare(name, req, caller_uid)
         except LimitRefused as e:
             self._refuse(caller_uid, f"invalid request: {e}")

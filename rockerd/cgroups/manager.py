@@ -75,6 +75,17 @@ class CgroupManager:
         spare = self.spares.take(name) if self.spares else None
         return self.tree.create(name, limits, req.uid, caller_uid, spare), limits
 
+    def retarget(self, cg: RockerCgroup | None, had: Limits, req: Any, caller_uid: int) -> Limits:
+        """A spare guard's cgroup (made with the defaults, `had`) given this request's limits: only
+        the ones that differ are written. LimitRefused and CgroupError as prepare()."""
+        asked = Limits(**{f: getattr(req, f) for f in FIELDS})
+        if cg is None:
+            self.prepare("", req, caller_uid)  # limits off: refuses a request that asks for one
+            return Limits()
+        limits = self.policy.resolve(asked, caller_uid)
+        self.tree.apply(cg.name, limits, had)
+        return limits
+
     def join_fds(self, name: str, uid: int, caller_uid: int) -> list[int]:
         """The fds a process joining the live rocker `name` (rocker exec) puts itself in its cgroup with."""
         if not self.tree.enabled or not self.tree.exists(name):

@@ -161,7 +161,7 @@ class CgroupTree:
                 except OSError as e:
                     raise CgroupError("mkdir", e.errno or errno.EIO, d) from None
                 made.append(d)
-            self._apply(name, limits)
+            self.apply(name, limits)
         except BaseException:
             for d in reversed(made):
                 with contextlib.suppress(OSError):
@@ -180,7 +180,7 @@ class CgroupTree:
             self.make(name, limits)
         try:
             if spare is not None:
-                self._apply(name, limits, spare)
+                self.apply(name, limits, spare)
             procs = [os.path.join(d, self.join_file) for d in cg.dirs]
             as_uid = self.hier.mode == "v1" and uid != 0
             if as_uid:
@@ -239,7 +239,7 @@ class CgroupTree:
     def _path(self, name: str, ctrl: str, file: str) -> str:
         return os.path.join(self.bases[ctrl if self.hier.mode == "v1" else ""], name, file)
 
-    def _apply(self, name: str, lim: Limits, have: Limits | None = None) -> None:
+    def apply(self, name: str, lim: Limits, have: Limits | None = None) -> None:
         """Write the limits of `lim` that differ from `have` (what the dirs hold: nothing, or a spare's)."""
         v1, have = self.hier.mode == "v1", have or Limits()
         if lim.memory_max != have.memory_max:

@@ -25,6 +25,7 @@ from .handoff import (
     BuildContext,
     DropHostNet,
     GuardReady,
+    GuardStart,
     GuardStarted,
     NetworkMounts,
     NetworkReady,
@@ -90,11 +91,13 @@ class Built:
 async def build_rocker(req: RockerRequestModel, name: str, *, caller: Peer | None, packages: PackageCache,
                        slots: WorkSlots, guard_fd: int, first_entry_timeout: float = 10.0,
                        ready_timeout: float = 5.0, net: tuple[Network, Plan] | None = None,
-                       cgroup_fds: list[int] | None = None, shares: DataShares | None = None) -> Built:
-    """Build one rocker or undo everything and raise BuildError naming the failed step."""
+                       cgroup_fds: list[int] | None = None, shares: DataShares | None = None,
+                       spare: GuardStart | None = None) -> Built:
+    """Build one rocker or undo everything and raise BuildError naming the failed step. `spare`: its
+    guard, started ahead (spareguards.py); the build reaps it if it fails."""
     ctx = BuildContext(req, name, caller, packages, slots, shares=shares, guard_fd=guard_fd,
                        first_entry_timeout=first_entry_timeout, ready_timeout=ready_timeout, net=net,
-                       cgroup_fds=cgroup_fds or [])
+                       cgroup_fds=cgroup_fds or [], spare=spare)
     await run_steps(STEPS, ctx, release=ctx.close_fds)  # on success SendMounts closed them
     assert ctx.spawned is not None and ctx.pkg_key is not None and ctx.work_slot is not None
     if shares is not None:

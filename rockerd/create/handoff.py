@@ -57,6 +57,7 @@ class BuildContext(HostContext):
     net: tuple[Network, Plan] | None = None  # None: a netns with lo only (rockerd/network/)
     net_job: NetJob | None = None  # from GuardStarted until NetworkReady
     cgroup_fds: list[int] = field(default_factory=list)  # cgroup.procs the guard joins before it runs
+    spare: GuardStart | None = None  # a guard started before this Create (spareguards.py): StartGuard takes it
 
 
 def _spawn_pool() -> ThreadPoolExecutor:
@@ -77,13 +78,11 @@ class StartGuard(Step[BuildContext]):
         return "start guard"
 
     def execute(self, ctx: BuildContext) -> None:
-        net = ctx.net
-        starting = Starting(ctx.name, ctx.req.uid, ctx.req.gid, ctx.guard_fd, ctx.first_entry_timeout,
-                            net[1].ns_flags if net else ns.ROCKER_NS, ctx.cgroup_fds)
-        loop = asyncio.get_running_loop()
-        ctx.starting = fut = loop.create_future()
-        _in_flight.add(starting)  # until its thread is done, whatever becomes of the build
-        loop.add_reader(starting.done_fd, _guard_started, loop, starting, fut, net, ctx.req.uid)
+        if ctx.spare is not None:  # started before the Create, for its uid, gid, network and cgroup
+            ctx.starting, ctx.spare = ctx.spare, None
+            return
+        ctx.starting = start_guard_soon(ctx.name, ctx.req.uid, ctx.req.gid, ctx.guard_fd, ctx.first_entry_timeout,
+                                        ctx.net, ctx.cgroup_fds)
 
     async def undo(self, ctx: BuildContext) -> None:
         """Reap a guard that will not be used before the caller hears of the failure: until it is
@@ -103,6 +102,19 @@ class StartGuard(Step[BuildContext]):
 
 
 _in_flight: set[Starting] = set()  # starts whose C thread may still read what they hold
+
+
+def start_guard_soon(name: str, uid: int, gid: int, guard_fd: int, first_entry_timeout: float,
+                     net: tuple[Network, Plan] | None, cgroup_fds: list[int]) -> GuardStart:
+    """The guard's start from now, on its C thread; the future gives it once the loop hears it is done.
+    The guard then does its mount-free setup and waits for the mounts (SendMounts), however long."""
+    starting = Starting(name, uid, gid, guard_fd, first_entry_timeout, net[1].ns_flags if net else ns.ROCKER_NS,
+                        cgroup_fds)
+    loop = asyncio.get_running_loop()
+    fut: GuardStart = loop.create_future()
+    _in_flight.add(starting)  # until its thread is done, whatever becomes of the build
+    loop.add_reader(starting.done_fd, _guard_started, loop, starting, fut, net, uid)
+    return fut
 
 
 def _guard_started(loop: asyncio.AbstractEventLoop, starting: Starting, fut: GuardStart,
