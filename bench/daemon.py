@@ -111,7 +111,21 @@ class BenchDaemon:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def children(self) -> list[int]:
-        return proc.children(self.pid)
+        """Its rockers' guards: its children but the spare guards (rockerd/create/spareguards.py),
+        which wait for a Create and go with rockerd."""
+        kids = proc.children(self.pid)
+        if not kids:
+            return kids
+        try:
+            from rocker_client import wire
+
+            reply, fds = wire.call(self.socket, "io.rocker.Rocker.List", {})
+        except Exception:
+            return kids
+        for fd in fds:
+            os.close(fd)
+        live = {r["guard_pid"] for r in reply["rockers"]}
+        return [k for k in kids if k in live]
 
 
 def _tmpfs() -> str | None:
