@@ -225,6 +225,27 @@ def applied(tree: Path, m: Mutant, native: NativeBuild) -> Iterator[None]:
             signal.signal(signal.SIGTERM, old[1])
 
 
+def _held_by_an_ancestor(path: str) -> bool:
+    """Whether a process this one runs under holds an flock on `path` (/proc/locks: pid, dev:inode)."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            holders = {int(w[4]) for w in (line.split() for line in f)
+                       if len(w) > 5 and w[1] == "FLOCK" and w[5].rsplit(":", 1)[-1] == str(st.st_ino)}
+    except (OSError, ValueError):
+        return False
+    pid = os.getppid()
+    while pid > 1:
+        if pid in holders:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
 class TestLock:
     """The shared lock of every kernel-touching test run (docs/testing.md). Held across consecutive
     mutants for at most `batch` seconds, then let go so other runs on the machine get their turn:
@@ -232,6 +253,9 @@ class TestLock:
 
     def __init__(self, path: str, batch: float) -> None:
         self.path, self.batch = path, batch
+        if path and _held_by_an_ancestor(path):  # `flock LOCK mutants.py`: taking it again would wait forever
+            print(f"mutants: {path} is held by a process this one runs under: not taking it again", file=sys.stderr)
+            self.path = ""
         self.fd = -1
         self.since = 0.0
         self.waited = 0.0  # in all: other runs' time, not ours
