@@ -90,7 +90,7 @@ class SpareGuards:
         if spare.timer is not None:
             spare.timer.cancel()
         if spare.start.done() and not _alive(spare.start):
-            log.info("spare guard %s for %s died before use: reaped", spare.name, key)
+            log.info("spare guard %s for %s died or was stopped before use: reaped", spare.name, key)
             self._discard(spare)
             return None
         return spare
@@ -182,11 +182,21 @@ def _after_net(start: GuardStart, then: Callable[[], None]) -> None:
 
 
 def _alive(start: GuardStart) -> bool:
+    """Alive and not stopped: its uid may SIGSTOP it, and the Create would wait for its ready byte
+    until --ready-timeout. (It may still be stopped right after this look: then that Create fails
+    after the timeout, one of its uid's own, as when it stops a guard that is being built.)"""
     if start.cancelled() or start.exception() is not None:
         return False
-    pidfd = start.result()[0].pidfd
-    if pidfd < 0:
+    spawned = start.result()[0]
+    if spawned.pidfd < 0:
         return False
     p = select.poll()
-    p.register(pidfd, select.POLLIN)
-    return not p.poll(0)  # a pidfd turns readable when its process exits
+    p.register(spawned.pidfd, select.POLLIN)
+    if p.poll(0):  # a pidfd turns readable when its process exits
+        return False
+    try:  # our unreaped child: the PID is its own
+        with open(f"/proc/{spawned.pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"T", b"t", b"Z", b"X")

@@ -90,6 +90,7 @@ int rocker_spawn_start(struct rocker_spawn_job *job);
 struct child_arg {
     const struct rocker_spawn *s;
     int go;   /* read end: "G" once the maps are written */
+    int go_w; /* the write end, which the child's copy of the fd table holds too: closed first */
     int join; /* write "0" to the cgroup fds (v1 tasks); not when born in its cgroup */
 };
 
@@ -149,6 +150,9 @@ static int child(void *p) {
     const struct child_arg *a = p;
     const struct rocker_spawn *s = a->s;
     char go = 0;
+    /* Else a daemon killed before its "G" would leave us waiting for ever on a pipe we hold open
+     * ourselves, with a copy of all its fds: its listening socket too, so no new rockerd could start. */
+    syscall(SYS_close, a->go_w);
     if (syscall(SYS_read, a->go, &go, 1) != 1 || go != 'G')
         _exit(127); /* the parent reported why */
     int cerr = a->join ? join_cgroups(s->cgroup_fds, s->n_cgroup_fds) : 0;
@@ -226,7 +230,7 @@ int rocker_spawn(const struct rocker_spawn *s, int *pidfd) {
     top -= (unsigned long)top % 16;
     struct child_arg *a = (struct child_arg *)top;
     int into = s->n_cgroup_fds == 1 && is_dir(s->cgroup_fds[0]), moved = 0;
-    *a = (struct child_arg){.s = s, .go = go[0], .join = !into};
+    *a = (struct child_arg){.s = s, .go = go[0], .go_w = go[1], .join = !into};
     /* No signal handler of the daemon's may run in the child (it shares our
      * memory); the guard sets its own mask after exec. */
     sigset_t all, old;
