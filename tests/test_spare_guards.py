@@ -71,6 +71,13 @@ def _uids(pid: int) -> list[int]:
     raise AssertionError(f"no Uid line for {pid}")
 
 
+def _wait_state(pid: int, state: bytes, timeout: float = 5 * SCALE) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != state:
+        assert time.monotonic() < deadline, f"{pid} never reached state {state!r}"
+        time.sleep(0.005)
+
+
 def _gone(paths: list[str], timeout: float = 5 * SCALE) -> bool:
     deadline = time.monotonic() + timeout
     while any(os.path.exists(p) for p in paths):
@@ -139,6 +146,7 @@ def test_a_dead_or_stopped_spare_is_reaped_and_not_used(base: Path, pkg: Path, s
     assert run_app(make_req(base, pkg, uid=1000, gid=1000), lambda: {}).res.ok
     (spare_pid, spare_name), = wait_spares(spared, 1).items()
     subprocess.run(["kill", f"-{sig}", str(spare_pid)], user=1000, group=1000, extra_groups=[], check=True)
+    _wait_state(spare_pid, b"Z" if sig == "KILL" else b"T")  # the signal is sent; now it has taken effect
     t0 = time.monotonic()
     run = run_app(make_req(base, pkg, uid=1000, gid=1000), lambda: {})
     assert run.res.ok, run.res.detail
