@@ -146,7 +146,14 @@ def test_a_dead_or_stopped_spare_is_reaped_and_not_used(base: Path, pkg: Path, s
     assert run_app(make_req(base, pkg, uid=1000, gid=1000), lambda: {}).res.ok
     (spare_pid, spare_name), = wait_spares(spared, 1).items()
     subprocess.run(["kill", f"-{sig}", str(spare_pid)], user=1000, group=1000, extra_groups=[], check=True)
-    _wait_state(spare_pid, b"Z" if sig == "KILL" else b"T")  # the signal is sent; now it has taken effect
+    if sig == "KILL":  # reaped at once, no Create needed: no zombie, its cgroup gone
+        deadline = time.monotonic() + 2 * SCALE
+        while os.path.exists(f"/proc/{spare_pid}") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not os.path.exists(f"/proc/{spare_pid}"), "the dead spare was not reaped"
+        assert _gone(rocker_dirs(spare_name), 2 * SCALE), rocker_dirs(spare_name)
+    else:
+        _wait_state(spare_pid, b"T")  # the signal is sent; now it has taken effect
     t0 = time.monotonic()
     run = run_app(make_req(base, pkg, uid=1000, gid=1000), lambda: {})
     assert run.res.ok, run.res.detail

@@ -60,6 +60,12 @@ class Spare:
     limits: Limits  # what its cgroup holds now (the defaults)
     plan: Plan
     timer: asyncio.TimerHandle | None = None
+    watched: int = -1  # its guard's pidfd, watched on the loop while it waits
+
+    def unwatch(self) -> None:
+        if self.watched >= 0:
+            asyncio.get_running_loop().remove_reader(self.watched)
+            self.watched = -1
 
 
 class SpareGuards:
@@ -89,6 +95,7 @@ class SpareGuards:
             return None
         if spare.timer is not None:
             spare.timer.cancel()
+        spare.unwatch()
         if spare.start.done() and not _alive(spare.start):
             log.info("spare guard %s for %s died or was stopped before use: reaped", spare.name, key)
             self._discard(spare)
@@ -125,8 +132,22 @@ class SpareGuards:
             self.registry.release_name(name)
             return
         spare = Spare(key, name, start, cg, limits, plan)
-        spare.timer = asyncio.get_running_loop().call_later(IDLE, self._expire, key, spare)
+        loop = asyncio.get_running_loop()
+        spare.timer = loop.call_later(IDLE, self._expire, key, spare)
         self._spares[key] = spare
+        start.add_done_callback(lambda _: self._watch(key, spare))
+
+    def _watch(self, key: SpareKey, spare: Spare) -> None:
+        """A spare that dies while it waits (its uid may kill it) is reaped at once: no zombie, and its
+        cgroup, network and name go back."""
+        if self._spares.get(key) is not spare:
+            return
+        if not _alive(spare.start):
+            self._expire(key, spare)
+            return
+        pidfd = spare.start.result()[0].pidfd
+        spare.watched = pidfd
+        asyncio.get_running_loop().add_reader(pidfd, self._expire, key, spare)
 
     def _expire(self, key: SpareKey, spare: Spare) -> None:
         if self._spares.get(key) is spare:
@@ -137,6 +158,7 @@ class SpareGuards:
         """Reap its guard, then give back its name, network and cgroup (after a network job in flight)."""
         if spare.timer is not None:
             spare.timer.cancel()
+        spare.unwatch()
 
         def release(_: object = None) -> None:
             self.network.release(spare.name)
