@@ -17,9 +17,11 @@ import asyncio
 import dataclasses
 import errno
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from . import pkgopen
 from .datashare import ENDING_GRACE, HolderDiffers, SharePending
 from .host import HostContext
 from .steps import BuildError, Step, run_plain_steps, undo_plain_steps
@@ -43,15 +45,17 @@ def _adopt_result(ctx: HostContext, work: HostContext) -> None:
         setattr(ctx, f.name, getattr(work, f.name))
 
 
-async def run_host_steps(steps: list[Step[HostContext]], ctx: HostContext, deadline: float = DEADLINE) -> None:
-    """run_steps off the loop, within `deadline`; undoes itself when it fails (as run_steps does)."""
+async def run_host_steps(steps: list[Step[HostContext]], ctx: HostContext, deadline: float = DEADLINE,
+                         first: Callable[[], None] | None = None) -> None:
+    """run_steps off the loop, within `deadline`; undoes itself when it fails (as run_steps does).
+    `first` runs on the thread before the steps (the build's package open: pkgopen.Deferred)."""
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="rockerd-dirs")
     waited_for_holder = False
     while True:
         work = _fresh(ctx)
-        job = _pool.submit(run_plain_steps, steps, work)
+        job = _pool.submit(_run_job, first, steps, work)
         try:
             finished = await done_within(job, deadline)
         except asyncio.CancelledError:
@@ -77,6 +81,12 @@ async def run_host_steps(steps: list[Step[HostContext]], ctx: HostContext, deadl
             continue
         _adopt_result(ctx, work)
         return
+
+
+def _run_job(first: Callable[[], None] | None, steps: list[Step[HostContext]], work: HostContext) -> None:
+    if first is not None:
+        first()  # never raises: it keeps its outcome for PackageOpened
+    run_plain_steps(steps, work)
 
 
 async def done_within(job: Future[Any], timeout: float) -> bool:
@@ -125,7 +135,15 @@ class HostDirs(Step[HostContext]):
         return "prepare dirs"
 
     async def execute(self, ctx: HostContext) -> None:
-        await run_host_steps(self.steps, ctx)
+        opening = getattr(ctx, "opening", None)  # the build's package, when OpenPackage deferred it to us
+        first = opening.run if isinstance(opening, pkgopen.Deferred) else None
+        try:
+            await run_host_steps(self.steps, ctx, first=first)
+        except BuildError as e:
+            if e.errno == errno.ETIMEDOUT and first is not None and not opening.done():
+                raise BuildError(pkgopen.STEP, errno.ETIMEDOUT, f"package {ctx.req.app_pkg_path} did not open "
+                                 f"within {DEADLINE:g} s") from None
+            raise
 
     def undo(self, ctx: HostContext) -> None:
         undo_plain_steps(self.steps, ctx)

@@ -200,7 +200,10 @@ class OpenPackage(Step[BuildContext]):
         return pkgopen.STEP
 
     def execute(self, ctx: BuildContext) -> None:
-        ctx.opening = pkgopen.start_open(ctx.req.app_pkg_path, ctx.caller, ctx.req.app_pkg_sha256)
+        if ctx.req.app_pkg_sha256 is None:  # first on the dir steps' thread (HostDirs)
+            ctx.opening = pkgopen.Deferred(ctx.req.app_pkg_path, ctx.caller)
+        else:  # a digest reads the whole file: a thread of its own, beside the dir steps
+            ctx.opening = pkgopen.start_open(ctx.req.app_pkg_path, ctx.caller, ctx.req.app_pkg_sha256)
 
     def undo(self, ctx: BuildContext) -> None:
         if ctx.opening is not None:  # nobody took it: close the fd when it comes
