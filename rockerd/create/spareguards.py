@@ -112,7 +112,7 @@ class SpareGuards:
         asyncio.get_running_loop().call_soon(self._make, key, template, guard_fd, first_entry_timeout)
 
     def _make(self, key: SpareKey, req: RockerRequestModel, guard_fd: int, first_entry_timeout: float) -> None:
-        if key in self._spares:
+        if key in self._spares or self.size <= 0:  # 0 once close() has begun: none may outlive it
             return
         while len(self._spares) >= self.size:
             self._discard(self._spares.popitem(last=False)[1])
@@ -174,6 +174,7 @@ class SpareGuards:
 
     async def close(self) -> None:
         """rockerd stops: every spare reaped, its cgroup and network given back."""
+        self.size = 0
         starts = [s.start for s in self._spares.values()]
         while self._spares:
             self._discard(self._spares.popitem()[1])
