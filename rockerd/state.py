@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from rocker_client.guardname import read_comm
@@ -50,7 +50,8 @@ class Record:
         return rec
 
 
-_RUNTIME = frozenset(f.name for f in fields(Record)) - {"request"}
+_FIELDS = tuple(f.name for f in fields(Record))
+_RUNTIME = frozenset(_FIELDS) - {"request"}
 
 
 def proc_starttime(pid: int) -> int:
@@ -77,7 +78,7 @@ class StateDir:
         tmp = final + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
-            os.write(fd, json.dumps(asdict(rec)).encode())
+            os.write(fd, json.dumps({f: getattr(rec, f) for f in _FIELDS}).encode())  # asdict's deep copy: 36 us
         finally:
             os.close(fd)
         os.rename(tmp, final)
