@@ -199,6 +199,7 @@ class DataShares:
             if share.layers != layers:  # nobody holds it: it ends now, and this build follows its drop
                 raise SharePending(self._end(share).dropped)
             share.first = cf.Future()  # reviving: a claim meanwhile waits for the check
+            share.ended = cf.Future()
             share.members.add(name)
             self._by_name[name] = share
             return share, True, True
@@ -314,6 +315,7 @@ class DataShares:
         if not share.members:
             if self.linger > 0 and share.marks is not None and not self._stopped:
                 self._lingering[share.key] = time.monotonic() + self.linger
+                share.ended.set_result(None)  # a build with other layers that waits for it goes ahead (_claim)
                 self._start_expiry()
                 self._due.notify()
             else:
@@ -393,7 +395,8 @@ class DataShares:
 
     def _end(self, share: Share) -> Ending:
         del self._by_key[share.key]
-        share.ended.set_result(None)
+        if not share.ended.done():  # a lingering share's last rocker has long left
+            share.ended.set_result(None)
         ending = self._ending[share.key] = Ending()
         _off_loop("drop", self._clear, share, ending)
         return ending
