@@ -161,7 +161,8 @@ def test_a_removed_or_replaced_dir_ends_the_lingering_share(start: Start, base: 
 
 def test_other_layers_end_the_lingering_share_at_once(start: Start, base: Path, pkg: Path) -> None:
     """Other overlay dirs (or ids) on a lingering data dir: nobody holds it, so the build goes ahead after its
-    drop instead of being refused (or waiting datashare.ENDING_GRACE); the first layers then build anew."""
+    end (in the same work slot) instead of being refused (or waiting datashare.ENDING_GRACE); the first layers
+    then build anew."""
     d = start(LONG)
     a, b = base / "a", base / "b"
     a.mkdir()
@@ -177,6 +178,7 @@ def test_other_layers_end_the_lingering_share_at_once(start: Start, base: Path, 
     again = once(d, base, pkg, a, "again")
     assert not mark.exists(), "the share of gid 1 was revived for gid 0"
     assert again["seen"] == ["first", "third"]
+    assert os.listdir(base / "data/work") == ["0"], "the next share took another slot (it did not wait for the end)"
     assert "in use by rocker" not in d.log_text()
 
 

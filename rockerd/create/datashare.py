@@ -31,10 +31,12 @@ the next rocker on the same data dir within milliseconds, and rebuilding the
 overlays (and first waiting for the old ones to be dropped) is most of a
 create's dir steps. A claim within the linger with the same layers revives
 it, once the data dir still holds what the kept overlays write to: each
-upper dir and work dir recorded at the build (`Mark`) must be the same inode
-at its path, reached beneath the data dir with no symlink or mount on the
-way; otherwise, or with other layers, the share ends now and the claim waits
-for its drop (SharePending) and builds afresh. One thread (`_expire`) ends
+upper dir and work dir recorded at the build (`Mark`) must be the same inode,
+owner and mode at its path, reached beneath the data dir with no symlink or
+mount on the way; otherwise, or with other layers, the share ends now and the
+claim waits for its end (SharePending: drop and work slot, so it takes the
+same slot) and builds afresh. Only a share whose last rocker was built
+lingers (a failed build's undo takes its dirs away). One thread (`_expire`) ends
 the shares whose linger has passed; rm-data and rockerd's stop end them at
 once. Shares adopted after a restart end as before (nothing was recorded at
 their build to check them against).
@@ -67,7 +69,7 @@ log = logging.getLogger("rockerd.datashare")
 T = TypeVar("T")
 DataKey = tuple[int, int]  # (st_dev, st_ino) of the data dir
 Layers = tuple[tuple[str, ...], int, int]  # overlay dirs, uid, gid: what must match to share
-Mark = tuple[str, int, int]  # a dir the kept overlays write to: (path relative to the data dir, st_dev, st_ino)
+Mark = tuple[str, tuple[int, ...]]  # a dir the kept overlays write to: path relative to the data dir, _identity()
 
 
 def layers_of(req: RockerRequestModel) -> Layers:
@@ -121,7 +123,7 @@ class SharePending(Exception):
 
     passthrough = True
 
-    def __init__(self, first: cf.Future[bool]) -> None:
+    def __init__(self, first: cf.Future[bool] | cf.Future[None]) -> None:
         super().__init__("the data dir's overlays are being built")
         self.first = first
 
@@ -196,8 +198,8 @@ class DataShares:
         share = self._by_key.get(key)
         layers = layers_of(req)
         if share is not None and self._lingering.pop(key, None) is not None:
-            if share.layers != layers:  # nobody holds it: it ends now, and this build follows its drop
-                raise SharePending(self._end(share).dropped)
+            if share.layers != layers:  # nobody holds it: it ends now; this build follows, in the same slot
+                raise SharePending(self._end(share).finished)
             share.first = cf.Future()  # reviving: a claim meanwhile waits for the check
             share.ended = cf.Future()
             share.members.add(name)
@@ -233,7 +235,7 @@ class DataShares:
 
     def _revive(self, name: str, share: Share) -> bool:
         """The lingering share goes on if the data dir still holds its dirs; else it ends now and the claim
-        waits for its drop (SharePending), then builds afresh: nothing may be written to a removed dir."""
+        waits for its end (SharePending), then builds afresh: nothing may be written to a removed dir."""
         held = share.marks is not None and still_there(share.data_fd, share.marks)
         with self.lock:
             first, share.first = share.first, None
@@ -246,7 +248,7 @@ class DataShares:
                 ending = self._end(share)
             first.set_result(held)  # a claim that waited meanwhile tries again
         if not held:
-            raise SharePending(ending.dropped)
+            raise SharePending(ending.finished)
         return True
 
     @_locked
@@ -283,7 +285,7 @@ class DataShares:
         """The first rocker's overlay mounts are the share's to keep; clones of them for the rocker instead.
         `dirs`: what they write to (path relative to the data dir, an open fd of it), checked at a revival."""
         share.kept, clones = stage.keep(share.id, mounts)
-        share.marks = [(rel, *_dev_ino(fd)) for rel, fd in dirs]
+        share.marks = [(rel, _identity(fd)) for rel, fd in dirs]
         return clones
 
     @staticmethod
@@ -308,12 +310,12 @@ class DataShares:
         if share is None:
             return
         share.members.discard(name)
-        share.holders.pop(name, None)
+        was_built = share.holders.pop(name, None) is not None
         if share.first is not None and not share.holders:  # the first build failed: a waiter starts over
             first, share.first = share.first, None
             first.set_result(False)
         if not share.members:
-            if self.linger > 0 and share.marks is not None and not self._stopped:
+            if self.linger > 0 and was_built and share.marks is not None and not self._stopped:
                 self._lingering[share.key] = time.monotonic() + self.linger
                 share.ended.set_result(None)  # a build with other layers that waits for it goes ahead (_claim)
                 self._start_expiry()
@@ -446,21 +448,22 @@ def written_dirs(groups: Iterable[OverlayGroup], dir_fds: dict[str, int], slot: 
     return out
 
 
-def _dev_ino(fd: int) -> tuple[int, int]:
+def _identity(fd: int) -> tuple[int, ...]:
+    """The dir itself and what the build checked of it (owner, mode: check_upper): a change ends the share."""
     st = os.fstat(fd)
-    return st.st_dev, st.st_ino
+    return st.st_dev, st.st_ino, st.st_uid, st.st_gid, st.st_mode
 
 
 def still_there(data_fd: int, marks: list[Mark]) -> bool:
-    """Whether each marked dir is still the same inode at its path, reached beneath the data dir with no
-    symlink and no mount on the way (as _own_dirs opens them: O_PATH, no credentials needed)."""
-    for rel, dev, ino in marks:
+    """Whether each marked dir is still the same inode, owner and mode at its path, reached beneath the data
+    dir with no symlink and no mount on the way (as _own_dirs opens them: O_PATH, no credentials needed)."""
+    for rel, was in marks:
         try:
             fd = fs.open_nofollow(rel, fs.O_PATH_DIR, data_fd, same_mount=True, beneath=True)
         except OSError:
             return False
         try:
-            if _dev_ino(fd) != (dev, ino):
+            if _identity(fd) != was:
                 return False
         finally:
             os.close(fd)
