@@ -19,7 +19,7 @@ import pytest
 from daemon import Daemon, start_daemon
 from rockers import make_req, run_app
 
-from rocker_client import wire
+from rocker_client import enter_rocker, wire
 from rockerd import kernel
 
 SLOW = float(os.environ.get("ROCKER_TEST_TIME_SCALE", "1"))
@@ -230,3 +230,37 @@ def test_the_default_linger_keeps_the_share(start: Start, base: Path, pkg: Path)
     mark = mark_work(base)
     once(d, base, pkg, host, "second")
     assert mark.exists(), "the second rocker got an overlayfs of its own"
+
+
+def test_a_killed_rockerd_leaves_the_slot_which_the_next_one_reuses(start: Start, base: Path, pkg: Path) -> None:
+    """SIGKILL while a share lingers leaves work/0 (as it leaves a live rocker's); the next rockerd takes slot 0
+    again (overlayfs resets a work dir at mount) and removes it when that share ends."""
+    d = start(LONG)
+    host = base / "host"
+    host.mkdir()
+    once(d, base, pkg, host, "first")
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(30)
+    assert os.listdir(base / "data/work") == ["0"]
+    d2 = start(LONG)
+    second = once(d2, base, pkg, host, "second")
+    assert second["seen"] == ["first"] and os.listdir(base / "data/work") == ["0"]
+    d2.proc.send_signal(signal.SIGTERM)
+    assert d2.proc.wait(30) == 0, d2.log_text()
+    assert not (base / "data/work").exists()
+
+
+def test_a_failed_build_does_not_linger(start: Start, base: Path, pkg: Path) -> None:
+    """A build that fails after its overlays were made (here: no package) undoes its dirs; its share must not
+    linger on them, holding the data dir's fd and the overlays (rockerd's fds come back at once)."""
+    d = start(LONG)
+    (base / "warm").mkdir()
+    for at in (base / "warm", base):  # the first, on another data dir: what a first build opens for good
+        req = make_req(at, pkg, overlays=("/usr",))
+        req.app_pkg_path = str(base / "nope.squashfs")
+        fds_before = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+        res = enter_rocker(req, lambda _: 0)
+    assert not res.ok and "nope.squashfs" in res.detail, res.detail
+    assert not (base / "data").exists(), "the failed build left its dirs"
+    assert wait_until(lambda: len(os.listdir(f"/proc/{d.proc.pid}/fd")) <= fds_before, 2), \
+        "rockerd kept fds of the failed build (a lingering share)"
