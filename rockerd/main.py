@@ -81,6 +81,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-exit", type=float, default=0.0, metavar="SEC",
                    help="exit after SEC seconds with no live rockers and no clients (for socket activation: "
                         "systemd starts rockerd again on the next connection); 0, the default, never exits")
+    p.add_argument("--data-linger", type=float, default=ServiceConfig.data_linger, metavar="SEC",
+                   help="a data dir's overlays and work dir outlive its last rocker this long, so that the next "
+                        "rocker on it with the same overlay dirs and ids reuses them (default %(default)s); "
+                        "0 ends them with the last rocker")
     add_cgroup_options(p)
     args = p.parse_args(argv)
     try:
@@ -98,6 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--bridge-name: at most 15 bytes, no '/'")
     if args.warm_mib < 0:
         p.error("--warm-mib must be 0 (off) or a size in MiB")
+    if not args.data_linger >= 0:
+        p.error("--data-linger must be 0 (off) or a number of seconds")
     return args
 
 
@@ -220,7 +226,8 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
         network=NetConfig(args.default_network, args.bridge_subnet, args.bridge_name, tuple(args.bridge_dns),
                           os.path.abspath(args.state_dir) + "-net"),
         cgroups=args.cgroups, cgroup_parent=args.cgroup_parent, limit_policy=limit_policy(args),
-        spare_guards=args.spare_guards))
+        spare_guards=args.spare_guards,
+        data_linger=args.data_linger))
     server = VarlinkServer(
         vendor="rocker", product="rockerd", version=__version__, url="https://github.com/rocker-sandbox/rocker",
         interfaces=[service.interface()], log=logging.getLogger("rockerd.varlink"),
@@ -248,9 +255,20 @@ async def serve(listener: socket.socket, args: argparse.Namespace, guard_fd: int
     finally:
         life.close()
         await service.spares.close()  # before the network and cgroups: they hold an address and a cgroup each
+        await end_lingering(service)
         service.network.close()
         service.cgroups.flush()  # rockers that ended just now: their cgroups go with us, not at the next start
     log.info("rockerd stopped; %d live rockers keep running", len(service.registry))
+
+
+async def end_lingering(service: RockerService, timeout: float = 30.0) -> None:
+    """The data dirs whose overlays linger after their last rocker are cleared before rockerd exits
+    (overlays dropped, work slots removed): nothing of theirs is left for the next start."""
+    ending = service.shares.stop()
+    if ending:
+        done, _ = await asyncio.wait([asyncio.wrap_future(f) for f in ending], timeout=timeout)
+        if len(done) < len(ending):
+            log.warning("%d data dirs were still being cleared after %g s", len(ending) - len(done), timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,7 +83,7 @@ async def remove_data_dir(path: object, peer: policy.Peer, shares: DataShares) -
         if not policy.is_root(peer) and st.st_uid != peer.uid:
             raise RemoveRefused("PermissionDenied", f"data dir {path} is owned by uid {st.st_uid}, not {peer.uid}")
         key = (st.st_dev, st.st_ino)
-        clearing = shares.ending(key)  # its last rocker ended just now: its work slot is still being cleared
+        clearing = shares.ending(key)  # its overlays linger (they end now), or its work slot is being cleared
         if clearing is not None:
             await done_within(clearing, OPEN_DEADLINE)
         shares.begin_removal(key, path)  # refuses while a rocker uses it; no rocker may claim it meanwhile

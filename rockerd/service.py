@@ -45,6 +45,7 @@ class ServiceConfig:
     cgroup_parent: str = ""  # v2: rockers under this delegated cgroup, not rockerd's own (--cgroup-parent)
     limit_policy: LimitPolicy | None = None
     spare_guards: int = SPARES  # guards started ahead for the next Create (create/spareguards.py); 0: none
+    data_linger: float = 2.0  # seconds a data dir's overlays outlive its last rocker (--data-linger)
 
 
 class RockerService:
@@ -54,7 +55,7 @@ class RockerService:
         self.registry = Registry(self._ended)
         self.packages = PackageCache(self.config.warm_budget)
         self.slots = WorkSlots()
-        self.shares = DataShares(self.slots)  # rockers on one data dir share its overlays
+        self.shares = DataShares(self.slots, self.config.data_linger)  # rockers on one data dir share its overlays
         self.state = StateDir(self.config.state_dir)
         self.network = Network(self.config.network)
         self.cgroups = CgroupManager(detect(want=self.config.cgroups, parent=self.config.cgroup_parent),

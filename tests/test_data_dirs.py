@@ -56,6 +56,13 @@ db.close()
 """
 
 
+# Tests about what a share's end does at once: their rockerd lets no share linger (--data-linger 0; the
+# linger is test_data_linger.py's). The others run with the default linger and wait past it where they
+# check that a data dir's last rocker took its work slot and overlays with it.
+NO_LINGER = {"test_overlays_kept_only_while_the_data_dir_is_used",
+             "test_a_work_slot_its_owner_filled_does_not_stall_rockerd_at_the_end"}
+
+
 @pytest.fixture(params=["fast", "forced"])
 def daemon(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
     """rockerd on this kernel's fast paths, and with every fallback forced (Debian 12's 6.1)."""
@@ -63,7 +70,7 @@ def daemon(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
         monkeypatch.setenv(kernel.FORCE_ENV, "all")
     else:
         monkeypatch.delenv(kernel.FORCE_ENV, raising=False)
-    d = start_daemon(tmp_path / "d")
+    d = start_daemon(tmp_path / "d", *(("--data-linger", "0") if request.node.originalname in NO_LINGER else ()))
     monkeypatch.setenv("ROCKER_SOCKET", d.socket)
     yield d
     d.stop()

@@ -383,6 +383,7 @@ def test_owner_can_rm_rf_its_data_dir(world: tuple[Path, Daemon]) -> None:  # no
     assert hold.returncode == 0, hold.stderr
     assert not (mine / "data/work/1").exists()
     assert wait_for(lambda: not _live(d), 10)
+    assert wait_for(lambda: not (mine / "data/work").exists(), 10), "the work slots outlived the linger"
     p = subprocess.run(["rm", "-rf", str(mine / "data")], user=UID, group=UID, extra_groups=[],
                        capture_output=True, text=True, timeout=60)
     left = sorted(str(q.relative_to(mine)) for q in mine.rglob("*"))

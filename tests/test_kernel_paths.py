@@ -187,7 +187,7 @@ def test_staging_namespace_holds_nothing(mode_daemon: tuple[str, Daemon], base: 
                   while_alive=lambda _: seen.append(wait_until(lambda: holds_nothing(True), 1 * SLOW)))
     assert run.res.ok, run.res.detail
     assert run.report["dev"][0] == run.report["dev"][1], run.report
-    seen.append(wait_until(lambda: holds_nothing(False), 1 * SLOW))
+    seen.append(wait_until(lambda: holds_nothing(False), 1 * SLOW + 2.5))  # past the default --data-linger
     assert seen == [True, True], _private_namespaces(d.proc.pid)
 
 

@@ -24,6 +24,22 @@ restarted with rockers live takes each adopted rocker's overlays from its
 guard's mount namespace (stage.take), after checking they are overlays, and
 keeps them staged (on any kernel: 6.15 clones a detached mount only in the
 namespace it came from), so later rockers on that data dir join them.
+
+A share whose last rocker ends lingers (`rockerd --data-linger SEC`, default
+2 s; 0: it ends at once): a launcher restarting its app, or a benchmark, starts
+the next rocker on the same data dir within milliseconds, and rebuilding the
+overlays (and first waiting for the old ones to be dropped) is most of a
+create's dir steps. A claim within the linger with the same layers revives
+it, once the data dir still holds what the kept overlays write to: each
+upper dir and work dir recorded at the build (`Mark`) must be the same inode,
+owner and mode at its path, reached beneath the data dir with no symlink or
+mount on the way; otherwise, or with other layers, the share ends now and the
+claim waits for its end (SharePending: drop and work slot, so it takes the
+same slot) and builds afresh. Only a share whose last rocker was built
+lingers (a failed build's undo takes its dirs away). One thread (`_expire`) ends
+the shares whose linger has passed; rm-data and rockerd's stop end them at
+once. Shares adopted after a restart end as before (nothing was recorded at
+their build to check them against).
 """
 
 from __future__ import annotations
@@ -33,7 +49,8 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -43,6 +60,7 @@ from rocker_sys import fs
 from .. import kernel, policy
 from ..request import RockerRequestModel
 from . import layout, stage
+from .overlay_plan import OverlayGroup
 from .steps import BuildError
 from .workslots import WorkSlots
 
@@ -51,6 +69,7 @@ log = logging.getLogger("rockerd.datashare")
 T = TypeVar("T")
 DataKey = tuple[int, int]  # (st_dev, st_ino) of the data dir
 Layers = tuple[tuple[str, ...], int, int]  # overlay dirs, uid, gid: what must match to share
+Mark = tuple[str, tuple[int, ...]]  # a dir the kept overlays write to: path relative to the data dir, _identity()
 
 
 def layers_of(req: RockerRequestModel) -> Layers:
@@ -71,6 +90,7 @@ class Share:
     first: cf.Future[bool] | None = None  # while the first rocker builds the overlays
     ended: cf.Future[None] = field(default_factory=cf.Future)  # done once its last rocker has left
     removing: bool = False  # rm-data is removing the dir
+    marks: list[Mark] | None = None  # its overlays' upper and work dirs at the build (None: it may not linger)
 
     def holder_name(self) -> str:
         return next(iter(self.holders), None) or next(iter(self.members), "?")
@@ -103,7 +123,7 @@ class SharePending(Exception):
 
     passthrough = True
 
-    def __init__(self, first: cf.Future[bool]) -> None:
+    def __init__(self, first: cf.Future[bool] | cf.Future[None]) -> None:
         super().__init__("the data dir's overlays are being built")
         self.first = first
 
@@ -144,15 +164,20 @@ def _off_loop(kind: str, fn: Callable[..., None], *args: object) -> None:
 class DataShares:
     """Every data dir in use: who uses it, with which overlays, and where they are kept."""
 
-    def __init__(self, slots: WorkSlots) -> None:
+    def __init__(self, slots: WorkSlots, linger: float = 0.0) -> None:
         self.slots = slots
+        self.linger = linger  # seconds a share outlives its last rocker (rockerd --data-linger)
         self._by_key: dict[DataKey, Share] = {}
         self._ending: dict[DataKey, Ending] = {}
+        self._lingering: dict[DataKey, float] = {}  # shares with no rocker: when each ends (monotonic)
+        self._expiry: threading.Thread | None = None
         self._by_name: dict[str, Share] = {}
         self._ids = itertools.count()
         if not kernel.current().tree_clone:
             stage.stager().up()  # its thread and namespace now, not on a create's path (and its fd with the daemon's)
         self.lock = threading.RLock()  # builds run their dir steps on threads (dirsteps.py)
+        self._due = threading.Condition(self.lock)  # wakes _expire: a new linger, or the stop
+        self._stopped = False
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -160,14 +185,29 @@ class DataShares:
     def get(self, key: DataKey) -> Share | None:
         return self._by_key.get(key)
 
-    @_locked
     def claim(self, name: str, req: RockerRequestModel, data_fd: int) -> tuple[Share, bool]:
-        """Join the data dir's share (True) or start it (False); refuse a different one."""
+        """Join the data dir's share (True) or start it (False); refuse a different one. A lingering
+        share is revived only once its dirs are checked (off the lock: they are the caller's)."""
+        with self.lock:
+            share, joined, reviving = self._claim(name, req, data_fd)
+        return share, (self._revive(name, share) if reviving else joined)
+
+    def _claim(self, name: str, req: RockerRequestModel, data_fd: int) -> tuple[Share, bool, bool]:
         st = os.fstat(data_fd)
         key = (st.st_dev, st.st_ino)
         share = self._by_key.get(key)
         layers = layers_of(req)
+        if share is not None and self._lingering.pop(key, None) is not None:
+            if share.layers != layers:  # nobody holds it: it ends now; this build follows, in the same slot
+                raise SharePending(self._end(share).finished)
+            share.first = cf.Future()  # reviving: a claim meanwhile waits for the check
+            share.ended = cf.Future()
+            share.members.add(name)
+            self._by_name[name] = share
+            return share, True, True
         ending = self._ending.get(key)
+        if ending is not None and ending.dropped.done():
+            ending = None  # only its work slot is left to clear: a new share takes another slot
         if share is None and ending is not None:
             raise SharePending(ending.dropped)  # the last rocker's overlays are still going
         if share is not None:
@@ -186,16 +226,38 @@ class DataShares:
                                    f"log): wait for it to end")
             share.members.add(name)
             self._by_name[name] = share
-            return share, True
+            return share, True, False
         share = Share(key, req.app_data_dir, layers, os.dup(data_fd), id=next(self._ids), first=cf.Future())
         share.members.add(name)
         self._by_key[key] = share
         self._by_name[name] = share
-        return share, False
+        return share, False, False
+
+    def _revive(self, name: str, share: Share) -> bool:
+        """The lingering share goes on if the data dir still holds its dirs; else it ends now and the claim
+        waits for its end (SharePending), then builds afresh: nothing may be written to a removed dir."""
+        held = share.marks is not None and still_there(share.data_fd, share.marks)
+        with self.lock:
+            first, share.first = share.first, None
+            assert first is not None
+            if not held:
+                share.members.discard(name)
+                self._by_name.pop(name, None)
+                log.info("data dir %s: a dir its lingering overlays write to was removed or replaced: they end",
+                         share.data_dir)
+                ending = self._end(share)
+            first.set_result(held)  # a claim that waited meanwhile tries again
+        if not held:
+            raise SharePending(ending.finished)
+        return True
 
     @_locked
     def ending(self, key: DataKey) -> cf.Future[None] | None:
-        """Done once the data dir's last share has cleared its work slot (None: nothing pending)."""
+        """Done once the data dir's last share has cleared its work slot (None: nothing pending); a
+        lingering share ends now (rm-data)."""
+        share = self._by_key.get(key)
+        if share is not None and self._lingering.pop(key, None) is not None:
+            self._end(share)
         ending = self._ending.get(key)
         return ending.finished if ending is not None else None
 
@@ -218,9 +280,12 @@ class DataShares:
             del self._by_key[key]
 
     @staticmethod
-    def publish(share: Share, mounts: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        """The first rocker's overlay mounts are the share's to keep; clones of them for the rocker instead."""
+    def publish(share: Share, mounts: list[tuple[str, int]], dirs: Iterable[tuple[str, int]] = ()) -> \
+            list[tuple[str, int]]:
+        """The first rocker's overlay mounts are the share's to keep; clones of them for the rocker instead.
+        `dirs`: what they write to (path relative to the data dir, an open fd of it), checked at a revival."""
         share.kept, clones = stage.keep(share.id, mounts)
+        share.marks = [(rel, _identity(fd)) for rel, fd in dirs]
         return clones
 
     @staticmethod
@@ -245,12 +310,45 @@ class DataShares:
         if share is None:
             return
         share.members.discard(name)
-        share.holders.pop(name, None)
+        was_built = share.holders.pop(name, None) is not None
         if share.first is not None and not share.holders:  # the first build failed: a waiter starts over
             first, share.first = share.first, None
             first.set_result(False)
         if not share.members:
-            self._end(share)
+            if self.linger > 0 and was_built and share.marks is not None and not self._stopped:
+                self._lingering[share.key] = time.monotonic() + self.linger
+                share.ended.set_result(None)  # a build with other layers that waits for it goes ahead (_claim)
+                self._start_expiry()
+                self._due.notify()
+            else:
+                self._end(share)
+
+    def _start_expiry(self) -> None:
+        if self._expiry is None:
+            self._expiry = threading.Thread(target=self._expire, name="rockerd-linger", daemon=True)
+            self._expiry.start()
+
+    def _expire(self) -> None:
+        """On its own thread: each lingering share ends (drop and slot on the ends' pools) at its time."""
+        with self.lock:
+            while not self._stopped:
+                now = time.monotonic()
+                for key, at in list(self._lingering.items()):
+                    if at <= now:
+                        del self._lingering[key]
+                        self._end(self._by_key[key])
+                self._due.wait(min(self._lingering.values(), default=now + 3600) - now)
+
+    def stop(self) -> list[cf.Future[None]]:
+        """rockerd stops: every lingering share ends now; done once each has dropped its overlays and
+        removed its work slot. No share lingers from now on."""
+        with self.lock:
+            self._stopped = True
+            for key in list(self._lingering):
+                del self._lingering[key]
+                self._end(self._by_key[key])
+            self._due.notify()
+            return [e.finished for e in self._ending.values()]
 
     @_locked
     def adopt(self, name: str, pid: int, req: RockerRequestModel, slot: int) -> None:
@@ -297,11 +395,13 @@ class DataShares:
             log.warning("adopted %s: its overlays on data dir %s cannot be shared (%s): a new rocker there is "
                         "refused until it ends", name, share.data_dir, e)
 
-    def _end(self, share: Share) -> None:
+    def _end(self, share: Share) -> Ending:
         del self._by_key[share.key]
-        share.ended.set_result(None)
+        if not share.ended.done():  # a lingering share's last rocker has long left
+            share.ended.set_result(None)
         ending = self._ending[share.key] = Ending()
         _off_loop("drop", self._clear, share, ending)
+        return ending
 
     def _clear(self, share: Share, ending: Ending) -> None:
         """On a drop thread: the overlays (the next rocker on the dir waits only for them); the work slot
@@ -336,6 +436,38 @@ class DataShares:
                 if self._ending.get(share.key) is ending:
                     del self._ending[share.key]
             ending.finished.set_result(None)
+
+
+def written_dirs(groups: Iterable[OverlayGroup], dir_fds: dict[str, int], slot: int | None) -> list[tuple[str, int]]:
+    """What a build's overlays write to: each one's upper and work dir (relative to the data dir, fd)."""
+    out: list[tuple[str, int]] = []
+    assert slot is not None
+    for k, group in enumerate(groups):
+        out += [(layout.upper_rel(group.lower), dir_fds[f"upper{k}"]),
+                (layout.work_rel(slot, group.members[0]), dir_fds[f"work{k}"])]
+    return out
+
+
+def _identity(fd: int) -> tuple[int, ...]:
+    """The dir itself and what the build checked of it (owner, mode: check_upper): a change ends the share."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino, st.st_uid, st.st_gid, st.st_mode
+
+
+def still_there(data_fd: int, marks: list[Mark]) -> bool:
+    """Whether each marked dir is still the same inode, owner and mode at its path, reached beneath the data
+    dir with no symlink and no mount on the way (as _own_dirs opens them: O_PATH, no credentials needed)."""
+    for rel, was in marks:
+        try:
+            fd = fs.open_nofollow(rel, fs.O_PATH_DIR, data_fd, same_mount=True, beneath=True)
+        except OSError:
+            return False
+        try:
+            if _identity(fd) != was:
+                return False
+        finally:
+            os.close(fd)
+    return True
 
 
 def _remove_if_empty(dir_fd: int, name: str) -> None:

@@ -18,7 +18,7 @@ from rocker_sys import mount as m
 from .. import kernel, policy
 from ..request import RockerRequestModel
 from . import layout
-from .datashare import DataShares, Share
+from .datashare import DataShares, Share, written_dirs
 from .overlay_plan import OverlayGroup, plan_overlays
 from .packages import PackageCache, PackageKey
 from .pkgopen import open_package
@@ -125,7 +125,7 @@ class ShareOverlays(Step[HostContext]):
         share.slot = ctx.work_slot
         if ctx.mounts:  # only overlays so far: the package comes after
             mounts, ctx.mounts = ctx.mounts, []
-            ctx.mounts = ctx.shares.publish(share, mounts)
+            ctx.mounts = ctx.shares.publish(share, mounts, written_dirs(ctx.overlays, ctx.dir_fds, share.slot))
 
 
 class PrepareOverlayLayers(Step[HostContext]):
