@@ -67,6 +67,17 @@ def _accepts(path: str) -> bool:
         s.close()
 
 
+def use_kernel_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """For fixtures with params ["fast", "forced"]: this kernel's fast paths, or every fallback
+    forced (the paths Debian 12's 6.1 takes)."""
+    from rockerd import kernel
+
+    if request.param == "forced":
+        monkeypatch.setenv(kernel.FORCE_ENV, "all")
+    else:
+        monkeypatch.delenv(kernel.FORCE_ENV, raising=False)
+
+
 def spare_args(args: tuple[str, ...]) -> tuple[str, ...]:
     """Spare guards (rockerd/create/spareguards.py) outlive the Create that made them, so a
     per-test leak check would count a session daemon's as the test's: they are off unless a test

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import Daemon, start_daemon
+from daemon import Daemon, start_daemon, use_kernel_paths
 from rockers import live_app, make_req, run_app
 
 from rocker_client import RockerResult, enter_rocker, wire
@@ -66,10 +66,7 @@ NO_LINGER = {"test_overlays_kept_only_while_the_data_dir_is_used",
 @pytest.fixture(params=["fast", "forced"])
 def daemon(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
     """rockerd on this kernel's fast paths, and with every fallback forced (Debian 12's 6.1)."""
-    if request.param == "forced":
-        monkeypatch.setenv(kernel.FORCE_ENV, "all")
-    else:
-        monkeypatch.delenv(kernel.FORCE_ENV, raising=False)
+    use_kernel_paths(request, monkeypatch)
     d = start_daemon(tmp_path / "d", *(("--data-linger", "0") if request.node.originalname in NO_LINGER else ()))
     monkeypatch.setenv("ROCKER_SOCKET", d.socket)
     yield d

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import Daemon, start_daemon
+from daemon import Daemon, start_daemon, use_kernel_paths
 from rockers import make_req, run_app
 
 from rocker_client import enter_rocker, wire
-from rockerd import kernel
 
 SLOW = float(os.environ.get("ROCKER_TEST_TIME_SCALE", "1"))
 LONG = 60.0  # a linger no test outlasts: what it shows does not depend on timing
@@ -31,10 +30,7 @@ Start = Callable[..., Daemon]
 @pytest.fixture(params=["fast", "forced"])
 def start(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Start]:
     """Starts rockerd with `--data-linger SEC` (None: the default) on the fast paths or with every fallback."""
-    if request.param == "forced":
-        monkeypatch.setenv(kernel.FORCE_ENV, "all")
-    else:
-        monkeypatch.delenv(kernel.FORCE_ENV, raising=False)
+    use_kernel_paths(request, monkeypatch)
     started: list[Daemon] = []
 
     def run(linger: float | None) -> Daemon:
