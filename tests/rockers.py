@@ -127,6 +127,16 @@ def run_app(req: RockerRequest, probe: Callable[[], dict[str, Any]],
     return run
 
 
+def wait_until(cond: Callable[[], object], timeout: float) -> bool:
+    """Whether `cond()` comes true within `timeout` s (scaled by ROCKER_TEST_TIME_SCALE: the emulated VM)."""
+    deadline = time.monotonic() + timeout * float(os.environ.get("ROCKER_TEST_TIME_SCALE", "1"))
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def wait_gone(pid: int, timeout: float) -> float | None:
     """Seconds until /proc/PID is gone (or a zombie), None if it outlived `timeout`."""
     t0 = time.monotonic()

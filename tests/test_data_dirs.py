@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from daemon import Daemon, start_daemon, use_kernel_paths
-from rockers import live_app, make_req, run_app
+from rockers import live_app, make_req, run_app, wait_until
 
 from rocker_client import RockerResult, enter_rocker, wire
 from rockerd import kernel
@@ -91,15 +91,6 @@ def params(base: Path, pkg: Path, overlays: tuple[str, ...]) -> dict[str, Any]:
 def mounts_of(d: Path) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line for line in f if str(d) in line]
-
-
-def wait_until(cond: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout * SLOW
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_fifty_sqlite_writers_on_one_data_dir(daemon: Daemon, base: Path, pkg: Path) -> None:

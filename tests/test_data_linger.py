@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from daemon import Daemon, start_daemon, use_kernel_paths
-from rockers import make_req, run_app
+from rockers import make_req, run_app, wait_until
 
 from rocker_client import enter_rocker, wire
 
@@ -53,15 +53,6 @@ def listed(d: Daemon) -> set[str]:
     return {r["guard_pname"] for r in reply.get("rockers", [])}
 
 
-def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout * SLOW
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def once(d: Daemon, base: Path, pkg: Path, host: Path, write: str, **kw: Any) -> dict[str, Any]:
     """One rocker with an overlay over `host`: it writes `write` there and reports the overlay's st_dev and
     what it sees; returns once rockerd has handled its end (its data dir's share lingers from then on)."""
@@ -72,6 +63,15 @@ def once(d: Daemon, base: Path, pkg: Path, host: Path, write: str, **kw: Any) ->
     assert "probe_error" not in run.report, run.report
     assert wait_until(lambda: run.res.guard_pname not in listed(d), 10), "rockerd did not handle the end"
     return run.report
+
+
+def first_lingering(start: Start, base: Path, pkg: Path) -> tuple[Daemon, Path, dict[str, Any]]:
+    """A rockerd with a linger no test outlasts, and one rocker over `base/host` that has ended: its
+    data dir's overlays now linger. Returns the daemon, the host dir and that rocker's report."""
+    d = start(LONG)
+    host = base / "host"
+    host.mkdir()
+    return d, host, once(d, base, pkg, host, "first")
 
 
 def slot_ino(base: Path) -> int:
@@ -91,10 +91,7 @@ def mark_work(base: Path) -> Path:
 def test_the_next_rocker_within_the_linger_gets_the_same_overlay(start: Start, base: Path, pkg: Path) -> None:
     """Back to back on one data dir: the second rocker's overlay is the first one's (one superblock, the same
     work slot dir), it sees the first one's write, and its own lands in the data dir."""
-    d = start(LONG)
-    host = base / "host"
-    host.mkdir()
-    first = once(d, base, pkg, host, "first")
+    d, host, first = first_lingering(start, base, pkg)
     slot = slot_ino(base)
     mark = mark_work(base)
     second = once(d, base, pkg, host, "second")
@@ -144,10 +141,7 @@ def test_a_removed_or_replaced_dir_ends_the_lingering_share(start: Start, base: 
                                                             seen: list[str]) -> None:
     """The caller removes (or swaps) what the lingering overlays write to: the next rocker must not write into
     the removed dir (lost) but into the data dir as it is now, through a new overlayfs."""
-    d = start(LONG)
-    host = base / "host"
-    host.mkdir()
-    once(d, base, pkg, host, "first")
+    d, host, _ = first_lingering(start, base, pkg)
     change(base, host)
     second = once(d, base, pkg, host, "second")
     assert second["seen"] == seen, "the lingering overlay was revived over a removed dir"
@@ -180,10 +174,7 @@ def test_other_layers_end_the_lingering_share_at_once(start: Start, base: Path, 
 
 def test_rm_data_ends_a_lingering_share(start: Start, base: Path, pkg: Path) -> None:
     """`rocker rm-data` right after the last rocker: the linger ends, the dir goes (not "in use")."""
-    d = start(LONG)
-    host = base / "host"
-    host.mkdir()
-    once(d, base, pkg, host, "first")
+    d, host, _ = first_lingering(start, base, pkg)
     assert (base / "data/work/0").exists()
     rm = subprocess.run([sys.executable, "-m", "rocker_client.cli", "rm-data", str(base / "data")],
                         capture_output=True, text=True, env={**os.environ, "ROCKER_SOCKET": d.socket}, timeout=60)
@@ -195,10 +186,7 @@ def test_rm_data_ends_a_lingering_share(start: Start, base: Path, pkg: Path) -> 
 
 def test_rockerd_stopping_ends_lingering_shares(start: Start, base: Path, pkg: Path) -> None:
     """SIGTERM while a data dir's overlays linger: rockerd drops them and removes the work slot before exiting."""
-    d = start(LONG)
-    host = base / "host"
-    host.mkdir()
-    once(d, base, pkg, host, "first")
+    d, _, _ = first_lingering(start, base, pkg)
     assert (base / "data/work/0").exists()
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(30) == 0, d.log_text()
@@ -231,10 +219,7 @@ def test_the_default_linger_keeps_the_share(start: Start, base: Path, pkg: Path)
 def test_a_killed_rockerd_leaves_the_slot_which_the_next_one_reuses(start: Start, base: Path, pkg: Path) -> None:
     """SIGKILL while a share lingers leaves work/0 (as it leaves a live rocker's); the next rockerd takes slot 0
     again (overlayfs resets a work dir at mount) and removes it when that share ends."""
-    d = start(LONG)
-    host = base / "host"
-    host.mkdir()
-    once(d, base, pkg, host, "first")
+    d, host, _ = first_lingering(start, base, pkg)
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait(30)
     assert os.listdir(base / "data/work") == ["0"]

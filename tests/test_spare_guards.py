@@ -17,21 +17,14 @@ from typing import Any
 import netoutside as out
 import pytest
 from daemon import Daemon, start_daemon
-from rockers import make_req, run_app, wait_gone
+from rockers import make_req, run_app, wait_gone, wait_until
 from test_cgroups import HIER, _probe, at_own_root, in_rocker_cgroup, rocker_dirs
 
+from bench.proc import children
 from rocker_client import wire
 
 SCALE = float(os.environ.get("ROCKER_TEST_TIME_SCALE", "1"))
 MiB = 1 << 20
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
 
 
 def _listed(d: Daemon) -> dict[str, dict[str, Any]]:
@@ -45,7 +38,7 @@ def spares(d: Daemon) -> dict[int, str]:
     """{pid: name} of rockerd's guards that are no rocker (call it with no Create under way)."""
     live = {r["guard_pid"] for r in _listed(d).values()}
     found = {}
-    for pid in _children(d.proc.pid):
+    for pid in children(d.proc.pid):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
@@ -78,13 +71,8 @@ def _wait_state(pid: int, state: bytes, timeout: float = 5 * SCALE) -> None:
         time.sleep(0.005)
 
 
-def _gone(paths: list[str], timeout: float = 5 * SCALE) -> bool:
-    deadline = time.monotonic() + timeout
-    while any(os.path.exists(p) for p in paths):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+def _gone(paths: list[str], timeout: float = 5) -> bool:
+    return wait_until(lambda: not any(os.path.exists(p) for p in paths), timeout)
 
 
 @pytest.fixture
@@ -151,7 +139,7 @@ def test_a_dead_or_stopped_spare_is_reaped_and_not_used(base: Path, pkg: Path, s
         while os.path.exists(f"/proc/{spare_pid}") and time.monotonic() < deadline:
             time.sleep(0.005)
         assert not os.path.exists(f"/proc/{spare_pid}"), "the dead spare was not reaped"
-        assert _gone(rocker_dirs(spare_name), 2 * SCALE), rocker_dirs(spare_name)
+        assert _gone(rocker_dirs(spare_name), 2), rocker_dirs(spare_name)
     else:
         _wait_state(spare_pid, b"T")  # the signal is sent; now it has taken effect
     t0 = time.monotonic()

@@ -79,11 +79,10 @@ class CgroupManager:
     def retarget(self, cg: RockerCgroup | None, had: Limits, req: Any, caller_uid: int) -> Limits:
         """A spare guard's cgroup (made with the defaults, `had`) given this request's limits: only
         the ones that differ are written. LimitRefused and CgroupError as prepare()."""
-        asked = Limits(**{f: getattr(req, f) for f in FIELDS})
         if cg is None:
             self.prepare("", req, caller_uid)  # limits off: refuses a request that asks for one
             return Limits()
-        limits = self.policy.resolve(asked, caller_uid)
+        limits = self.policy.resolve(Limits(**{f: getattr(req, f) for f in FIELDS}), caller_uid)
         self.tree.apply(cg.name, limits, had)
         return limits
 

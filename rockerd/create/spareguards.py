@@ -69,17 +69,12 @@ class Spare:
 
 
 class SpareGuards:
-    def __init__(self, size: int, registry: Registry, cgroups: CgroupManager, network: Network,
-                 start: Callable[[str, RockerRequestModel, Plan, list[int]], GuardStart] | None = None) -> None:
+    def __init__(self, size: int, registry: Registry, cgroups: CgroupManager, network: Network) -> None:
         self.size = size
         self.registry = registry
         self.cgroups = cgroups
         self.network = network
-        self._start = start
         self._spares: OrderedDict[SpareKey, Spare] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._spares)
 
     def key(self, req: RockerRequestModel, caller_uid: int) -> SpareKey | None:
         """The request's key, or None if no spare can serve it (published ports are its own)."""
@@ -160,17 +155,12 @@ class SpareGuards:
             spare.timer.cancel()
         spare.unwatch()
 
-        def release(_: object = None) -> None:
+        def release() -> None:
             self.network.release(spare.name)
             self.cgroups.discard(spare.cgroup)
             self.registry.release_name(spare.name)
 
-        start = spare.start
-        if not start.done():
-            start.add_done_callback(lambda f: (_reap_late(f), _after_net(f, release)))
-            return
-        _reap_late(start)
-        _after_net(start, release)
+        _once_started(spare.start, lambda f: (_reap_late(f), _after_net(f, release)))
 
     async def close(self) -> None:
         """rockerd stops: every spare reaped, its cgroup and network given back."""
@@ -187,10 +177,15 @@ class SpareGuards:
 
 def reap_spare(spare: Spare) -> None:
     """Only its guard (a failed Create gives back its name, network and cgroup itself)."""
-    if spare.start.done():
-        _reap_late(spare.start)
+    _once_started(spare.start, _reap_late)
+
+
+def _once_started(start: GuardStart, then: Callable[[GuardStart], object]) -> None:
+    """`then(start)` now if the guard's start is over, else when it is (its C thread may still run)."""
+    if start.done():
+        then(start)
     else:
-        spare.start.add_done_callback(_reap_late)
+        start.add_done_callback(then)
 
 
 def _after_net(start: GuardStart, then: Callable[[], None]) -> None:
